@@ -1,0 +1,237 @@
+//! HTTP: the axum routers, one file per protocol family, and the one `ApiError`.
+//!
+//! `router` serves `server.http_addr` (query API, Tempo routes, OTLP/HTTP and Zipkin
+//! ingest); `otlp_router` serves `server.otlp_http_addr` (OTLP/HTTP only). Handlers decode
+//! on blocking threads and hand spans to the pipeline; reads go to `Storage` on blocking
+//! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
+//! requests decoded at once.
+
+pub mod otlp;
+pub mod tempo;
+pub mod zipkin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::Semaphore;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::ingest::IngestError;
+use crate::pipeline::{Pipeline, SubmitError};
+use crate::store::Storage;
+
+/// Shared by every handler; lives as long as the servers.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub storage: Arc<Storage>,
+    pub config: Config,
+    /// Ingest requests being read and decoded; bounds the memory bodies can take.
+    pub ingest_slots: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(pipeline: Arc<Pipeline>, storage: Arc<Storage>, config: Config) -> AppState {
+        AppState {
+            ingest_slots: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            pipeline,
+            storage,
+            config,
+        }
+    }
+}
+
+/// The main HTTP port: queries, Grafana-compatible routes and ingest.
+pub fn router(state: AppState) -> Router {
+    let ingest = ingest_routes(&state)
+        .route("/api/v2/spans", post(zipkin::post_spans))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_ingest_concurrency,
+        ));
+    Router::new()
+        .route("/api/traces/{trace_id}", get(tempo::trace_v1))
+        .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
+        .route("/api/echo", get(|| async { "echo" }))
+        .route("/api/status/buildinfo", get(tempo::buildinfo))
+        .route("/ready", get(ready))
+        .merge(ingest)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The OTLP/HTTP port.
+pub fn otlp_router(state: AppState) -> Router {
+    ingest_routes(&state)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_ingest_concurrency,
+        ))
+        .fallback(|| async {
+            ApiError::NotFound("no such route; OTLP/HTTP serves POST /v1/traces".into())
+        })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn ingest_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/traces", post(otlp::post_traces))
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+}
+
+async fn limit_ingest_concurrency(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_slot) = state.ingest_slots.clone().acquire_owned().await else {
+        return ApiError::Unavailable("service is shutting down".into()).into_response();
+    };
+    next.run(request).await
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.pipeline.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            "replaying write-ahead log",
+        )
+            .into_response()
+    }
+}
+
+/// Errors of the non-OTLP routes, rendered as `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// The detail goes to the service's log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::BadRequest(message) => ApiError::BadRequest(message),
+            IngestError::TooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
+            IngestError::UnsupportedMediaType(message) => ApiError::UnsupportedMediaType(message),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Overloaded => ApiError::TooManyRequests(error.to_string()),
+            SubmitError::BatchTooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
+            SubmitError::NotReady | SubmitError::ShuttingDown | SubmitError::WalFailed => {
+                ApiError::Unavailable(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The media type of a request or `Accept` header, without parameters, lowercase.
+pub fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+/// Map an axum body rejection (the body limit, a broken connection) to our error.
+pub fn body_rejection(
+    rejection: axum::extract::rejection::BytesRejection,
+    limit: usize,
+) -> IngestError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        IngestError::TooLarge {
+            limit,
+            decompressed: false,
+        }
+    } else {
+        IngestError::BadRequest(format!("request body could not be read: {rejection}"))
+    }
+}

@@ -1,0 +1,178 @@
+//! OTLP/HTTP `POST /v1/traces`: protobuf or JSON, chosen by `Content-Type`, answered in
+//! the same encoding; failures as a `google.rpc.Status`, partial success for spans refused
+//! one by one.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::{body_rejection, media_type, AppState};
+use crate::ingest::{self, DecodedSpans, IngestError};
+use crate::pipeline::SubmitError;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Encoding::Protobuf => HeaderValue::from_static("application/x-protobuf"),
+            Encoding::Json => HeaderValue::from_static("application/json"),
+        }
+    }
+}
+
+/// `google.rpc.Status`, the body of every OTLP failure response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+const GRPC_INVALID_ARGUMENT: i32 = 3;
+const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+pub async fn post_traces(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let encoding = match media_type(&headers, header::CONTENT_TYPE).as_deref() {
+        Some("application/x-protobuf") | Some("application/protobuf") => Encoding::Protobuf,
+        Some("application/json") => Encoding::Json,
+        other => {
+            return failure(
+                Encoding::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                GRPC_INVALID_ARGUMENT,
+                format!(
+                    "unsupported content-type {:?}; OTLP/HTTP takes application/x-protobuf or application/json",
+                    other.unwrap_or("")
+                ),
+            )
+        }
+    };
+    let limit = state.config.max_request_bytes;
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let decoded = match body {
+        Err(rejection) => Err(body_rejection(rejection, limit)),
+        Ok(body) => tokio::task::spawn_blocking(move || {
+            let body = ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
+            match encoding {
+                Encoding::Protobuf => ingest::otlp::decode_protobuf(&body),
+                Encoding::Json => ingest::otlp::decode_json(&body),
+            }
+        })
+        .await
+        .unwrap_or_else(|join_error| {
+            Err(IngestError::BadRequest(format!(
+                "decoding failed: {join_error}"
+            )))
+        }),
+    };
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => return ingest_failure(encoding, error),
+    };
+    let DecodedSpans { spans, rejected } = decoded;
+    let rejected = DecodedSpans {
+        spans: Vec::new(),
+        rejected,
+    };
+    if let Err(error) = state.pipeline.submit_spans(spans).await {
+        return submit_failure(encoding, error);
+    }
+    success(encoding, &rejected)
+}
+
+fn success(encoding: Encoding, rejected: &DecodedSpans) -> Response {
+    let partial = (!rejected.rejected.is_empty()).then(|| ExportTracePartialSuccess {
+        rejected_spans: rejected.rejected.len() as i64,
+        error_message: rejected.rejection_message(),
+    });
+    let body = match encoding {
+        Encoding::Protobuf => ExportTraceServiceResponse {
+            partial_success: partial,
+        }
+        .encode_to_vec(),
+        Encoding::Json => {
+            let value = match partial {
+                None => serde_json::json!({}),
+                Some(partial) => serde_json::json!({"partialSuccess": {
+                    "rejectedSpans": partial.rejected_spans.to_string(),
+                    "errorMessage": partial.error_message,
+                }}),
+            };
+            value.to_string().into_bytes()
+        }
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+pub fn ingest_failure(encoding: Encoding, error: IngestError) -> Response {
+    let (status, code) = match &error {
+        IngestError::BadRequest(_) => (StatusCode::BAD_REQUEST, GRPC_INVALID_ARGUMENT),
+        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, GRPC_RESOURCE_EXHAUSTED),
+        IngestError::UnsupportedMediaType(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, GRPC_INVALID_ARGUMENT)
+        }
+    };
+    failure(encoding, status, code, error.to_string())
+}
+
+fn submit_failure(encoding: Encoding, error: SubmitError) -> Response {
+    let (status, code) = match &error {
+        SubmitError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, GRPC_RESOURCE_EXHAUSTED),
+        SubmitError::BatchTooLarge { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, GRPC_RESOURCE_EXHAUSTED)
+        }
+        SubmitError::NotReady | SubmitError::ShuttingDown | SubmitError::WalFailed => {
+            (StatusCode::SERVICE_UNAVAILABLE, GRPC_UNAVAILABLE)
+        }
+    };
+    failure(encoding, status, code, error.to_string())
+}
+
+fn failure(encoding: Encoding, status: StatusCode, code: i32, message: String) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => RpcStatus { code, message }.encode_to_vec(),
+        Encoding::Json => serde_json::json!({"code": code, "message": message})
+            .to_string()
+            .into_bytes(),
+    };
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

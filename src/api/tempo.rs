@@ -1,0 +1,115 @@
+//! Tempo's query API, as Grafana's Tempo data source calls it: trace by id (v1 and v2,
+//! protobuf or JSON) and build info.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
+use prost::Message;
+
+use super::{ApiError, AppState};
+use crate::model::TraceId;
+
+/// `tempopb.TraceByIDResponse`. Field 2 (metrics) is never sent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TraceByIdResponse {
+    #[prost(message, optional, tag = "1")]
+    pub trace: Option<TracesData>,
+    /// COMPLETE = 0, PARTIAL = 1.
+    #[prost(int32, tag = "3")]
+    pub status: i32,
+    #[prost(string, tag = "4")]
+    pub message: String,
+}
+
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|item| {
+                let media = item.split(';').next().unwrap_or_default().trim();
+                media.eq_ignore_ascii_case("application/protobuf")
+                    || media.eq_ignore_ascii_case("application/x-protobuf")
+            })
+        })
+}
+
+async fn load_trace(state: &AppState, raw_id: &str) -> Result<Vec<ResourceSpans>, ApiError> {
+    let trace_id = TraceId::parse(raw_id)
+        .map_err(|error| ApiError::BadRequest(format!("invalid trace id {raw_id:?}: {error}")))?;
+    let storage = state.storage.clone();
+    let found = tokio::task::spawn_blocking(move || storage.find_trace(&trace_id))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))??;
+    found.ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} not found")))
+}
+
+fn protobuf_response(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/protobuf"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /api/traces/{id}`: `tempopb.Trace` (wire-identical to OTLP `TracesData`) or
+/// `{"batches": [...]}`.
+pub async fn trace_v1(
+    State(state): State<AppState>,
+    Path(trace_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let batches = load_trace(&state, &trace_id).await?;
+    if wants_protobuf(&headers) {
+        let body = TracesData {
+            resource_spans: batches,
+        }
+        .encode_to_vec();
+        return Ok(protobuf_response(body));
+    }
+    Ok(Json(serde_json::json!({ "batches": batches })).into_response())
+}
+
+/// `GET /api/v2/traces/{id}`: `tempopb.TraceByIDResponse` or
+/// `{"trace": {"resourceSpans": [...]}, "status": "COMPLETE"}`.
+pub async fn trace_v2(
+    State(state): State<AppState>,
+    Path(trace_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let batches = load_trace(&state, &trace_id).await?;
+    if wants_protobuf(&headers) {
+        let body = TraceByIdResponse {
+            trace: Some(TracesData {
+                resource_spans: batches,
+            }),
+            status: 0,
+            message: String::new(),
+        }
+        .encode_to_vec();
+        return Ok(protobuf_response(body));
+    }
+    Ok(Json(serde_json::json!({
+        "trace": { "resourceSpans": batches },
+        "status": "COMPLETE",
+    }))
+    .into_response())
+}
+
+/// `GET /api/status/buildinfo`, in the shape Grafana reads from Tempo.
+pub async fn buildinfo() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": option_env!("TRACELINK_GIT_REVISION").unwrap_or("unknown"),
+        "branch": "main",
+        "buildUser": "tracelink",
+        "buildDate": "",
+        "goVersion": "none (tracelink is written in Rust)",
+    }))
+}

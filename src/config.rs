@@ -1,0 +1,322 @@
+//! Configuration: the TOML file, `TRACELINK_<SECTION>_<KEY>` environment overrides and
+//! built-in defaults, parsed into a raw serde struct and then validated into [`Config`].
+//!
+//! Precedence: defaults < file < environment < command line. The environment is passed in
+//! as a map so that tests never touch the process environment. Every key is documented,
+//! with its default, in `config/tracelink.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the key at fault. `main` prints it on one line and
+/// exits with code 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config: {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub storage: RawStorage,
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub http_addr: String,
+    pub otlp_http_addr: String,
+    pub otlp_grpc_addr: String,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStorage {
+    pub data_dir: PathBuf,
+    pub commit_interval_ms: u64,
+    pub commit_max_spans: u64,
+    pub index_memory_mb: u64,
+    pub wal_segment_bytes: u64,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_bytes: u64,
+    pub ingest_queue_spans: u64,
+    pub max_concurrent_requests: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            http_addr: "127.0.0.1:3200".into(),
+            otlp_http_addr: "127.0.0.1:4318".into(),
+            otlp_grpc_addr: "127.0.0.1:4317".into(),
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            data_dir: PathBuf::from("data"),
+            commit_interval_ms: 1000,
+            commit_max_spans: 200_000,
+            index_memory_mb: 128,
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_request_bytes: 64 * 1024 * 1024,
+            ingest_queue_spans: 262_144,
+            max_concurrent_requests: 32,
+        }
+    }
+}
+
+/// The checked configuration every component is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub otlp_grpc_addr: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub data_dir: PathBuf,
+    pub commit_interval: Duration,
+    pub commit_max_spans: usize,
+    pub index_memory_bytes: usize,
+    pub wal_segment_bytes: u64,
+    pub max_request_bytes: usize,
+    pub ingest_queue_spans: usize,
+    pub max_concurrent_requests: usize,
+}
+
+const SECTIONS: [&str; 3] = ["server", "storage", "limits"];
+
+impl RawConfig {
+    /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
+    /// every key against the schema.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<RawConfig, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TRACELINK_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS
+                .iter()
+                .find(|section| rest.starts_with(&format!("{section}_")))
+            else {
+                return Err(ConfigError::Invalid {
+                    key: name.clone(),
+                    problem: "unknown setting (no such section)".into(),
+                });
+            };
+            let key = rest[section.len() + 1..].to_owned();
+            // A value that reads as TOML (a number, a boolean) keeps its type; anything
+            // else is a string, so addresses and paths need no quoting.
+            let parsed = format!("value = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut wrapper| wrapper.remove("value"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let section_table = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section_table {
+                toml::Value::Table(section_table) => {
+                    section_table.insert(key, parsed);
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: section.to_string(),
+                        problem: "must be a table".into(),
+                    })
+                }
+            }
+        }
+        RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|error| ConfigError::Parse(error.to_string().trim().replace('\n', " ")))
+    }
+
+    /// Load from `path` (or `config/tracelink.toml` when it exists, or the defaults).
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<RawConfig, ConfigError> {
+        let default_path = Path::new("config/tracelink.toml");
+        let chosen = match path {
+            Some(path) => Some(path),
+            None if default_path.exists() => Some(default_path),
+            None => None,
+        };
+        let text = match chosen {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        RawConfig::from_toml_and_env(&text, env)
+    }
+
+    /// Turn raw values into typed ones; every problem names its key.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+            value.parse().map_err(|_| ConfigError::Invalid {
+                key: key.into(),
+                problem: format!("{value:?} is not a socket address like 127.0.0.1:3200"),
+            })
+        }
+        fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    problem: "must be greater than zero".into(),
+                });
+            }
+            Ok(value)
+        }
+        let config = Config {
+            http_addr: addr("server.http_addr", &self.server.http_addr)?,
+            otlp_http_addr: addr("server.otlp_http_addr", &self.server.otlp_http_addr)?,
+            otlp_grpc_addr: addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr)?,
+            shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            data_dir: self.storage.data_dir.clone(),
+            commit_interval: Duration::from_millis(positive(
+                "storage.commit_interval_ms",
+                self.storage.commit_interval_ms,
+            )?),
+            commit_max_spans: positive("storage.commit_max_spans", self.storage.commit_max_spans)?
+                as usize,
+            index_memory_bytes: (positive("storage.index_memory_mb", self.storage.index_memory_mb)?
+                as usize)
+                .max(16)
+                * 1024
+                * 1024,
+            wal_segment_bytes: positive(
+                "storage.wal_segment_bytes",
+                self.storage.wal_segment_bytes,
+            )?,
+            max_request_bytes: positive("limits.max_request_bytes", self.limits.max_request_bytes)?
+                as usize,
+            ingest_queue_spans: positive(
+                "limits.ingest_queue_spans",
+                self.limits.ingest_queue_spans,
+            )? as usize,
+            max_concurrent_requests: positive(
+                "limits.max_concurrent_requests",
+                self.limits.max_concurrent_requests,
+            )? as usize,
+        };
+        if config.ingest_queue_spans > u32::MAX as usize >> 3 {
+            return Err(ConfigError::Invalid {
+                key: "limits.ingest_queue_spans".into(),
+                problem: "must be below 536870911".into(),
+            });
+        }
+        check_writable(&config.data_dir)?;
+        Ok(config)
+    }
+}
+
+fn check_writable(data_dir: &Path) -> Result<(), ConfigError> {
+    let problem = |error: std::io::Error| ConfigError::Invalid {
+        key: "storage.data_dir".into(),
+        problem: format!("{} cannot be written: {error}", data_dir.display()),
+    };
+    std::fs::create_dir_all(data_dir).map_err(problem)?;
+    let probe = data_dir.join(".write-probe");
+    std::fs::write(&probe, b"ok").map_err(problem)?;
+    std::fs::remove_file(&probe).map_err(problem)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn shipped_config_file_equals_the_defaults() {
+        let text = include_str!("../config/tracelink.toml");
+        let parsed = RawConfig::from_toml_and_env(text, &no_env()).unwrap();
+        assert_eq!(parsed, RawConfig::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = BTreeMap::from([
+            (
+                "TRACELINK_STORAGE_DATA_DIR".to_string(),
+                "/tmp/x".to_string(),
+            ),
+            (
+                "TRACELINK_STORAGE_COMMIT_INTERVAL_MS".to_string(),
+                "250".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]);
+        let raw =
+            RawConfig::from_toml_and_env("[storage]\ncommit_interval_ms = 5\n", &env).unwrap();
+        assert_eq!(raw.storage.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(raw.storage.commit_interval_ms, 250);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let error = RawConfig::from_toml_and_env("[server]\nhttp_adr = \"x\"\n", &no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("http_adr"), "{error}");
+        let env = BTreeMap::from([("TRACELINK_NOPE_X".to_string(), "1".to_string())]);
+        let error = RawConfig::from_toml_and_env("", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TRACELINK_NOPE_X"), "{error}");
+        let raw =
+            RawConfig::from_toml_and_env("[server]\nhttp_addr = \"nowhere\"\n", &no_env()).unwrap();
+        let error = raw.validate().unwrap_err().to_string();
+        assert!(error.starts_with("config: server.http_addr:"), "{error}");
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let mut raw = RawConfig::default();
+        raw.storage.data_dir = file.join("data");
+        let error = raw.validate().unwrap_err().to_string();
+        assert!(error.starts_with("config: storage.data_dir:"), "{error}");
+    }
+}

@@ -1,0 +1,64 @@
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on
+//! `server.otlp_grpc_addr`, gzip accepted, through the same decoding and pipeline as
+//! OTLP/HTTP. Overload answers `UNAVAILABLE` (retried by the SDKs); bad data
+//! `INVALID_ARGUMENT`; a message over `max_request_bytes` is refused by tonic before it is
+//! buffered (and a gzip bomb while it is being decompressed).
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use crate::api::AppState;
+use crate::ingest;
+use crate::pipeline::SubmitError;
+
+pub struct GrpcTraces {
+    state: AppState,
+}
+
+pub fn trace_service(state: AppState) -> TraceServiceServer<GrpcTraces> {
+    let limit = state.config.max_request_bytes;
+    TraceServiceServer::new(GrpcTraces { state })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit)
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcTraces {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let _slot = self
+            .state
+            .ingest_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("service is shutting down"))?;
+        let request = request.into_inner();
+        let decoded = tokio::task::spawn_blocking(move || ingest::otlp::from_request(request))
+            .await
+            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
+        let partial_success = (!decoded.rejected.is_empty()).then(|| ExportTracePartialSuccess {
+            rejected_spans: decoded.rejected.len() as i64,
+            error_message: decoded.rejection_message(),
+        });
+        self.state
+            .pipeline
+            .submit_spans(decoded.spans)
+            .await
+            .map_err(|error| match error {
+                SubmitError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+                _ => Status::unavailable(error.to_string()),
+            })?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
+    }
+}

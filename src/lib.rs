@@ -1,0 +1,221 @@
+//! tracelink: follow requests across services, from a log line to its trace and metrics.
+//!
+//! Architecture in ten lines (DESIGN.md has the whole of it):
+//! - `ingest` decodes OTLP (HTTP protobuf/JSON, gRPC) and Zipkin bodies into `model::Span`s;
+//!   `api` and `grpc` are the servers that call it, and never touch storage themselves.
+//! - `pipeline` is the one path a span takes: the `wal` (fsync before the ack, group
+//!   commit), then the head buffer (read-your-writes), then the indexer thread that adds
+//!   spans to tantivy and commits with the covered WAL position as commit payload.
+//! - `store` holds the tantivy spans index and the head; reads by trace id merge both.
+//! - On start the WAL is replayed from the committed position (`/ready` is 503 until then);
+//!   on SIGTERM the servers stop accepting, the pipeline drains, and a final commit runs.
+//! - `config` turns the TOML file and `TRACELINK_*` variables into a checked `Config`.
+
+pub mod api;
+pub mod config;
+pub mod grpc;
+pub mod ingest;
+pub mod model;
+pub mod pipeline;
+pub mod store;
+pub mod wal;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::store::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {key} {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open storage under {path}: {source}")]
+    Storage {
+        path: String,
+        source: store::StoreError,
+    },
+}
+
+/// A bound, not yet serving, tracelink. Binding first lets callers (tests) learn the
+/// ports of `127.0.0.1:0` addresses before anything is sent.
+pub struct Server {
+    config: Config,
+    http: TcpListener,
+    otlp_http: TcpListener,
+    otlp_grpc: TcpListener,
+    storage: Arc<Storage>,
+    pipeline: Arc<Pipeline>,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        async fn listen(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { key, addr, source })
+        }
+        let http = listen("server.http_addr", config.http_addr).await?;
+        let otlp_http = listen("server.otlp_http_addr", config.otlp_http_addr).await?;
+        let otlp_grpc = listen("server.otlp_grpc_addr", config.otlp_grpc_addr).await?;
+        let storage_error = |source| StartError::Storage {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        let storage = Arc::new(Storage::open(&config.data_dir).map_err(storage_error)?);
+        let pipeline = Pipeline::new(storage.clone(), &config).map_err(storage_error)?;
+        Ok(Server {
+            config,
+            http,
+            otlp_http,
+            otlp_grpc,
+            storage,
+            pipeline,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.http_addr)
+    }
+
+    pub fn otlp_http_addr(&self) -> SocketAddr {
+        self.otlp_http
+            .local_addr()
+            .unwrap_or(self.config.otlp_http_addr)
+    }
+
+    pub fn otlp_grpc_addr(&self) -> SocketAddr {
+        self.otlp_grpc
+            .local_addr()
+            .unwrap_or(self.config.otlp_grpc_addr)
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, drain the pipeline, make the
+    /// final commit, all within `shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            http = %self.http_addr(),
+            otlp_http = %self.otlp_http_addr(),
+            otlp_grpc = %self.otlp_grpc_addr(),
+            data_dir = %self.config.data_dir.display(),
+            "tracelink listening"
+        );
+        let state = AppState::new(
+            self.pipeline.clone(),
+            self.storage.clone(),
+            self.config.clone(),
+        );
+        let token = CancellationToken::new();
+        let mut servers = tokio::task::JoinSet::new();
+        {
+            let token = token.clone();
+            let app = api::router(state.clone());
+            let listener = self.http;
+            servers.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "http server failed");
+                }
+            });
+        }
+        {
+            let token = token.clone();
+            let app = api::otlp_router(state.clone());
+            let listener = self.otlp_http;
+            servers.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "otlp http server failed");
+                }
+            });
+        }
+        {
+            let token = token.clone();
+            let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc);
+            let service = grpc::trace_service(state.clone());
+            servers.spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "otlp grpc server failed");
+                }
+            });
+        }
+        let replay_pipeline = self.pipeline.clone();
+        let replay = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match replay_pipeline.replay_and_start() {
+                Ok(spans) => tracing::info!(
+                    replayed_spans = spans,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "write-ahead log replayed; ready"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "write-ahead log replay failed; ingest stays off")
+                }
+            }
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down: no new requests, draining");
+        token.cancel();
+        let pipeline = self.pipeline.clone();
+        let drain = async move {
+            while servers.join_next().await.is_some() {}
+            let _ = replay.await;
+            let _ = tokio::task::spawn_blocking(move || pipeline.shutdown()).await;
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.config.shutdown_grace.as_millis() as u64,
+                "shutdown grace period expired; unfinished work stays in the write-ahead log"
+            );
+        } else {
+            tracing::info!("stopped");
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

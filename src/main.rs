@@ -1,0 +1,80 @@
+//! The `tracelink` command: parse the command line, load the configuration, set up
+//! logging, run, and turn the outcome into an exit code (64 for a bad configuration).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracelink::config::RawConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "tracelink",
+    version,
+    about = "Follow requests across services: traces, logs and metrics by trace id"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// Configuration file (default: config/tracelink.toml if present, else built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match RawConfig::load(config_path.as_deref(), &env).and_then(RawConfig::validate) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match tracelink::Server::bind(config).await {
+            Ok(server) => server,
+            Err(error) => {
+                eprintln!("{error}");
+                return match error {
+                    tracelink::StartError::Bind { .. } => ExitCode::from(EX_USAGE),
+                    tracelink::StartError::Storage { .. } => ExitCode::FAILURE,
+                };
+            }
+        };
+        server.run(tracelink::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}

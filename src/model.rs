@@ -1,0 +1,375 @@
+//! The one record model every stage shares: typed ids and the stored [`Span`].
+//!
+//! OTLP is the canonical shape of a span inside tracelink, as it is in Tempo: a span keeps
+//! its resource, its instrumentation scope and every attribute, event and link exactly as
+//! OTLP defines them, so nothing is lost between ingest and query. Wire formats other than
+//! OTLP (Zipkin) are translated into this shape at the edge. A [`Span`] is built once, at
+//! ingest, and then moves through the WAL, the head buffer and the index unchanged.
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+use prost::Message;
+
+/// Service name the OpenTelemetry SDKs use when a resource carries none.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Why a textual or binary id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("id is empty")]
+    Empty,
+    #[error("id is all zeros")]
+    AllZero,
+    #[error("id must be {expected} bytes, got {actual}")]
+    WrongLength { expected: usize, actual: usize },
+    #[error("id {0:?} is neither hex nor base64 of the right length")]
+    Malformed(String),
+}
+
+/// A 16-byte trace id, never all zeros.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id, never all zeros.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub [u8; 8]);
+
+// === impl TraceId ===
+
+impl TraceId {
+    /// From the raw bytes of a protobuf `bytes` field.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdError> {
+        let array: [u8; 16] = fixed_bytes(bytes)?;
+        Ok(TraceId(array))
+    }
+
+    /// Parse an id as users and protocols spell it: hex of any case, shorter hex
+    /// (left-padded with zeros, as B3 and Jaeger 64-bit ids are), or base64 of 16 bytes
+    /// (Tempo's JSON).
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        parse_flexible::<16>(text).map(TraceId)
+    }
+
+    /// The low 64 bits, which is all a Datadog tracer propagates.
+    pub fn low_u64(&self) -> u64 {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&self.0[8..]);
+        u64::from_be_bytes(low)
+    }
+
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({})", self.to_hex())
+    }
+}
+
+// === impl SpanId ===
+
+impl SpanId {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdError> {
+        let array: [u8; 8] = fixed_bytes(bytes)?;
+        Ok(SpanId(array))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        parse_flexible::<8>(text).map(SpanId)
+    }
+
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({})", self.to_hex())
+    }
+}
+
+fn fixed_bytes<const N: usize>(bytes: &[u8]) -> Result<[u8; N], IdError> {
+    if bytes.is_empty() {
+        return Err(IdError::Empty);
+    }
+    let array: [u8; N] = bytes.try_into().map_err(|_| IdError::WrongLength {
+        expected: N,
+        actual: bytes.len(),
+    })?;
+    if array.iter().all(|byte| *byte == 0) {
+        return Err(IdError::AllZero);
+    }
+    Ok(array)
+}
+
+fn parse_flexible<const N: usize>(text: &str) -> Result<[u8; N], IdError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if text.len() <= 2 * N && text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        let mut padded = [b'0'; 64];
+        let start = 2 * N - text.len();
+        padded[start..2 * N].copy_from_slice(text.as_bytes());
+        let mut out = [0u8; N];
+        for (index, pair) in padded[..2 * N].chunks_exact(2).enumerate() {
+            out[index] = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+        }
+        return fixed_bytes(&out);
+    }
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    for engine in engines {
+        if let Ok(decoded) = engine.decode(text) {
+            if decoded.len() == N {
+                return fixed_bytes(&decoded);
+            }
+        }
+    }
+    Err(IdError::Malformed(text.chars().take(80).collect()))
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// Lowercase hex, never stripped of leading zeros.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 0x0f) as usize] as char);
+    }
+    out
+}
+
+/// The `service.name` attribute of a resource, or the SDKs' `unknown_service`.
+pub fn service_name(resource: Option<&Resource>) -> &str {
+    resource
+        .and_then(|resource| {
+            resource
+                .attributes
+                .iter()
+                .find(|attribute| attribute.key == "service.name")
+        })
+        .and_then(|attribute| attribute.value.as_ref())
+        .and_then(|value| match &value.value {
+            Some(any_value::Value::StringValue(name)) if !name.is_empty() => Some(name.as_str()),
+            _ => None,
+        })
+        .unwrap_or(UNKNOWN_SERVICE)
+}
+
+/// A validated span as every stage after decoding sees it.
+///
+/// `payload` is the protobuf of a `ResourceSpans` holding exactly this span with its
+/// resource and scope: the unit the WAL, the head buffer and the tantivy doc store keep.
+/// The other fields are the ones that are indexed, extracted once at ingest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub service: String,
+    pub name: String,
+    pub kind: i32,
+    pub status_code: i32,
+    pub start_time_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub payload: Bytes,
+}
+
+/// A span whose ids are unusable, with the reason it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedSpan {
+    pub reason: String,
+}
+
+// === impl Span ===
+
+impl Span {
+    /// Validate one OTLP span and build the stored record. All-zero, empty or wrongly
+    /// sized trace and span ids are refused; an all-zero parent id means "no parent".
+    pub fn from_otlp(
+        resource: Option<&Resource>,
+        resource_schema_url: &str,
+        scope: Option<&InstrumentationScope>,
+        scope_schema_url: &str,
+        mut span: OtlpSpan,
+    ) -> Result<Span, RejectedSpan> {
+        let trace_id = TraceId::from_bytes(&span.trace_id).map_err(|error| RejectedSpan {
+            reason: format!("span {:?}: trace id: {error}", span.name),
+        })?;
+        let span_id = SpanId::from_bytes(&span.span_id).map_err(|error| RejectedSpan {
+            reason: format!("span {:?}: span id: {error}", span.name),
+        })?;
+        match SpanId::from_bytes(&span.parent_span_id) {
+            Ok(_) | Err(IdError::Empty) => {}
+            Err(IdError::AllZero) => span.parent_span_id.clear(),
+            Err(error) => {
+                return Err(RejectedSpan {
+                    reason: format!("span {:?}: parent span id: {error}", span.name),
+                })
+            }
+        }
+        let record = Span {
+            trace_id,
+            span_id,
+            service: service_name(resource).to_owned(),
+            name: span.name.clone(),
+            kind: span.kind,
+            status_code: span.status.as_ref().map_or(0, |status| status.code),
+            start_time_unix_nano: span.start_time_unix_nano,
+            duration_nanos: span
+                .end_time_unix_nano
+                .saturating_sub(span.start_time_unix_nano),
+            payload: Bytes::new(),
+        };
+        let single = ResourceSpans {
+            resource: resource.cloned(),
+            scope_spans: vec![ScopeSpans {
+                scope: scope.cloned(),
+                spans: vec![span],
+                schema_url: scope_schema_url.to_owned(),
+            }],
+            schema_url: resource_schema_url.to_owned(),
+        };
+        Ok(Span {
+            payload: Bytes::from(single.encode_to_vec()),
+            ..record
+        })
+    }
+
+    /// Rebuild the record from its stored payload (WAL replay).
+    pub fn from_payload(payload: Bytes) -> Result<Span, String> {
+        let decoded = ResourceSpans::decode(payload.clone())
+            .map_err(|error| format!("stored span does not decode: {error}"))?;
+        let scope_spans = decoded
+            .scope_spans
+            .into_iter()
+            .next()
+            .ok_or("stored span has no scope")?;
+        let span = scope_spans
+            .spans
+            .into_iter()
+            .next()
+            .ok_or("stored span is empty")?;
+        let mut record = Span::from_otlp(
+            decoded.resource.as_ref(),
+            &decoded.schema_url,
+            scope_spans.scope.as_ref(),
+            &scope_spans.schema_url,
+            span,
+        )
+        .map_err(|rejected| rejected.reason)?;
+        record.payload = payload;
+        Ok(record)
+    }
+
+    /// Decode the stored payload back into OTLP.
+    pub fn decode_payload(payload: &[u8]) -> Result<ResourceSpans, prost::DecodeError> {
+        ResourceSpans::decode(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_parse_in_every_accepted_spelling() {
+        let expected = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert_eq!(
+            TraceId::parse("4BF92F3577B34DA6A3CE929D0E0E4736").unwrap(),
+            expected
+        );
+        assert_eq!(
+            TraceId::parse("S/kvNXezTaajzpKdDg5HNg==").unwrap(),
+            expected
+        );
+        let short = TraceId::parse("a3ce929d0e0e4736").unwrap();
+        assert_eq!(short.to_hex(), "0000000000000000a3ce929d0e0e4736");
+        assert_eq!(short.low_u64(), 11803532876627986230);
+        assert_eq!(expected.to_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn bad_trace_ids_are_refused() {
+        assert_eq!(TraceId::parse(""), Err(IdError::Empty));
+        assert_eq!(
+            TraceId::parse("00000000000000000000000000000000"),
+            Err(IdError::AllZero)
+        );
+        assert!(matches!(
+            TraceId::parse("xyz-not-an-id"),
+            Err(IdError::Malformed(_))
+        ));
+        assert!(TraceId::parse("4bf92f3577b34da6a3ce929d0e0e47360").is_err());
+        assert_eq!(
+            TraceId::from_bytes(&[1, 2, 3]),
+            Err(IdError::WrongLength {
+                expected: 16,
+                actual: 3
+            })
+        );
+    }
+
+    #[test]
+    fn leading_zeros_are_kept_when_rendering() {
+        let id =
+            TraceId::from_bytes(&[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]).unwrap();
+        assert_eq!(
+            id.to_hex(),
+            "000000010203040506070809 0a0b0c0d".replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn span_round_trips_through_its_payload() {
+        let span = OtlpSpan {
+            trace_id: vec![7; 16],
+            span_id: vec![9; 8],
+            parent_span_id: vec![0; 8],
+            name: "GET /orders".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 35,
+            ..Default::default()
+        };
+        let record = Span::from_otlp(None, "", None, "", span).unwrap();
+        assert_eq!(record.service, UNKNOWN_SERVICE);
+        assert_eq!(record.duration_nanos, 25);
+        let again = Span::from_payload(record.payload.clone()).unwrap();
+        assert_eq!(again, record);
+        let decoded = Span::decode_payload(&record.payload).unwrap();
+        assert!(decoded.scope_spans[0].spans[0].parent_span_id.is_empty());
+    }
+}

@@ -1,0 +1,370 @@
+//! Write-ahead log: append, group-commit fsync, replay, truncation.
+//!
+//! Takes encoded batches from the pipeline's WAL thread (the only writer) and gives out
+//! positions: a position is a byte offset in one endless log, cut into segment files named
+//! after the position of their first byte (`00000000000000001234.wal`). A batch is acked
+//! only after [`Wal::sync`] returned, and one sync covers every batch appended before it,
+//! so concurrent requests share one fsync.
+//!
+//! Record layout: `len: u32 LE | crc32(kind, payload): u32 LE | kind: u8 | payload`.
+//! On open, records after the committed position are replayed in order; a torn record at
+//! the end of the last segment (a crash mid-write, never acked) is cut off.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const HEADER_BYTES: u64 = 9;
+const SEGMENT_SUFFIX: &str = ".wal";
+/// A record larger than this is treated as corruption rather than allocated.
+const MAX_RECORD_BYTES: u32 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("wal io on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a record holds; the pipeline decodes the payload accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    Spans = 1,
+}
+
+impl RecordKind {
+    fn from_byte(byte: u8) -> Option<RecordKind> {
+        match byte {
+            1 => Some(RecordKind::Spans),
+            _ => None,
+        }
+    }
+}
+
+/// One replayed record and the position just past it.
+#[derive(Debug)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub payload: Vec<u8>,
+    pub end_position: u64,
+}
+
+/// The appending side of the log; owned by one thread.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segment_path: PathBuf,
+    segment_start: u64,
+    writer: BufWriter<File>,
+    position: u64,
+    unsynced: bool,
+}
+
+impl Wal {
+    /// Open the log in `dir`, replay every record that ends after `committed` into
+    /// `on_record`, cut a torn tail, and return the log ready to append after the last
+    /// valid record.
+    pub fn open(
+        dir: &Path,
+        committed: u64,
+        segment_bytes: u64,
+        mut on_record: impl FnMut(Record),
+    ) -> Result<Wal, WalError> {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let segments = list_segments(dir)?;
+        let mut next_position = committed;
+        for (index, (start, path)) in segments.iter().enumerate() {
+            let next_start = segments.get(index + 1).map(|(start, _)| *start);
+            if next_start.is_some_and(|next_start| next_start <= committed) {
+                continue;
+            }
+            let is_last = next_start.is_none();
+            let valid_end = replay_segment(path, *start, committed, &mut on_record)?;
+            let file_len = fs::metadata(path).map_err(io_error(path))?.len();
+            if valid_end - start < file_len {
+                if is_last {
+                    tracing::warn!(
+                        path = %path.display(),
+                        valid_bytes = valid_end - start,
+                        file_bytes = file_len,
+                        "cutting torn tail of write-ahead log"
+                    );
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_error(path))?;
+                    file.set_len(valid_end - start).map_err(io_error(path))?;
+                    file.sync_all().map_err(io_error(path))?;
+                } else {
+                    tracing::error!(
+                        path = %path.display(),
+                        valid_bytes = valid_end - start,
+                        "corrupt record inside write-ahead log segment; rest of segment skipped"
+                    );
+                }
+            }
+            next_position = next_position.max(valid_end);
+        }
+        let (segment_path, writer) = create_segment(dir, next_position)?;
+        Ok(Wal {
+            dir: dir.to_owned(),
+            segment_bytes,
+            segment_path,
+            segment_start: next_position,
+            writer,
+            position: next_position,
+            unsynced: false,
+        })
+    }
+
+    /// Buffer one record; returns the position just past it. Not durable until
+    /// [`Wal::sync`].
+    pub fn append(&mut self, kind: RecordKind, payload: &[u8]) -> Result<u64, WalError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|len| *len <= MAX_RECORD_BYTES)
+            .ok_or_else(|| WalError::Io {
+                path: self.segment_path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "record too large"),
+            })?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[kind as u8]);
+        crc.update(payload);
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        header[8] = kind as u8;
+        let path = &self.segment_path;
+        self.writer.write_all(&header).map_err(io_error(path))?;
+        self.writer.write_all(payload).map_err(io_error(path))?;
+        self.position += HEADER_BYTES + u64::from(len);
+        self.unsynced = true;
+        Ok(self.position)
+    }
+
+    /// Make every appended record durable, then roll to a new segment if this one is full.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.unsynced {
+            let path = &self.segment_path;
+            self.writer.flush().map_err(io_error(path))?;
+            self.writer.get_ref().sync_data().map_err(io_error(path))?;
+            self.unsynced = false;
+        }
+        if self.position - self.segment_start >= self.segment_bytes {
+            let (segment_path, writer) = create_segment(&self.dir, self.position)?;
+            self.segment_path = segment_path;
+            self.writer = writer;
+            self.segment_start = self.position;
+        }
+        Ok(())
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+}
+
+/// Delete the segments every record of which ends at or before `committed`. The newest
+/// segment is always kept: it is the one being appended to.
+pub fn remove_segments_below(dir: &Path, committed: u64) -> Result<usize, WalError> {
+    let segments = list_segments(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_start, _) = &pair[1];
+        if *next_start <= committed {
+            fs::remove_file(path).map_err(io_error(path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(SEGMENT_SUFFIX))
+            .and_then(|stem| stem.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((start, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn create_segment(dir: &Path, start: u64) -> Result<(PathBuf, BufWriter<File>), WalError> {
+    let path = dir.join(format!("{start:020}{SEGMENT_SUFFIX}"));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    // The new file's directory entry must be durable before any ack relies on it.
+    File::open(dir)
+        .and_then(|dir_handle| dir_handle.sync_all())
+        .map_err(io_error(dir))?;
+    Ok((path, BufWriter::with_capacity(1 << 20, file)))
+}
+
+/// Read one segment; hand over records ending after `committed`; return the position just
+/// past the last valid record.
+fn replay_segment(
+    path: &Path,
+    start: u64,
+    committed: u64,
+    on_record: &mut impl FnMut(Record),
+) -> Result<u64, WalError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut position = start;
+    loop {
+        let mut header = [0u8; HEADER_BYTES as usize];
+        if !read_exact_or_eof(&mut reader, &mut header).map_err(io_error(path))? {
+            return Ok(position);
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let expected_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let Some(kind) = RecordKind::from_byte(header[8]) else {
+            return Ok(position);
+        };
+        if len > MAX_RECORD_BYTES {
+            return Ok(position);
+        }
+        let mut payload = vec![0u8; len as usize];
+        if !read_exact_or_eof(&mut reader, &mut payload).map_err(io_error(path))? {
+            return Ok(position);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[header[8]]);
+        crc.update(&payload);
+        if crc.finalize() != expected_crc {
+            return Ok(position);
+        }
+        position += HEADER_BYTES + u64::from(len);
+        if position > committed {
+            on_record(Record {
+                kind,
+                payload,
+                end_position: position,
+            });
+        }
+    }
+}
+
+/// Fill `buf` completely, or report a clean or torn end of file as `false`.
+fn read_exact_or_eof(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay_all(dir: &Path, committed: u64) -> (Wal, Vec<Record>) {
+        let mut records = Vec::new();
+        let wal = Wal::open(dir, committed, 1 << 20, |record| records.push(record)).unwrap();
+        (wal, records)
+    }
+
+    #[test]
+    fn appended_records_replay_after_their_committed_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, records) = replay_all(dir.path(), 0);
+        assert!(records.is_empty());
+        let first = wal.append(RecordKind::Spans, b"one").unwrap();
+        let second = wal.append(RecordKind::Spans, b"two").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        let (_, records) = replay_all(dir.path(), 0);
+        let payloads: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(records[1].end_position, second);
+
+        let (wal, records) = replay_all(dir.path(), first);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].payload, b"two");
+        assert_eq!(wal.position(), second);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_appends_continue_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = replay_all(dir.path(), 0);
+        let end = wal.append(RecordKind::Spans, b"kept").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let segment = list_segments(dir.path()).unwrap()[0].1.clone();
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+
+        let (mut wal, records) = replay_all(dir.path(), 0);
+        assert_eq!(records.len(), 1);
+        assert_eq!(wal.position(), end);
+        let next = wal.append(RecordKind::Spans, b"after").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, records) = replay_all(dir.path(), 0);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].end_position, next);
+    }
+
+    #[test]
+    fn flipped_bit_stops_replay_at_the_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = replay_all(dir.path(), 0);
+        wal.append(RecordKind::Spans, b"good").unwrap();
+        wal.append(RecordKind::Spans, b"damaged").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let segment = list_segments(dir.path()).unwrap()[0].1.clone();
+        let mut bytes = fs::read(&segment).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&segment, bytes).unwrap();
+        let (_, records) = replay_all(dir.path(), 0);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].payload, b"good");
+    }
+
+    #[test]
+    fn segments_roll_over_and_old_ones_are_removed_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), 0, 64, |_| {}).unwrap();
+        let mut ends = Vec::new();
+        for index in 0..10u8 {
+            ends.push(wal.append(RecordKind::Spans, &[index; 60]).unwrap());
+            wal.sync().unwrap();
+        }
+        assert!(list_segments(dir.path()).unwrap().len() >= 10);
+        let removed = remove_segments_below(dir.path(), ends[6]).unwrap();
+        assert_eq!(removed, 7);
+        drop(wal);
+        let (_, records) = replay_all(dir.path(), ends[6]);
+        let firsts: Vec<u8> = records.iter().map(|r| r.payload[0]).collect();
+        assert_eq!(firsts, vec![7, 8, 9]);
+    }
+}
