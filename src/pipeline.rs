@@ -7,9 +7,10 @@
 //! `commit_interval` (or `commit_max_spans`), storing the WAL position the commit covers
 //! in its payload, then evicts the head and deletes WAL segments below that position.
 //!
-//! Backpressure: a semaphore counts spans accepted but not yet handed to tantivy
-//! (`ingest_queue_spans`); when it has no room, ingest is refused at once (429 or
-//! `UNAVAILABLE`) and a counter goes up. Memory stays bounded whatever clients send.
+//! Backpressure: a semaphore counts spans accepted but not yet in a tantivy commit
+//! (`ingest_queue_spans`), which bounds the channels, tantivy's buffers and the head buffer
+//! together; when it has no room, ingest is refused at once (429 or `UNAVAILABLE`) and a
+//! counter goes up. The indexer commits early once half the queue waits for a commit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,8 +62,9 @@ struct WalJob {
 struct IndexJob {
     wal_position: u64,
     spans: Vec<Span>,
-    /// Released once the spans are in tantivy's writer; `None` for replayed batches.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Released by the commit that makes the spans durable in tantivy; `None` for
+    /// replayed batches.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 pub struct Pipeline {
@@ -93,8 +95,12 @@ impl Pipeline {
             writer,
             wal_dir: config.data_dir.join("wal"),
             commit_interval: config.commit_interval,
-            commit_max_spans: config.commit_max_spans,
+            commit_max_spans: config
+                .commit_max_spans
+                .min(config.ingest_queue_spans / 2)
+                .max(1),
             committed,
+            held_permits: Vec::new(),
             stats: stats.clone(),
         };
         let indexer_thread = std::thread::Builder::new()
@@ -137,7 +143,7 @@ impl Pipeline {
                     let job = IndexJob {
                         wal_position: record.end_position,
                         spans,
-                        _permit: None,
+                        permit: None,
                     };
                     if index_sender.send(job).is_err() {
                         tracing::error!("indexer stopped during replay");
@@ -330,7 +336,7 @@ impl WalWriter {
                 let index_job = IndexJob {
                     wal_position: position,
                     spans: job.spans,
-                    _permit: Some(job.permit),
+                    permit: Some(job.permit),
                 };
                 if self.index_sender.send(index_job).is_err() {
                     tracing::error!("indexer has stopped; spans stay in the WAL for replay");
@@ -350,6 +356,8 @@ struct Indexer {
     commit_interval: Duration,
     commit_max_spans: usize,
     committed: u64,
+    /// Queue room of the spans added since the last commit, given back by the next one.
+    held_permits: Vec<OwnedSemaphorePermit>,
     stats: Arc<PipelineStats>,
 }
 
@@ -374,6 +382,7 @@ impl Indexer {
                         .fetch_add(job.spans.len() as u64, Ordering::Relaxed);
                     pending_spans += job.spans.len();
                     covered = job.wal_position;
+                    self.held_permits.extend(job.permit);
                     if pending_spans >= self.commit_max_spans {
                         self.commit(covered);
                         pending_spans = 0;
@@ -405,6 +414,7 @@ impl Indexer {
         }
         self.committed = covered;
         self.storage.head.evict_through(covered);
+        self.held_permits.clear();
         if let Err(error) = wal::remove_segments_below(&self.wal_dir, covered) {
             tracing::warn!(%error, "removing committed WAL segments failed");
         }

@@ -1,0 +1,209 @@
+//! Shared by the end-to-end tests: a real tracelink on 127.0.0.1:0, in process or as the
+//! real binary, and small HTTP helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan, TracesData};
+use prost::Message;
+use tracelink::config::RawConfig;
+
+/// A tracelink running inside the test process.
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub otlp_grpc: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> TestServer {
+        let mut raw = RawConfig::default();
+        raw.server.http_addr = "127.0.0.1:0".into();
+        raw.server.otlp_http_addr = "127.0.0.1:0".into();
+        raw.server.otlp_grpc_addr = "127.0.0.1:0".into();
+        raw.storage.data_dir = data_dir.to_owned();
+        raw.storage.commit_interval_ms = 200;
+        tweak(&mut raw);
+        let config = raw.validate().unwrap();
+        let server = tracelink::Server::bind(config).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = server.http_addr();
+        let otlp_http = server.otlp_http_addr();
+        let otlp_grpc = server.otlp_grpc_addr();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let started = TestServer {
+            http,
+            otlp_http,
+            otlp_grpc,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_ready(http).await;
+        started
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Graceful stop: drain and final commit.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+pub async fn wait_ready(http: SocketAddr) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("http://{http}/ready")).send().await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "tracelink never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real `tracelink` binary, with stderr drained on a thread.
+pub struct Process {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub otlp_grpc: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+pub fn spawn_binary(work_dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tracelink"));
+    command
+        .arg("serve")
+        .current_dir(work_dir)
+        .env("TRACELINK_SERVER_HTTP_ADDR", "127.0.0.1:0")
+        .env("TRACELINK_SERVER_OTLP_HTTP_ADDR", "127.0.0.1:0")
+        .env("TRACELINK_SERVER_OTLP_GRPC_ADDR", "127.0.0.1:0")
+        .env("TRACELINK_STORAGE_DATA_DIR", data_dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("tracelink did not report its addresses");
+        if line.contains("tracelink listening") {
+            let field = |name: &str| -> SocketAddr {
+                let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            return Process {
+                http: field("http"),
+                otlp_http: field("otlp_http"),
+                otlp_grpc: field("otlp_grpc"),
+                child,
+                log: lines,
+            };
+        }
+    }
+}
+
+impl Process {
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracelink did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Fetch a trace as OTLP through Tempo's v1 protobuf route; `None` on 404.
+pub async fn fetch_trace(http: SocketAddr, trace_id: &str) -> Option<Vec<ResourceSpans>> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{http}/api/traces/{trace_id}"))
+        .header("accept", "application/protobuf")
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return None;
+    }
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    Some(TracesData::decode(body).unwrap().resource_spans)
+}
+
+/// Every span of a fetched trace with its service name.
+pub fn flatten(batches: &[ResourceSpans]) -> Vec<(String, OtlpSpan)> {
+    let mut spans = Vec::new();
+    for batch in batches {
+        let service = tracelink::model::service_name(batch.resource.as_ref()).to_owned();
+        for scope in &batch.scope_spans {
+            for span in &scope.spans {
+                spans.push((service.clone(), span.clone()));
+            }
+        }
+    }
+    spans
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn data_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("data")
+}
