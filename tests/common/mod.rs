@@ -118,9 +118,12 @@ pub fn spawn_binary(work_dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> P
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("tracelink did not report its addresses");
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("tracelink did not report its addresses (exit: {status:?})");
+        };
         if line.contains("tracelink listening") {
             let field = |name: &str| -> SocketAddr {
                 let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
