@@ -2,7 +2,9 @@
 //! `server.otlp_grpc_addr`, gzip accepted, through the same decoding and pipeline as
 //! OTLP/HTTP. Overload answers `UNAVAILABLE` (retried by the SDKs); bad data
 //! `INVALID_ARGUMENT`; a message over `max_request_bytes` is refused by tonic before it is
-//! buffered (and a gzip bomb while it is being decompressed).
+//! buffered (and a gzip bomb while it is being decompressed) with `RESOURCE_EXHAUSTED`, as
+//! the OTLP spec asks (tonic itself says `OUT_OF_RANGE` for the first case; see
+//! [`over_size_is_resource_exhausted`]).
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -61,4 +63,25 @@ impl TraceService for GrpcTraces {
             partial_success,
         }))
     }
+}
+
+/// Rewrite tonic's `OUT_OF_RANGE` for a message over the decoding limit into the
+/// `RESOURCE_EXHAUSTED` that OTLP and grpc-go use. Decode errors happen before any message
+/// is sent, so the status travels in the headers of a trailers-only response.
+pub fn over_size_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let is_over_size = headers.get("grpc-status").is_some_and(|code| code == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|message| message.to_str().ok())
+            .is_some_and(|message| {
+                message.contains("message%20length%20too%20large")
+                    || message.contains("message length too large")
+            });
+    if is_over_size {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }

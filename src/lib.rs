@@ -149,6 +149,9 @@ impl Server {
             let service = grpc::trace_service(state.clone());
             servers.spawn(async move {
                 let served = tonic::transport::Server::builder()
+                    .layer(tower::util::MapResponseLayer::new(
+                        grpc::over_size_is_resource_exhausted,
+                    ))
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                     .await;
