@@ -12,6 +12,7 @@
 //! - `config` turns the TOML file and `TRACELINK_*` variables into a checked `Config`.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod ingest;

@@ -28,6 +28,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure ingest throughput, trace-by-id latency, disk and memory on this machine.
+    Bench {
+        /// Spans to ingest in the throughput phase (and to hold during the query phase).
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: u64,
+        /// Spans per OTLP batch.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Concurrent gRPC senders.
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// How long to measure trace-by-id latency.
+        #[arg(long, default_value_t = 10)]
+        query_seconds: u64,
+        /// Keep the data here instead of a removed temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 const EX_USAGE: u8 = 64;
@@ -44,6 +62,19 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Bench {
+            spans,
+            batch,
+            senders,
+            query_seconds,
+            data_dir,
+        } => bench(tracelink::bench::BenchOptions {
+            spans,
+            batch,
+            senders,
+            query_seconds,
+            data_dir,
+        }),
     }
 }
 
@@ -77,4 +108,17 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         server.run(tracelink::shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+fn bench(options: tracelink::bench::BenchOptions) -> ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(tracelink::bench::run(options)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
