@@ -1,11 +1,17 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on
-//! `server.otlp_grpc_addr`, gzip accepted, through the same decoding and pipeline as
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//! `…logs.v1.LogsService/Export` on `server.otlp_grpc_addr`, gzip accepted, through the same decoding and pipeline as
 //! OTLP/HTTP. Overload answers `UNAVAILABLE` (retried by the SDKs); bad data
 //! `INVALID_ARGUMENT`; a message over `max_request_bytes` is refused by tonic before it is
 //! buffered (and a gzip bomb while it is being decompressed) with `RESOURCE_EXHAUSTED`, as
 //! the OTLP spec asks (tonic itself says `OUT_OF_RANGE` for the first case; see
 //! [`over_size_is_resource_exhausted`]).
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -55,13 +61,58 @@ impl TraceService for GrpcTraces {
             .pipeline
             .submit_spans(decoded.spans)
             .await
-            .map_err(|error| match error {
-                SubmitError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
-                _ => Status::unavailable(error.to_string()),
-            })?;
+            .map_err(submit_status)?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success,
         }))
+    }
+}
+
+fn submit_status(error: SubmitError) -> Status {
+    match error {
+        SubmitError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        _ => Status::unavailable(error.to_string()),
+    }
+}
+
+pub struct GrpcLogs {
+    state: AppState,
+}
+
+pub fn logs_service(state: AppState) -> LogsServiceServer<GrpcLogs> {
+    let limit = state.config.max_request_bytes;
+    LogsServiceServer::new(GrpcLogs { state })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit)
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcLogs {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let _slot = self
+            .state
+            .ingest_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("service is shutting down"))?;
+        let request = request.into_inner();
+        let decoded = tokio::task::spawn_blocking(move || ingest::otlp_logs::from_request(request))
+            .await
+            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
+        let partial_success = (!decoded.rejected.is_empty()).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: decoded.rejected.len() as i64,
+            error_message: decoded.rejection_message(),
+        });
+        self.state
+            .pipeline
+            .submit_logs(decoded.records)
+            .await
+            .map_err(submit_status)?;
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 

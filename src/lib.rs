@@ -147,13 +147,15 @@ impl Server {
         {
             let token = token.clone();
             let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc);
-            let service = grpc::trace_service(state.clone());
+            let traces = grpc::trace_service(state.clone());
+            let logs = grpc::logs_service(state.clone());
             servers.spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .layer(tower::util::MapResponseLayer::new(
                         grpc::over_size_is_resource_exhausted,
                     ))
-                    .add_service(service)
+                    .add_service(traces)
+                    .add_service(logs)
                     .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                     .await;
                 if let Err(error) = served {

@@ -37,12 +37,14 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 #[repr(u8)]
 pub enum RecordKind {
     Spans = 1,
+    Logs = 2,
 }
 
 impl RecordKind {
     fn from_byte(byte: u8) -> Option<RecordKind> {
         match byte {
             1 => Some(RecordKind::Spans),
+            2 => Some(RecordKind::Logs),
             _ => None,
         }
     }

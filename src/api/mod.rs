@@ -6,6 +6,7 @@
 //! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
 //! requests decoded at once.
 
+pub mod logs;
 pub mod otlp;
 pub mod tempo;
 pub mod zipkin;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
+        .route("/api/logs", get(logs::list))
+        .route("/api/logs/{id}", get(logs::get_one))
         .route("/ready", get(ready))
         .merge(ingest)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -81,7 +84,9 @@ pub fn otlp_router(state: AppState) -> Router {
             limit_ingest_concurrency,
         ))
         .fallback(|| async {
-            ApiError::NotFound("no such route; OTLP/HTTP serves POST /v1/traces".into())
+            ApiError::NotFound(
+                "no such route; OTLP/HTTP serves POST /v1/traces and /v1/logs".into(),
+            )
         })
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -94,6 +99,7 @@ pub fn otlp_router(state: AppState) -> Router {
 fn ingest_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/traces", post(otlp::post_traces))
+        .route("/v1/logs", post(otlp::post_logs))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
 }
 

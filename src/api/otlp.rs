@@ -1,4 +1,4 @@
-//! OTLP/HTTP `POST /v1/traces`: protobuf or JSON, chosen by `Content-Type`, answered in
+//! OTLP/HTTP `POST /v1/traces` and `POST /v1/logs`: protobuf or JSON, chosen by `Content-Type`, answered in
 //! the same encoding; failures as a `google.rpc.Status`, partial success for spans refused
 //! one by one.
 
@@ -7,14 +7,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 
 use super::{body_rejection, media_type, AppState};
-use crate::ingest::{self, DecodedSpans, IngestError};
-use crate::pipeline::SubmitError;
+use crate::ingest::{self, IngestError};
+use crate::pipeline::{Batch, SubmitError};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -44,10 +47,41 @@ const GRPC_INVALID_ARGUMENT: i32 = 3;
 const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 const GRPC_UNAVAILABLE: i32 = 14;
 
+/// Which OTLP signal a request carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Traces,
+    Logs,
+}
+
+/// What one request decoded to: the batch to store and the records refused one by one.
+struct Decoded {
+    batch: Batch,
+    rejected: usize,
+    rejection_message: String,
+}
+
 pub async fn post_traces(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    post_otlp(state, headers, body, Signal::Traces).await
+}
+
+pub async fn post_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    post_otlp(state, headers, body, Signal::Logs).await
+}
+
+async fn post_otlp(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    signal: Signal,
 ) -> Response {
     let encoding = match media_type(&headers, header::CONTENT_TYPE).as_deref() {
         Some("application/x-protobuf") | Some("application/protobuf") => Encoding::Protobuf,
@@ -73,10 +107,7 @@ pub async fn post_traces(
         Err(rejection) => Err(body_rejection(rejection, limit)),
         Ok(body) => tokio::task::spawn_blocking(move || {
             let body = ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
-            match encoding {
-                Encoding::Protobuf => ingest::otlp::decode_protobuf(&body),
-                Encoding::Json => ingest::otlp::decode_json(&body),
-            }
+            decode(signal, encoding, &body)
         })
         .await
         .unwrap_or_else(|join_error| {
@@ -89,34 +120,74 @@ pub async fn post_traces(
         Ok(decoded) => decoded,
         Err(error) => return ingest_failure(encoding, error),
     };
-    let DecodedSpans { spans, rejected } = decoded;
-    let rejected = DecodedSpans {
-        spans: Vec::new(),
-        rejected,
-    };
-    if let Err(error) = state.pipeline.submit_spans(spans).await {
+    if let Err(error) = state.pipeline.submit(decoded.batch).await {
         return submit_failure(encoding, error);
     }
-    success(encoding, &rejected)
+    success(
+        encoding,
+        signal,
+        decoded.rejected,
+        decoded.rejection_message,
+    )
 }
 
-fn success(encoding: Encoding, rejected: &DecodedSpans) -> Response {
-    let partial = (!rejected.rejected.is_empty()).then(|| ExportTracePartialSuccess {
-        rejected_spans: rejected.rejected.len() as i64,
-        error_message: rejected.rejection_message(),
-    });
-    let body = match encoding {
-        Encoding::Protobuf => ExportTraceServiceResponse {
-            partial_success: partial,
+fn decode(signal: Signal, encoding: Encoding, body: &[u8]) -> Result<Decoded, IngestError> {
+    match signal {
+        Signal::Traces => {
+            let spans = match encoding {
+                Encoding::Protobuf => ingest::otlp::decode_protobuf(body)?,
+                Encoding::Json => ingest::otlp::decode_json(body)?,
+            };
+            Ok(Decoded {
+                rejected: spans.rejected.len(),
+                rejection_message: spans.rejection_message(),
+                batch: Batch::Spans(spans.spans),
+            })
         }
-        .encode_to_vec(),
+        Signal::Logs => {
+            let logs = match encoding {
+                Encoding::Protobuf => ingest::otlp_logs::decode_protobuf(body)?,
+                Encoding::Json => ingest::otlp_logs::decode_json(body)?,
+            };
+            Ok(Decoded {
+                rejected: logs.rejected.len(),
+                rejection_message: logs.rejection_message(),
+                batch: Batch::Logs(logs.records),
+            })
+        }
+    }
+}
+
+fn success(encoding: Encoding, signal: Signal, rejected: usize, message: String) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => match signal {
+            Signal::Traces => ExportTraceServiceResponse {
+                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                    rejected_spans: rejected as i64,
+                    error_message: message,
+                }),
+            }
+            .encode_to_vec(),
+            Signal::Logs => ExportLogsServiceResponse {
+                partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                    rejected_log_records: rejected as i64,
+                    error_message: message,
+                }),
+            }
+            .encode_to_vec(),
+        },
         Encoding::Json => {
-            let value = match partial {
-                None => serde_json::json!({}),
-                Some(partial) => serde_json::json!({"partialSuccess": {
-                    "rejectedSpans": partial.rejected_spans.to_string(),
-                    "errorMessage": partial.error_message,
-                }}),
+            let count_key = match signal {
+                Signal::Traces => "rejectedSpans",
+                Signal::Logs => "rejectedLogRecords",
+            };
+            let value = if rejected == 0 {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({"partialSuccess": {
+                    count_key: rejected.to_string(),
+                    "errorMessage": message,
+                }})
             };
             value.to_string().into_bytes()
         }

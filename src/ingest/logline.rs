@@ -18,7 +18,10 @@ use serde_json::Value;
 use crate::model::{SpanId, TraceId};
 
 /// Normalised severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     Trace,
     Debug,

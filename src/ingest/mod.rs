@@ -5,6 +5,7 @@
 
 pub mod logline;
 pub mod otlp;
+pub mod otlp_logs;
 pub mod zipkin;
 
 use std::io::Read;

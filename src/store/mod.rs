@@ -6,20 +6,59 @@
 //! folded by span id, which also folds client retries).
 
 pub mod head;
+pub mod logs;
 pub mod spans;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 pub use head::Head;
-pub use spans::{SpanIndex, StoreError};
+pub use logs::{LogIndex, LogQuery};
+pub use spans::SpanIndex;
 
 use crate::model::{Span, TraceId};
 
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("opening index directory: {0}")]
+    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored data is not understood: {0}")]
+    Payload(String),
+}
+
+/// What a tantivy commit covers: the WAL position, and for the logs index the tailer's
+/// file checkpoints (owned and interpreted by the tailer).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CommitPayload {
+    pub wal_position: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, serde_json::Value>,
+}
+
+impl CommitPayload {
+    pub fn parse(payload: Option<&str>) -> Result<CommitPayload, StoreError> {
+        match payload {
+            None => Ok(CommitPayload::default()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|error| StoreError::Payload(format!("commit payload {text:?}: {error}"))),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!("{{\"wal_position\":{}}}", self.wal_position))
+    }
+}
+
 pub struct Storage {
     pub spans: SpanIndex,
+    pub logs: LogIndex,
     pub head: Head,
 }
 
@@ -27,6 +66,7 @@ impl Storage {
     pub fn open(data_dir: &Path) -> Result<Storage, StoreError> {
         Ok(Storage {
             spans: SpanIndex::open(&data_dir.join("spans"))?,
+            logs: LogIndex::open(&data_dir.join("logs"))?,
             head: Head::default(),
         })
     }

@@ -18,19 +18,8 @@ use tantivy::{
     DocAddress, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
 };
 
+use super::{CommitPayload, StoreError};
 use crate::model::{Span, TraceId};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("tantivy: {0}")]
-    Tantivy(#[from] tantivy::TantivyError),
-    #[error("opening index directory: {0}")]
-    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("commit payload {0:?} is not understood")]
-    Payload(String),
-}
 
 /// Field handles of the spans schema.
 #[derive(Clone, Copy)]
@@ -97,10 +86,7 @@ impl SpanIndex {
     /// The WAL position covered by the last commit (0 for a new index).
     pub fn committed_wal_position(&self) -> Result<u64, StoreError> {
         let metas = self.index.load_metas()?;
-        match metas.payload {
-            None => Ok(0),
-            Some(payload) => parse_commit_payload(&payload),
-        }
+        Ok(CommitPayload::parse(metas.payload.as_deref())?.wal_position)
     }
 
     pub fn writer(&self, memory_bytes: usize) -> Result<IndexWriter, StoreError> {
@@ -124,7 +110,11 @@ impl SpanIndex {
     /// visible to searches before returning.
     pub fn commit(&self, writer: &mut IndexWriter, wal_position: u64) -> Result<(), StoreError> {
         let mut prepared = writer.prepare_commit()?;
-        prepared.set_payload(&commit_payload(wal_position));
+        let payload = CommitPayload {
+            wal_position,
+            ..CommitPayload::default()
+        };
+        prepared.set_payload(&payload.render());
         prepared.commit()?;
         self.reader.reload()?;
         Ok(())
@@ -154,20 +144,6 @@ impl SpanIndex {
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
-}
-
-fn commit_payload(wal_position: u64) -> String {
-    format!("{{\"wal_position\":{wal_position}}}")
-}
-
-fn parse_commit_payload(payload: &str) -> Result<u64, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct CommitPayload {
-        wal_position: u64,
-    }
-    serde_json::from_str::<CommitPayload>(payload)
-        .map(|parsed| parsed.wal_position)
-        .map_err(|_| StoreError::Payload(payload.to_owned()))
 }
 
 #[cfg(test)]

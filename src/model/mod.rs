@@ -6,6 +6,8 @@
 //! OTLP (Zipkin) are translated into this shape at the edge. A [`Span`] is built once, at
 //! ingest, and then moves through the WAL, the head buffer and the index unchanged.
 
+pub mod log;
+
 use std::fmt;
 
 use base64::Engine as _;
@@ -14,6 +16,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 use prost::Message;
+
+pub use log::{LogRecord, LogSource};
 
 /// Service name the OpenTelemetry SDKs use when a resource carries none.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";

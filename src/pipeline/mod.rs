@@ -1,0 +1,376 @@
+//! The one path every decoded record takes: WAL (fsync, then ack) → head → indexer →
+//! tantivy. Tailed log lines skip the WAL (the file is the log) and reach the indexer with
+//! the file checkpoint that covers them.
+//!
+//! Takes `Vec<Span>` and `Vec<LogRecord>` from the protocol handlers through
+//! [`Pipeline::submit`] and answers once the batch is durable. Two threads do the work:
+//! the WAL thread ([`wal_writer`]) appends every waiting batch, fsyncs once for all of them
+//! (group commit), fills the head buffer and acks; the indexer thread ([`indexer`]) adds
+//! documents to the spans and logs indexes and commits both every `commit_interval` (or
+//! sooner when enough waits), storing the WAL position the commit covers, and for the
+//! logs index the tailer's checkpoints, in the commit payload.
+//!
+//! Backpressure: a semaphore counts records accepted but not yet in a tantivy commit
+//! (`ingest_queue_spans`), which bounds the channels, tantivy's buffers and the head buffer
+//! together; when it has no room, ingest is refused at once (429 or `UNAVAILABLE`) and a
+//! counter goes up. The tailer instead blocks on a bounded channel: its file is its buffer.
+
+mod indexer;
+mod wal_writer;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Config;
+use crate::model::{LogRecord, Span};
+use crate::store::{Storage, StoreError};
+use crate::wal::{self, RecordKind, Wal};
+
+/// Why a batch was not accepted. Nothing of a refused batch is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("ingest queue is full")]
+    Overloaded,
+    #[error("batch of {records} records is larger than the whole ingest queue ({capacity})")]
+    BatchTooLarge { records: usize, capacity: usize },
+    #[error("write-ahead log replay is still running")]
+    NotReady,
+    #[error("service is shutting down")]
+    ShuttingDown,
+    #[error("write-ahead log write failed")]
+    WalFailed,
+}
+
+/// Counters of the pipeline, read by `/metrics`.
+#[derive(Default)]
+pub struct PipelineStats {
+    pub spans_accepted: AtomicU64,
+    pub logs_accepted: AtomicU64,
+    pub records_refused_overload: AtomicU64,
+    pub spans_indexed: AtomicU64,
+    pub logs_indexed: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_fsyncs: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+/// Records of one request, all of one kind.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Spans(Vec<Span>),
+    Logs(Vec<LogRecord>),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Spans(spans) => spans.len(),
+            Batch::Logs(records) => records.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn kind(&self) -> RecordKind {
+        match self {
+            Batch::Spans(_) => RecordKind::Spans,
+            Batch::Logs(_) => RecordKind::Logs,
+        }
+    }
+
+    /// The WAL payload: span payloads each prefixed by their length (u32 LE), or the
+    /// records as a JSON array.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Batch::Spans(spans) => {
+                for span in spans {
+                    out.extend_from_slice(&(span.payload.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&span.payload);
+                }
+            }
+            Batch::Logs(records) => {
+                if let Err(error) = serde_json::to_writer(&mut *out, records) {
+                    tracing::error!(%error, "log records do not serialise");
+                }
+            }
+        }
+    }
+
+    fn decode(kind: RecordKind, payload: &[u8]) -> Batch {
+        match kind {
+            RecordKind::Spans => Batch::Spans(decode_spans(payload)),
+            RecordKind::Logs => {
+                Batch::Logs(serde_json::from_slice(payload).unwrap_or_else(|error| {
+                    tracing::error!(%error, "log records in the write-ahead log do not decode");
+                    Vec::new()
+                }))
+            }
+        }
+    }
+}
+
+fn decode_spans(record: &[u8]) -> Vec<Span> {
+    let shared = Bytes::copy_from_slice(record);
+    let mut spans = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= shared.len() {
+        let len = u32::from_le_bytes([
+            shared[offset],
+            shared[offset + 1],
+            shared[offset + 2],
+            shared[offset + 3],
+        ]) as usize;
+        offset += 4;
+        if offset + len > shared.len() {
+            tracing::error!("span record in the write-ahead log is cut short");
+            break;
+        }
+        match Span::from_payload(shared.slice(offset..offset + len)) {
+            Ok(span) => spans.push(span),
+            Err(error) => tracing::error!(%error, "span in the write-ahead log does not decode"),
+        }
+        offset += len;
+    }
+    spans
+}
+
+/// Tailed lines and the checkpoint of their file after them, applied atomically by the
+/// indexer: the commit that holds the lines holds the checkpoint. `checkpoint: None`
+/// forgets the file.
+#[derive(Debug, Clone)]
+pub struct TailedBatch {
+    pub records: Vec<LogRecord>,
+    pub checkpoint_key: String,
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+enum IndexJob {
+    Wal {
+        wal_position: u64,
+        batch: Batch,
+        /// Released by the commit that makes the records durable in tantivy; `None` for
+        /// replayed batches.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    Tailed(TailedBatch),
+}
+
+struct WalJob {
+    batch: Batch,
+    permit: OwnedSemaphorePermit,
+    ack: oneshot::Sender<Result<(), SubmitError>>,
+}
+
+/// The tailer's way into the indexer; `send` blocks while the indexer is behind.
+#[derive(Clone)]
+pub struct TailSender {
+    sender: SyncSender<IndexJob>,
+}
+
+impl TailSender {
+    /// `false` once the pipeline has shut down.
+    pub fn send(&self, batch: TailedBatch) -> bool {
+        self.sender.send(IndexJob::Tailed(batch)).is_ok()
+    }
+}
+
+pub struct Pipeline {
+    storage: Arc<Storage>,
+    wal_dir: PathBuf,
+    config: Config,
+    queue: Arc<Semaphore>,
+    ready: AtomicBool,
+    committed_spans: u64,
+    committed_logs: u64,
+    /// The tailer's file checkpoints as of the last logs commit, read once at start.
+    committed_files: BTreeMap<String, serde_json::Value>,
+    wal_sender: Mutex<Option<Sender<WalJob>>>,
+    index_sender: Mutex<Option<SyncSender<IndexJob>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pub stats: Arc<PipelineStats>,
+}
+
+impl Pipeline {
+    /// Start the indexer thread. Ingest is refused (`NotReady`) until
+    /// [`Pipeline::replay_and_start`] has replayed the WAL.
+    pub fn new(storage: Arc<Storage>, config: &Config) -> Result<Arc<Pipeline>, StoreError> {
+        let committed_spans = storage.spans.committed_wal_position()?;
+        let logs_commit = storage.logs.committed()?;
+        let (index_sender, index_receiver) = mpsc::sync_channel(256);
+        let stats = Arc::new(PipelineStats::default());
+        let indexer = indexer::Indexer::new(
+            storage.clone(),
+            config,
+            committed_spans,
+            logs_commit.clone(),
+            stats.clone(),
+        )?;
+        let indexer_thread = std::thread::Builder::new()
+            .name("tracelink-indexer".into())
+            .spawn(move || indexer.run(index_receiver))?;
+        Ok(Arc::new(Pipeline {
+            storage,
+            wal_dir: config.data_dir.join("wal"),
+            config: config.clone(),
+            queue: Arc::new(Semaphore::new(config.ingest_queue_spans)),
+            ready: AtomicBool::new(false),
+            committed_spans,
+            committed_logs: logs_commit.wal_position,
+            committed_files: logs_commit.files,
+            wal_sender: Mutex::new(None),
+            index_sender: Mutex::new(Some(index_sender)),
+            threads: Mutex::new(vec![indexer_thread]),
+            stats,
+        }))
+    }
+
+    /// Replay the WAL from the lower of the two committed positions into the head and the
+    /// indexer, then start the WAL thread and accept ingest. Blocking.
+    pub fn replay_and_start(&self) -> Result<u64, wal::WalError> {
+        let Some(index_sender) = lock(&self.index_sender).clone() else {
+            return Ok(0);
+        };
+        let mut replayed = 0u64;
+        let from = self.committed_spans.min(self.committed_logs);
+        let wal = Wal::open(
+            &self.wal_dir,
+            from,
+            self.config.wal_segment_bytes,
+            |record| {
+                let batch = Batch::decode(record.kind, &record.payload);
+                replayed += batch.len() as u64;
+                if let Batch::Spans(spans) = &batch {
+                    if record.end_position > self.committed_spans {
+                        self.storage.head.insert(record.end_position, spans);
+                    }
+                }
+                let job = IndexJob::Wal {
+                    wal_position: record.end_position,
+                    batch,
+                    permit: None,
+                };
+                if index_sender.send(job).is_err() {
+                    tracing::error!("indexer stopped during replay");
+                }
+            },
+        )?;
+        let (wal_sender, wal_receiver) = mpsc::channel();
+        let writer =
+            wal_writer::WalWriter::new(wal, self.storage.clone(), index_sender, self.stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("tracelink-wal".into())
+            .spawn(move || writer.run(wal_receiver))
+            .map_err(|source| wal::WalError::Io {
+                path: self.wal_dir.clone(),
+                source,
+            })?;
+        lock(&self.threads).push(thread);
+        *lock(&self.wal_sender) = Some(wal_sender);
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(replayed)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The tailer's checkpoints as of the last logs commit.
+    pub fn committed_files(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.committed_files
+    }
+
+    /// A sender for the tailer, `None` once shut down.
+    pub fn tail_sender(&self) -> Option<TailSender> {
+        lock(&self.index_sender)
+            .clone()
+            .map(|sender| TailSender { sender })
+    }
+
+    pub async fn submit_spans(&self, spans: Vec<Span>) -> Result<(), SubmitError> {
+        self.submit(Batch::Spans(spans)).await
+    }
+
+    pub async fn submit_logs(&self, records: Vec<LogRecord>) -> Result<(), SubmitError> {
+        self.submit(Batch::Logs(records)).await
+    }
+
+    /// Make a batch durable. Returns once it is fsynced in the WAL (and, for spans,
+    /// readable by trace id).
+    pub async fn submit(&self, batch: Batch) -> Result<(), SubmitError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if !self.is_ready() {
+            return Err(SubmitError::NotReady);
+        }
+        let capacity = self.config.ingest_queue_spans;
+        let count = batch.len();
+        if count > capacity {
+            return Err(SubmitError::BatchTooLarge {
+                records: count,
+                capacity,
+            });
+        }
+        let permit = match self.queue.clone().try_acquire_many_owned(count as u32) {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.stats
+                    .records_refused_overload
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                return Err(SubmitError::Overloaded);
+            }
+        };
+        let accepted = match &batch {
+            Batch::Spans(_) => &self.stats.spans_accepted,
+            Batch::Logs(_) => &self.stats.logs_accepted,
+        };
+        let (ack, acked) = oneshot::channel();
+        {
+            let sender = lock(&self.wal_sender);
+            let Some(sender) = sender.as_ref() else {
+                return Err(SubmitError::ShuttingDown);
+            };
+            sender
+                .send(WalJob { batch, permit, ack })
+                .map_err(|_| SubmitError::WalFailed)?;
+        }
+        acked.await.map_err(|_| SubmitError::WalFailed)??;
+        accepted.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records accepted and not yet committed to tantivy.
+    pub fn queue_depth(&self) -> usize {
+        self.config.ingest_queue_spans - self.queue.available_permits()
+    }
+
+    /// Stop accepting, let the WAL thread drain, make the indexer do its final commit,
+    /// and wait for both. Blocking: run it on a blocking thread.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        lock(&self.wal_sender).take();
+        lock(&self.index_sender).take();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("pipeline thread panicked");
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,275 @@
+//! The logs index: one tantivy document per log record, found by trace id (full or only
+//! its low 64 bits, as Datadog writes it), span id, service, level, time and message text.
+//!
+//! Written only by the pipeline's indexer thread; read by query handlers on blocking
+//! threads. The stored `payload` is the record's JSON, the shape `/api/logs` answers with.
+//! Its commit payload carries the WAL position and the tailer's file checkpoints.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::path::Path;
+
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy,
+    TantivyDocument, Term,
+};
+
+use super::{CommitPayload, StoreError};
+use crate::ingest::logline::Level;
+use crate::model::{LogRecord, SpanId, TraceId};
+
+#[derive(Clone, Copy)]
+struct LogFields {
+    id: Field,
+    time: Field,
+    service: Field,
+    level: Field,
+    message: Field,
+    trace_id: Field,
+    trace_low64: Field,
+    span_id: Field,
+    payload: Field,
+}
+
+const TIME_FIELD: &str = "time_unix_nano";
+
+impl LogFields {
+    fn schema() -> (Schema, LogFields) {
+        let mut builder = Schema::builder();
+        let fields = LogFields {
+            id: builder.add_text_field("id", STRING),
+            time: builder.add_u64_field(TIME_FIELD, INDEXED | FAST),
+            service: builder.add_text_field("service", STRING | FAST),
+            level: builder.add_text_field("level", STRING | FAST),
+            message: builder.add_text_field("message", TEXT),
+            trace_id: builder.add_bytes_field("trace_id", INDEXED),
+            trace_low64: builder.add_u64_field("trace_low64", INDEXED),
+            span_id: builder.add_bytes_field("span_id", INDEXED),
+            payload: builder.add_bytes_field("payload", STORED),
+        };
+        (builder.build(), fields)
+    }
+}
+
+/// What `/api/logs` asks for; every part optional.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub trace_id: Option<TraceId>,
+    /// The trace id was given as only 64 bits (Datadog decimal): match on those.
+    pub trace_low64_only: bool,
+    pub span_id: Option<SpanId>,
+    pub service: Option<String>,
+    pub level: Option<Level>,
+    pub text: Option<String>,
+    pub start_unix_nano: Option<u64>,
+    pub end_unix_nano: Option<u64>,
+    pub limit: usize,
+}
+
+pub struct LogIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: LogFields,
+}
+
+impl LogIndex {
+    pub fn open(dir: &Path) -> Result<LogIndex, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = LogFields::schema();
+        let settings = IndexSettings {
+            docstore_compression: Compressor::Zstd(ZstdCompressor {
+                compression_level: Some(3),
+            }),
+            ..IndexSettings::default()
+        };
+        let index = Index::builder()
+            .schema(schema)
+            .settings(settings)
+            .open_or_create(MmapDirectory::open(dir)?)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(LogIndex {
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    pub fn committed(&self) -> Result<CommitPayload, StoreError> {
+        CommitPayload::parse(self.index.load_metas()?.payload.as_deref())
+    }
+
+    pub fn writer(&self, memory_bytes: usize) -> Result<IndexWriter, StoreError> {
+        Ok(self.index.writer_with_num_threads(1, memory_bytes)?)
+    }
+
+    /// The document of a record that already has its id.
+    pub fn document(&self, record: &LogRecord) -> Result<TantivyDocument, StoreError> {
+        let fields = &self.fields;
+        let mut document = TantivyDocument::new();
+        document.add_text(fields.id, &record.id);
+        document.add_u64(fields.time, record.time_unix_nano);
+        document.add_text(fields.service, &record.service);
+        document.add_text(fields.level, record.level.map_or("", Level::as_str));
+        document.add_text(fields.message, &record.message);
+        if let Some(trace_id) = &record.trace_id {
+            document.add_bytes(fields.trace_id, trace_id.0.as_slice());
+            document.add_u64(fields.trace_low64, trace_id.low_u64());
+        }
+        if let Some(span_id) = &record.span_id {
+            document.add_bytes(fields.span_id, span_id.0.as_slice());
+        }
+        let payload =
+            serde_json::to_vec(record).map_err(|error| StoreError::Payload(error.to_string()))?;
+        document.add_bytes(fields.payload, payload.as_slice());
+        Ok(document)
+    }
+
+    pub fn commit(
+        &self,
+        writer: &mut IndexWriter,
+        payload: &CommitPayload,
+    ) -> Result<(), StoreError> {
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&payload.render());
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<LogRecord>, StoreError> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let found: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
+        match found.into_iter().next() {
+            Some(address) => Ok(Some(self.load(&searcher, address)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Matching records, newest first.
+    pub fn search(&self, query: &LogQuery) -> Result<Vec<LogRecord>, StoreError> {
+        let fields = &self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let term = |field: Field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, text),
+                IndexRecordOption::Basic,
+            ))
+        };
+        if let Some(trace_id) = &query.trace_id {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(fields.trace_low64, trace_id.low_u64()),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        if let Some(span_id) = &query.span_id {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_bytes(fields.span_id, &span_id.0),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        if let Some(service) = &query.service {
+            clauses.push((Occur::Must, term(fields.service, service)));
+        }
+        if let Some(level) = query.level {
+            clauses.push((Occur::Must, term(fields.level, level.as_str())));
+        }
+        if let Some(text) = query.text.as_deref().filter(|text| !text.trim().is_empty()) {
+            let mut parser = QueryParser::for_index(&self.index, vec![fields.message]);
+            parser.set_conjunction_by_default();
+            let (parsed, _errors) = parser.parse_query_lenient(text);
+            clauses.push((Occur::Must, parsed));
+        }
+        if query.start_unix_nano.is_some() || query.end_unix_nano.is_some() {
+            let bound = |value: Option<u64>, inclusive: bool| match value {
+                None => Bound::Unbounded,
+                Some(value) if inclusive => {
+                    Bound::Included(Term::from_field_u64(fields.time, value))
+                }
+                Some(value) => Bound::Excluded(Term::from_field_u64(fields.time, value)),
+            };
+            clauses.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    bound(query.start_unix_nano, true),
+                    bound(query.end_unix_nano, true),
+                )),
+            ));
+        }
+        let combined: Box<dyn Query> = if clauses.is_empty() {
+            Box::new(AllQuery)
+        } else {
+            Box::new(BooleanQuery::new(clauses))
+        };
+        let searcher = self.reader.searcher();
+        let limit = query.limit.max(1);
+        let mut records = Vec::new();
+        if let Some(trace_id) = &query.trace_id {
+            // All of a trace's records, then the full-id check the low-64 term cannot make.
+            let found: HashSet<DocAddress> = searcher.search(&combined, &DocSetCollector)?;
+            for address in found {
+                let record = self.load(&searcher, address)?;
+                let matches = match &record.trace_id {
+                    Some(stored) => {
+                        stored == trace_id || query.trace_low64_only || record.trace_id_low64_only
+                    }
+                    None => false,
+                };
+                if matches {
+                    records.push(record);
+                }
+            }
+            records.sort_by(|a, b| {
+                b.time_unix_nano
+                    .cmp(&a.time_unix_nano)
+                    .then(b.id.cmp(&a.id))
+            });
+            records.truncate(limit);
+            return Ok(records);
+        }
+        let top = searcher.search(
+            &combined,
+            &TopDocs::with_limit(limit).order_by_u64_field(TIME_FIELD, Order::Desc),
+        )?;
+        for (_, address) in top {
+            records.push(self.load(&searcher, address)?);
+        }
+        Ok(records)
+    }
+
+    fn load(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: DocAddress,
+    ) -> Result<LogRecord, StoreError> {
+        let document: TantivyDocument = searcher.doc(address)?;
+        let bytes = document
+            .get_first(self.fields.payload)
+            .and_then(|value| value.as_bytes())
+            .ok_or_else(|| StoreError::Payload("log document without payload".into()))?;
+        serde_json::from_slice(bytes).map_err(|error| StoreError::Payload(error.to_string()))
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
