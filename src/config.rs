@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ingest::logline::{FieldNames, Format};
+
 /// A configuration problem, naming the key at fault. `main` prints it on one line and
 /// exits with code 64 (EX_USAGE).
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,67 @@ pub struct RawConfig {
     pub server: RawServer,
     pub storage: RawStorage,
     pub limits: RawLimits,
+    pub logs: RawLogs,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLogs {
+    pub poll_interval_ms: u64,
+    pub max_read_bytes_per_pass: u64,
+    pub idle_close_ms: u64,
+    pub sources: Vec<RawLogSource>,
+}
+
+/// One `[[logs.sources]]` table: files to tail and how their lines are written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLogSource {
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub format: Format,
+    pub service: Option<String>,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: u64,
+    pub multiline: bool,
+    pub multiline_timeout_ms: u64,
+    pub fields: FieldNames,
+}
+
+/// Where to start in files that exist when tracelink first sees them at start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    Beginning,
+    End,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        RawLogs {
+            poll_interval_ms: 1000,
+            max_read_bytes_per_pass: 4 * 1024 * 1024,
+            idle_close_ms: 60_000,
+            sources: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawLogSource {
+    fn default() -> Self {
+        RawLogSource {
+            paths: Vec::new(),
+            exclude: Vec::new(),
+            format: Format::Auto,
+            service: None,
+            read_from: ReadFrom::Beginning,
+            max_line_bytes: 1024 * 1024,
+            multiline: true,
+            multiline_timeout_ms: 1000,
+            fields: FieldNames::default(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -110,9 +173,32 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub ingest_queue_spans: usize,
     pub max_concurrent_requests: usize,
+    pub logs: LogsConfig,
 }
 
-const SECTIONS: [&str; 3] = ["server", "storage", "limits"];
+/// The tailer's settings, checked.
+#[derive(Debug, Clone)]
+pub struct LogsConfig {
+    pub poll_interval: Duration,
+    pub max_read_bytes_per_pass: usize,
+    pub idle_close: Duration,
+    pub sources: Vec<LogSourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSourceConfig {
+    pub paths: Vec<glob::Pattern>,
+    pub exclude: Vec<glob::Pattern>,
+    pub format: Format,
+    pub service: Option<String>,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: usize,
+    pub multiline: bool,
+    pub multiline_timeout: Duration,
+    pub fields: FieldNames,
+}
+
+const SECTIONS: [&str; 4] = ["server", "storage", "limits", "logs"];
 
 impl RawConfig {
     /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
@@ -234,6 +320,7 @@ impl RawConfig {
                 "limits.max_concurrent_requests",
                 self.limits.max_concurrent_requests,
             )? as usize,
+            logs: validate_logs(&self.logs)?,
         };
         if config.ingest_queue_spans > u32::MAX as usize >> 3 {
             return Err(ConfigError::Invalid {
@@ -244,6 +331,59 @@ impl RawConfig {
         check_writable(&config.data_dir)?;
         Ok(config)
     }
+}
+
+fn validate_logs(raw: &RawLogs) -> Result<LogsConfig, ConfigError> {
+    let mut sources = Vec::new();
+    for (index, source) in raw.sources.iter().enumerate() {
+        let key = |name: &str| format!("logs.sources[{index}].{name}");
+        let patterns = |name: &str, globs: &[String]| -> Result<Vec<glob::Pattern>, ConfigError> {
+            globs
+                .iter()
+                .map(|text| {
+                    glob::Pattern::new(text).map_err(|error| ConfigError::Invalid {
+                        key: key(name),
+                        problem: format!("{text:?} is not a glob: {error}"),
+                    })
+                })
+                .collect()
+        };
+        if source.paths.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: key("paths"),
+                problem: "at least one glob is needed".into(),
+            });
+        }
+        if source.max_line_bytes < 16 {
+            return Err(ConfigError::Invalid {
+                key: key("max_line_bytes"),
+                problem: "must be at least 16".into(),
+            });
+        }
+        sources.push(LogSourceConfig {
+            paths: patterns("paths", &source.paths)?,
+            exclude: patterns("exclude", &source.exclude)?,
+            format: source.format,
+            service: source.service.clone(),
+            read_from: source.read_from,
+            max_line_bytes: source.max_line_bytes as usize,
+            multiline: source.multiline,
+            multiline_timeout: Duration::from_millis(source.multiline_timeout_ms),
+            fields: source.fields.clone(),
+        });
+    }
+    if raw.poll_interval_ms == 0 {
+        return Err(ConfigError::Invalid {
+            key: "logs.poll_interval_ms".into(),
+            problem: "must be greater than zero".into(),
+        });
+    }
+    Ok(LogsConfig {
+        poll_interval: Duration::from_millis(raw.poll_interval_ms),
+        max_read_bytes_per_pass: raw.max_read_bytes_per_pass.max(64 * 1024) as usize,
+        idle_close: Duration::from_millis(raw.idle_close_ms),
+        sources,
+    })
 }
 
 fn check_writable(data_dir: &Path) -> Result<(), ConfigError> {

@@ -164,16 +164,29 @@ impl Server {
             });
         }
         let replay_pipeline = self.pipeline.clone();
+        let logs_config = self.config.logs.clone();
         let replay = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             match replay_pipeline.replay_and_start() {
-                Ok(spans) => tracing::info!(
-                    replayed_spans = spans,
+                Ok(records) => tracing::info!(
+                    replayed_records = records,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "write-ahead log replayed; ready"
                 ),
                 Err(error) => {
-                    tracing::error!(%error, "write-ahead log replay failed; ingest stays off")
+                    tracing::error!(%error, "write-ahead log replay failed; ingest stays off");
+                    return None;
+                }
+            }
+            if logs_config.sources.is_empty() {
+                return None;
+            }
+            let sender = replay_pipeline.tail_sender()?;
+            match ingest::tail::spawn(logs_config, sender, replay_pipeline.committed_files()) {
+                Ok(tailer) => Some(tailer),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the file tailer");
+                    None
                 }
             }
         });
@@ -184,8 +197,15 @@ impl Server {
         let pipeline = self.pipeline.clone();
         let drain = async move {
             while servers.join_next().await.is_some() {}
-            let _ = replay.await;
-            let _ = tokio::task::spawn_blocking(move || pipeline.shutdown()).await;
+            let tailer = replay.await.ok().flatten();
+            let _ = tokio::task::spawn_blocking(move || {
+                // The tailer holds a sender into the indexer: stop it before draining.
+                if let Some(tailer) = tailer {
+                    tailer.stop();
+                }
+                pipeline.shutdown();
+            })
+            .await;
         };
         if tokio::time::timeout(self.config.shutdown_grace, drain)
             .await

@@ -56,9 +56,9 @@ impl LogRecord {
         format!("w{wal_position:x}-{index:x}")
     }
 
-    /// Id of a tailed line: the file's fingerprint and the line's byte offset.
-    pub fn file_id(fingerprint: u64, offset: u64) -> String {
-        format!("f{fingerprint:016x}-{offset:x}")
+    /// Id of a tailed line: a hash of the file's identity and the line's byte offset.
+    pub fn file_id(file_identity: u64, offset: u64) -> String {
+        format!("f{file_identity:016x}-{offset:x}")
     }
 }
 

@@ -90,9 +90,19 @@ pub struct Process {
 }
 
 pub fn spawn_binary(work_dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Process {
+    spawn_binary_with_args(work_dir, data_dir, env, &[])
+}
+
+pub fn spawn_binary_with_args(
+    work_dir: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tracelink"));
     command
         .arg("serve")
+        .args(args)
         .current_dir(work_dir)
         .env("TRACELINK_SERVER_HTTP_ADDR", "127.0.0.1:0")
         .env("TRACELINK_SERVER_OTLP_HTTP_ADDR", "127.0.0.1:0")
@@ -209,4 +219,28 @@ pub fn temp_dir() -> tempfile::TempDir {
 
 pub fn data_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("data")
+}
+
+/// Every record of the committed logs index, read beside the running server.
+pub fn indexed_logs(data_dir: &Path) -> Vec<tracelink::model::LogRecord> {
+    let index = tracelink::store::LogIndex::open(&data_dir.join("logs")).unwrap();
+    index
+        .search(&tracelink::store::LogQuery {
+            limit: 2_000_000,
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+/// Wait until the committed logs index holds at least `count` records (or time runs out),
+/// then return them all.
+pub fn wait_for_indexed_logs(data_dir: &Path, count: usize) -> Vec<tracelink::model::LogRecord> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = indexed_logs(data_dir);
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
