@@ -255,3 +255,149 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+async fn loki(server: &TestServer, path: &str, params: &[(&str, String)]) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(server.url(path))
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_loki_data_source_queries_work() {
+    let dir = common::temp_dir();
+    let server = TestServer::start(&common::data_path(&dir), |_| {}).await;
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/logs"))
+        .header("content-type", "application/json")
+        .body(json_logs())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_for_logs(&server, "service=checkout", 3).await;
+    let range = [
+        ("start", (T0 - 60_000_000_000).to_string()),
+        ("end", (T0 + 60_000_000_000).to_string()),
+    ];
+
+    // Health check.
+    let (status, body) = loki(
+        &server,
+        "/loki/api/v1/query",
+        &[
+            ("query", "vector(1)+vector(1)".into()),
+            ("time", T0.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["resultType"], "vector");
+    assert_eq!(body["data"]["result"][0]["value"][1], "2");
+
+    // Trace → logs, both ways Grafana builds the query.
+    for query in [
+        format!(r#"{{service_name="checkout"}} | trace_id="{TRACE}""#),
+        format!(r#"{{service_name=~"check.*"}} |= "{TRACE}""#),
+    ] {
+        let mut params = range.to_vec();
+        params.push(("query", query.clone()));
+        params.push(("limit", "100".into()));
+        let (status, body) = loki(&server, "/loki/api/v1/query_range", &params).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(body["data"]["resultType"], "streams");
+        let streams = body["data"]["result"].as_array().unwrap();
+        let lines: usize = streams
+            .iter()
+            .map(|stream| stream["values"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(lines, 2, "{query}");
+        let error_stream = streams
+            .iter()
+            .find(|stream| stream["stream"]["level"] == "error")
+            .unwrap();
+        assert_eq!(error_stream["stream"]["service_name"], "checkout");
+        let entry = &error_stream["values"][0];
+        assert_eq!(entry[0], (T0 + 1_000_000).to_string());
+        let line: Value = serde_json::from_str(entry[1].as_str().unwrap()).unwrap();
+        assert_eq!(line["trace_id"], TRACE);
+        assert_eq!(line["message"], "payment declined by issuer");
+    }
+
+    // Line filters, label filters, parsers, forward direction.
+    let mut params = range.to_vec();
+    params.push((
+        "query",
+        r#"{service_name="checkout"} != "cart" | json | level=~"warn|error" | drop __error__"#
+            .into(),
+    ));
+    params.push(("direction", "forward".into()));
+    let (status, body) = loki(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let messages: Vec<String> = body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|stream| stream["values"].as_array().unwrap().clone())
+        .map(|entry| {
+            serde_json::from_str::<Value>(entry[1].as_str().unwrap()).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(messages.len(), 2);
+    assert!(messages.contains(&"retrying without trace".to_string()));
+
+    // Log volume, as Grafana asks for it.
+    let mut params = range.to_vec();
+    params.push((
+        "query",
+        r#"sum by (level) (count_over_time({service_name="checkout"}[1m]))"#.into(),
+    ));
+    params.push(("step", "60s".into()));
+    let (status, body) = loki(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["resultType"], "matrix");
+    let series = body["data"]["result"].as_array().unwrap();
+    let error_series = series
+        .iter()
+        .find(|series| series["metric"]["level"] == "error")
+        .unwrap();
+    let counted: f64 = error_series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(counted, 1.0);
+
+    // Labels and their values.
+    let (_, body) = loki(&server, "/loki/api/v1/labels", &[]).await;
+    assert_eq!(body["data"], serde_json::json!(["level", "service_name"]));
+    let (_, body) = loki(&server, "/loki/api/v1/label/service_name/values", &[]).await;
+    assert_eq!(body["data"], serde_json::json!(["checkout"]));
+    let (_, body) = loki(&server, "/loki/api/v1/label/level/values", &[]).await;
+    assert_eq!(body["data"], serde_json::json!(["error", "info", "warn"]));
+
+    // Unsupported LogQL: 400 naming the construct.
+    let (status, body) = loki(
+        &server,
+        "/loki/api/v1/query_range",
+        &[(
+            "query",
+            r#"{service_name="checkout"} | line_format "{{.msg}}""#.into(),
+        )],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("line_format"),
+        "{body}"
+    );
+    server.stop().await;
+}

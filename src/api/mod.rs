@@ -7,6 +7,7 @@
 //! requests decoded at once.
 
 pub mod logs;
+pub mod loki;
 pub mod otlp;
 pub mod tempo;
 pub mod zipkin;
@@ -65,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status/buildinfo", get(tempo::buildinfo))
         .route("/api/logs", get(logs::list))
         .route("/api/logs/{id}", get(logs::get_one))
+        .route("/loki/api/v1/query_range", get(loki::query_range))
+        .route("/loki/api/v1/query", get(loki::query))
+        .route("/loki/api/v1/labels", get(loki::labels))
+        .route("/loki/api/v1/label/{name}/values", get(loki::label_values))
         .route("/ready", get(ready))
         .merge(ingest)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

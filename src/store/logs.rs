@@ -71,6 +71,8 @@ pub struct LogQuery {
     pub start_unix_nano: Option<u64>,
     pub end_unix_nano: Option<u64>,
     pub limit: usize,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
 }
 
 pub struct LogIndex {
@@ -267,6 +269,27 @@ impl LogIndex {
             .and_then(|value| value.as_bytes())
             .ok_or_else(|| StoreError::Payload("log document without payload".into()))?;
         serde_json::from_slice(bytes).map_err(|error| StoreError::Payload(error.to_string()))
+    }
+
+    /// Distinct values of `service` or `level` (for Loki's label values).
+    pub fn values_of(&self, field_name: &str) -> Result<Vec<String>, StoreError> {
+        let field = match field_name {
+            "service" => self.fields.service,
+            "level" => self.fields.level,
+            other => return Err(StoreError::Payload(format!("no such label field {other}"))),
+        };
+        let searcher = self.reader.searcher();
+        let mut values = std::collections::BTreeSet::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut terms = inverted.terms().stream()?;
+            while let Some((key, _)) = terms.next() {
+                if !key.is_empty() {
+                    values.insert(String::from_utf8_lossy(key).into_owned());
+                }
+            }
+        }
+        Ok(values.into_iter().collect())
     }
 
     pub fn num_docs(&self) -> u64 {
