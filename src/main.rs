@@ -95,6 +95,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let shutdown = tracelink::shutdown_signal();
         let server = match tracelink::Server::bind(config).await {
             Ok(server) => server,
             Err(error) => {
@@ -105,7 +106,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 };
             }
         };
-        server.run(tracelink::shutdown_signal()).await;
+        server.run(shutdown).await;
         ExitCode::SUCCESS
     })
 }
