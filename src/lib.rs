@@ -95,6 +95,11 @@ impl Server {
             .unwrap_or(self.config.otlp_http_addr)
     }
 
+    /// The pipeline's counters (spans and records accepted, indexed, commits…).
+    pub fn stats(&self) -> Arc<pipeline::PipelineStats> {
+        self.pipeline.stats.clone()
+    }
+
     pub fn otlp_grpc_addr(&self) -> SocketAddr {
         self.otlp_grpc
             .local_addr()

@@ -28,8 +28,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Measure ingest throughput, trace-by-id latency, disk and memory on this machine.
+    /// Measure throughput, latency, disk and memory on this machine.
     Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// OTLP span ingest (gRPC) and trace-by-id latency under load.
+    Spans {
         /// Spans to ingest in the throughput phase (and to hold during the query phase).
         #[arg(long, default_value_t = 1_000_000)]
         spans: u64,
@@ -40,6 +49,27 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         senders: usize,
         /// How long to measure trace-by-id latency.
+        #[arg(long, default_value_t = 10)]
+        query_seconds: u64,
+        /// Keep the data here instead of a removed temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Tailing throughput, idle cost with many files, and log queries by trace id.
+    Logs {
+        /// JSON lines (~300 bytes) to tail.
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: u64,
+        /// Files the lines are spread over.
+        #[arg(long, default_value_t = 4)]
+        files: usize,
+        /// Extra one-line files that never grow.
+        #[arg(long, default_value_t = 1000)]
+        idle_files: usize,
+        /// How long to measure idle CPU.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// How long to measure `/api/logs?trace_id=` latency.
         #[arg(long, default_value_t = 10)]
         query_seconds: u64,
         /// Keep the data here instead of a removed temporary directory.
@@ -62,19 +92,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Bench {
-            spans,
-            batch,
-            senders,
-            query_seconds,
-            data_dir,
-        } => bench(tracelink::bench::BenchOptions {
-            spans,
-            batch,
-            senders,
-            query_seconds,
-            data_dir,
-        }),
+        Command::Bench { target } => bench(target),
     }
 }
 
@@ -111,10 +129,49 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-fn bench(options: tracelink::bench::BenchOptions) -> ExitCode {
+fn bench(target: BenchTarget) -> ExitCode {
     let outcome = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(tracelink::bench::run(options)));
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match target {
+                    BenchTarget::Spans {
+                        spans,
+                        batch,
+                        senders,
+                        query_seconds,
+                        data_dir,
+                    } => {
+                        tracelink::bench::spans::run(tracelink::bench::BenchOptions {
+                            spans,
+                            batch,
+                            senders,
+                            query_seconds,
+                            data_dir,
+                        })
+                        .await
+                    }
+                    BenchTarget::Logs {
+                        lines,
+                        files,
+                        idle_files,
+                        idle_seconds,
+                        query_seconds,
+                        data_dir,
+                    } => {
+                        tracelink::bench::logs::run(tracelink::bench::logs::LogsBenchOptions {
+                            lines,
+                            files,
+                            idle_files,
+                            idle_seconds,
+                            query_seconds,
+                            data_dir,
+                        })
+                        .await
+                    }
+                }
+            })
+        });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

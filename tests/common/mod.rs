@@ -156,6 +156,11 @@ pub fn spawn_binary_with_args(
 }
 
 impl Process {
+    /// What the process has logged so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -122,6 +122,9 @@ struct Tracked {
     checkpoint: Checkpoint,
     file: Option<File>,
     last_size: u64,
+    /// With the size, what tells that a file changed since the last pass: a truncation
+    /// followed by regrowth to the same size still changes the modification time.
+    last_modified: Option<SystemTime>,
     last_growth: Instant,
     seen: bool,
 }
@@ -270,7 +273,13 @@ impl Tailer {
                 Ok(Outcome::Progress | Outcome::Idle) => {
                     self.active.insert(key, tracked);
                 }
-                Ok(Outcome::Rewritten | Outcome::Done) => {
+                Ok(outcome @ (Outcome::Rewritten | Outcome::Done)) => {
+                    tracing::debug!(
+                        path = %tracked.checkpoint.path,
+                        key = %tracked.key,
+                        rewritten = matches!(outcome, Outcome::Rewritten),
+                        "file left"
+                    );
                     self.by_inode
                         .remove(&(tracked.checkpoint.dev, tracked.checkpoint.ino));
                     if tracked.checkpoint.gzip {
@@ -334,6 +343,7 @@ impl Tailer {
                 marker_at(&mut file, checkpoint.offset).ok().flatten() == Some(checkpoint.marker)
             };
             if same_content {
+                tracing::debug!(path = %path.display(), %key, offset = checkpoint.offset, "known content; resuming");
                 let mut resumed = checkpoint.clone();
                 resumed.path = path.display().to_string();
                 resumed.dev = dev;
@@ -369,6 +379,7 @@ impl Tailer {
             key = format!("{fingerprint:016x}-{dev:x}-{ino:x}-{suffix}");
             suffix += 1;
         }
+        tracing::debug!(path = %path.display(), %key, offset, candidates = candidates.len(), "new file");
         let checkpoint = Checkpoint {
             fingerprint,
             offset,
@@ -396,6 +407,7 @@ impl Tailer {
             checkpoint,
             file: Some(file),
             last_size: size,
+            last_modified: None,
             last_growth: Instant::now(),
             seen: true,
         }
@@ -423,14 +435,19 @@ impl Tailer {
         let Some(file) = tracked.file.as_mut() else {
             return Ok(Outcome::Done);
         };
-        let size = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let size = metadata.len();
+        let modified = metadata.modified().ok();
         let offset = tracked.checkpoint.offset;
         if size < offset {
             return Ok(Outcome::Rewritten);
         }
-        if size != tracked.last_size {
+        if size != tracked.last_size || modified != tracked.last_modified {
+            if size != tracked.last_size {
+                tracked.last_growth = Instant::now();
+            }
             tracked.last_size = size;
-            tracked.last_growth = Instant::now();
+            tracked.last_modified = modified;
             if offset > 0 && marker_at(file, offset)? != Some(tracked.checkpoint.marker) {
                 return Ok(Outcome::Rewritten);
             }

@@ -1,4 +1,4 @@
-//! `tracelink bench`: measures a real tracelink, in this process, through its real ports.
+//! `tracelink bench spans`: ingest throughput and trace-by-id latency.
 //!
 //! Phase 1 (ingest): `senders` gRPC clients send OTLP batches of `batch` spans (~300 bytes,
 //! 8 attributes, 10 spans per trace) as fast as they are acked; reports acked spans per
@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 
-use crate::config::RawConfig;
+use super::{cpu_seconds, dir_bytes, percentile, resident_mib, scratch_dir, BenchServer};
 
 pub struct BenchOptions {
     pub spans: u64,
@@ -122,57 +122,6 @@ pub fn make_batch(run_tag: u64, first_span: u64, batch: usize) -> ExportTraceSer
     }
 }
 
-/// Process CPU time (user + system) from /proc, in seconds; Linux's clock tick is 100 Hz.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields 14 and 15 of the whole line are 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.metadata().ok())
-                .filter(|metadata| metadata.is_file())
-                .map(|metadata| metadata.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 struct Sender {
     client: TraceServiceClient<tonic::transport::Channel>,
     refusals: Arc<AtomicU64>,
@@ -194,30 +143,11 @@ impl Sender {
 }
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
-    let scratch = tempfile_dir(options.data_dir.clone())?;
-    let mut raw = RawConfig::default();
-    raw.server.http_addr = "127.0.0.1:0".into();
-    raw.server.otlp_http_addr = "127.0.0.1:0".into();
-    raw.server.otlp_grpc_addr = "127.0.0.1:0".into();
-    raw.storage.data_dir = scratch.clone();
-    let config = raw.validate()?;
-    let server = crate::Server::bind(config).await?;
-    let grpc_endpoint = format!("http://{}", server.otlp_grpc_addr());
-    let http = server.http_addr();
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async {
-        let _ = server_stopped.await;
-    }));
+    let scratch = scratch_dir(options.data_dir.clone())?;
+    let server = BenchServer::start(&scratch, |_| {}).await?;
+    let grpc_endpoint = format!("http://{}", server.otlp_grpc);
+    let http = server.http;
     let client = reqwest::Client::new();
-    while client
-        .get(format!("http://{http}/ready"))
-        .send()
-        .await
-        .map(|response| response.status() != 200)
-        .unwrap_or(true)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let run_tag = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
@@ -340,8 +270,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         percentile(&latencies, 1.0).as_secs_f64() * 1e3,
     );
 
-    let _ = stop_server.send(());
-    serving.await?;
+    server.stop().await?;
     let stored = ingested + background_spans;
     let index_bytes = dir_bytes(&scratch.join("spans"));
     println!(
@@ -359,15 +288,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tempfile_dir(chosen: Option<PathBuf>) -> std::io::Result<PathBuf> {
-    let path = match chosen {
-        Some(path) => path,
-        None => std::env::temp_dir().join(format!("tracelink-bench-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,13 +303,5 @@ mod tests {
         assert!((250..=350).contains(&per_span), "{per_span} bytes per span");
         assert_eq!(spans[0].trace_id, spans[9].trace_id);
         assert_ne!(spans[9].trace_id, spans[10].trace_id);
-    }
-
-    #[test]
-    fn percentiles_pick_the_nearest_rank() {
-        let values: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&values, 0.99), Duration::from_millis(99));
-        assert_eq!(percentile(&values, 0.5), Duration::from_millis(50));
-        assert_eq!(percentile(&values, 1.0), Duration::from_millis(100));
     }
 }
