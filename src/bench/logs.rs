@@ -28,7 +28,7 @@ const LINES_PER_TRACE: u64 = 10;
 /// One ~300-byte JSON line of the `number`-th record.
 pub fn bench_line(run_tag: u64, number: u64) -> String {
     let trace = crate::model::to_hex(&bench_trace_id(run_tag, number / LINES_PER_TRACE));
-    let level = if number % 50 == 0 { "error" } else { "info" };
+    let level = if number.is_multiple_of(50) { "error" } else { "info" };
     format!(
         concat!(
             "{{\"timestamp\":\"2026-11-27T10:{:02}:{:02}.{:06}Z\",\"level\":\"{}\",\"service\":\"checkout\",",
