@@ -36,6 +36,25 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub limits: RawLimits,
     pub logs: RawLogs,
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetrics {
+    pub span_metrics: bool,
+    pub latency_buckets: Vec<f64>,
+    pub max_series_per_metric: u64,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            span_metrics: true,
+            latency_buckets: crate::metrics::default_buckets(),
+            max_series_per_metric: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -174,6 +193,9 @@ pub struct Config {
     pub ingest_queue_spans: usize,
     pub max_concurrent_requests: usize,
     pub logs: LogsConfig,
+    pub span_metrics: bool,
+    pub latency_buckets: Vec<f64>,
+    pub max_series_per_metric: usize,
 }
 
 /// The tailer's settings, checked.
@@ -198,7 +220,7 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 4] = ["server", "storage", "limits", "logs"];
+const SECTIONS: [&str; 5] = ["server", "storage", "limits", "logs", "metrics"];
 
 impl RawConfig {
     /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
@@ -321,7 +343,25 @@ impl RawConfig {
                 self.limits.max_concurrent_requests,
             )? as usize,
             logs: validate_logs(&self.logs)?,
+            span_metrics: self.metrics.span_metrics,
+            latency_buckets: self.metrics.latency_buckets.clone(),
+            max_series_per_metric: positive(
+                "metrics.max_series_per_metric",
+                self.metrics.max_series_per_metric,
+            )? as usize,
         };
+        let buckets = &config.latency_buckets;
+        if buckets.is_empty()
+            || buckets.windows(2).any(|pair| pair[0] >= pair[1])
+            || buckets
+                .iter()
+                .any(|bucket| !bucket.is_finite() || *bucket <= 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics.latency_buckets".into(),
+                problem: "must be positive, finite and strictly increasing".into(),
+            });
+        }
         if config.ingest_queue_spans > u32::MAX as usize >> 3 {
             return Err(ConfigError::Invalid {
                 key: "limits.ingest_queue_spans".into(),

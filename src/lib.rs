@@ -16,6 +16,7 @@ pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod store;
@@ -57,6 +58,8 @@ pub struct Server {
     otlp_grpc: TcpListener,
     storage: Arc<Storage>,
     pipeline: Arc<Pipeline>,
+    /// The tailer's counters, once it runs; read by `/metrics`.
+    tail_stats: Arc<std::sync::Mutex<Option<Arc<ingest::tail::TailStats>>>>,
 }
 
 impl Server {
@@ -74,7 +77,21 @@ impl Server {
             source,
         };
         let storage = Arc::new(Storage::open(&config.data_dir).map_err(storage_error)?);
-        let pipeline = Pipeline::new(storage.clone(), &config).map_err(storage_error)?;
+        let metrics = metrics::Metrics::new(
+            config.latency_buckets.clone(),
+            config.max_series_per_metric,
+            config.span_metrics,
+        );
+        let pipeline =
+            Pipeline::new(storage.clone(), &config, metrics.clone()).map_err(storage_error)?;
+        let tail_stats = Arc::new(std::sync::Mutex::new(None));
+        metrics.register_collector(Box::new(metrics::own::OwnMetrics {
+            stats: pipeline.stats.clone(),
+            pipeline: Arc::downgrade(&pipeline),
+            storage: Arc::downgrade(&storage),
+            data_dir: config.data_dir.clone(),
+            tail: tail_stats.clone(),
+        }));
         Ok(Server {
             config,
             http,
@@ -82,6 +99,7 @@ impl Server {
             otlp_grpc,
             storage,
             pipeline,
+            tail_stats,
         })
     }
 
@@ -170,6 +188,7 @@ impl Server {
         }
         let replay_pipeline = self.pipeline.clone();
         let logs_config = self.config.logs.clone();
+        let tail_stats = self.tail_stats.clone();
         let replay = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             match replay_pipeline.replay_and_start() {
@@ -188,7 +207,12 @@ impl Server {
             }
             let sender = replay_pipeline.tail_sender()?;
             match ingest::tail::spawn(logs_config, sender, replay_pipeline.committed_files()) {
-                Ok(tailer) => Some(tailer),
+                Ok(tailer) => {
+                    if let Ok(mut shared) = tail_stats.lock() {
+                        *shared = Some(tailer.stats.clone());
+                    }
+                    Some(tailer)
+                }
                 Err(error) => {
                     tracing::error!(%error, "cannot start the file tailer");
                     None

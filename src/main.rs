@@ -48,6 +48,9 @@ enum BenchTarget {
         /// Concurrent gRPC senders.
         #[arg(long, default_value_t = 4)]
         senders: usize,
+        /// Turn span metrics off, to measure what they cost.
+        #[arg(long)]
+        no_span_metrics: bool,
         /// How long to measure trace-by-id latency.
         #[arg(long, default_value_t = 10)]
         query_seconds: u64,
@@ -139,6 +142,7 @@ fn bench(target: BenchTarget) -> ExitCode {
                         spans,
                         batch,
                         senders,
+                        no_span_metrics,
                         query_seconds,
                         data_dir,
                     } => {
@@ -148,6 +152,7 @@ fn bench(target: BenchTarget) -> ExitCode {
                             senders,
                             query_seconds,
                             data_dir,
+                            span_metrics: !no_span_metrics,
                         })
                         .await
                     }

@@ -229,7 +229,12 @@ async fn ready_is_503_and_ingest_refused_until_the_wal_is_replayed() {
     raw.storage.data_dir = common::data_path(&dir);
     let config = raw.validate().unwrap();
     let storage = Arc::new(tracelink::store::Storage::open(&config.data_dir).unwrap());
-    let pipeline = tracelink::pipeline::Pipeline::new(storage.clone(), &config).unwrap();
+    let metrics = tracelink::metrics::Metrics::new(
+        config.latency_buckets.clone(),
+        config.max_series_per_metric,
+        config.span_metrics,
+    );
+    let pipeline = tracelink::pipeline::Pipeline::new(storage.clone(), &config, metrics).unwrap();
     let app = tracelink::api::router(tracelink::api::AppState::new(
         pipeline.clone(),
         storage,

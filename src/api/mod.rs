@@ -8,6 +8,7 @@
 
 pub mod logs;
 pub mod loki;
+pub mod metrics;
 pub mod otlp;
 pub mod tempo;
 pub mod zipkin;
@@ -71,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/loki/api/v1/labels", get(loki::labels))
         .route("/loki/api/v1/label/{name}/values", get(loki::label_values))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/metrics/latency", get(metrics::latency))
         .merge(ingest)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(TimeoutLayer::with_status_code(

@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub senders: usize,
     pub query_seconds: u64,
     pub data_dir: Option<PathBuf>,
+    /// Span metrics on (the default) or off, to measure what they cost.
+    pub span_metrics: bool,
 }
 
 const SPANS_PER_TRACE: u64 = 10;
@@ -144,7 +146,10 @@ impl Sender {
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = scratch_dir(options.data_dir.clone())?;
-    let server = BenchServer::start(&scratch, |_| {}).await?;
+    let span_metrics = options.span_metrics;
+    let server =
+        BenchServer::start(&scratch, |raw| raw.metrics.span_metrics = span_metrics).await?;
+    println!("span metrics: {}", if span_metrics { "on" } else { "off" });
     let grpc_endpoint = format!("http://{}", server.otlp_grpc);
     let http = server.http;
     let client = reqwest::Client::new();

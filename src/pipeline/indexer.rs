@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Batch, IndexJob, PipelineStats};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::LogRecord;
 use crate::store::{CommitPayload, Storage, StoreError};
 use crate::wal;
@@ -38,6 +39,7 @@ pub(super) struct Indexer {
     /// Queue room of the records added since the last commit, given back by the next one.
     held_permits: Vec<OwnedSemaphorePermit>,
     stats: Arc<PipelineStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Indexer {
@@ -47,6 +49,7 @@ impl Indexer {
         committed_spans: u64,
         logs_commit: CommitPayload,
         stats: Arc<PipelineStats>,
+        metrics: Arc<Metrics>,
     ) -> Result<Indexer, StoreError> {
         let memory = config.index_memory_bytes / 2;
         Ok(Indexer {
@@ -65,6 +68,7 @@ impl Indexer {
             files_changed: false,
             held_permits: Vec::new(),
             stats,
+            metrics,
         })
     }
 
@@ -166,6 +170,7 @@ impl Indexer {
         self.stats
             .logs_indexed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.metrics.record_logs(records);
         Ok(records.len())
     }
 
@@ -197,6 +202,9 @@ impl Indexer {
             tracing::warn!(%error, "removing committed WAL segments failed");
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             wal_position = covered,
             elapsed_ms = started.elapsed().as_millis() as u64,

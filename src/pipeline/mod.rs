@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::{LogRecord, Span};
 use crate::store::{Storage, StoreError};
 use crate::wal::{self, RecordKind, Wal};
@@ -198,12 +199,17 @@ pub struct Pipeline {
     index_sender: Mutex<Option<SyncSender<IndexJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<PipelineStats>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
     /// Start the indexer thread. Ingest is refused (`NotReady`) until
     /// [`Pipeline::replay_and_start`] has replayed the WAL.
-    pub fn new(storage: Arc<Storage>, config: &Config) -> Result<Arc<Pipeline>, StoreError> {
+    pub fn new(
+        storage: Arc<Storage>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Pipeline>, StoreError> {
         let committed_spans = storage.spans.committed_wal_position()?;
         let logs_commit = storage.logs.committed()?;
         let (index_sender, index_receiver) = mpsc::sync_channel(256);
@@ -214,6 +220,7 @@ impl Pipeline {
             committed_spans,
             logs_commit.clone(),
             stats.clone(),
+            metrics.clone(),
         )?;
         let indexer_thread = std::thread::Builder::new()
             .name("tracelink-indexer".into())
@@ -231,6 +238,7 @@ impl Pipeline {
             index_sender: Mutex::new(Some(index_sender)),
             threads: Mutex::new(vec![indexer_thread]),
             stats,
+            metrics,
         }))
     }
 
@@ -265,8 +273,13 @@ impl Pipeline {
             },
         )?;
         let (wal_sender, wal_receiver) = mpsc::channel();
-        let writer =
-            wal_writer::WalWriter::new(wal, self.storage.clone(), index_sender, self.stats.clone());
+        let writer = wal_writer::WalWriter::new(
+            wal,
+            self.storage.clone(),
+            index_sender,
+            self.stats.clone(),
+            self.metrics.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("tracelink-wal".into())
             .spawn(move || writer.run(wal_receiver))

@@ -8,6 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
 use super::{Batch, IndexJob, PipelineStats, SubmitError, WalJob};
+use crate::metrics::Metrics;
 use crate::store::Storage;
 use crate::wal::Wal;
 
@@ -16,6 +17,7 @@ pub(super) struct WalWriter {
     storage: Arc<Storage>,
     index_sender: SyncSender<IndexJob>,
     stats: Arc<PipelineStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl WalWriter {
@@ -24,12 +26,14 @@ impl WalWriter {
         storage: Arc<Storage>,
         index_sender: SyncSender<IndexJob>,
         stats: Arc<PipelineStats>,
+        metrics: Arc<Metrics>,
     ) -> WalWriter {
         WalWriter {
             wal,
             storage,
             index_sender,
             stats,
+            metrics,
         }
     }
 
@@ -58,7 +62,12 @@ impl WalWriter {
                 }
             }
             if !failed {
-                if let Err(error) = self.wal.sync() {
+                let fsync_started = std::time::Instant::now();
+                let synced = self.wal.sync();
+                self.metrics
+                    .fsync_seconds
+                    .observe(fsync_started.elapsed().as_secs_f64());
+                if let Err(error) = synced {
                     tracing::error!(%error, "write-ahead log fsync failed");
                     failed = true;
                 }
@@ -75,15 +84,26 @@ impl WalWriter {
                 .wal_bytes
                 .fetch_add(self.wal.position() - before, Ordering::Relaxed);
             self.stats.wal_fsyncs.fetch_add(1, Ordering::Relaxed);
+            // Metrics before the acks: once a client has its answer, the span is in the
+            // metrics and its exemplar opens a stored trace (the head holds it).
+            for job in &group {
+                if let Batch::Spans(spans) = &job.batch {
+                    self.metrics.record_spans(spans);
+                }
+            }
+            let mut acked = Vec::with_capacity(group.len());
             for (job, position) in group.into_iter().zip(positions) {
                 if let Batch::Spans(spans) = &job.batch {
                     self.storage.head.insert(position, spans);
                 }
                 let _ = job.ack.send(Ok(()));
+                acked.push((job.batch, job.permit, position));
+            }
+            for (batch, permit, position) in acked {
                 let index_job = IndexJob::Wal {
                     wal_position: position,
-                    batch: job.batch,
-                    permit: Some(job.permit),
+                    batch,
+                    permit: Some(permit),
                 };
                 if self.index_sender.send(index_job).is_err() {
                     tracing::error!("indexer has stopped; records stay in the WAL for replay");

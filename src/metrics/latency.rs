@@ -1,0 +1,503 @@
+//! Exact latency quantiles per operation (service, span name, span kind), cumulative since
+//! start and over sliding windows, from hdrhistogram at 2 significant digits.
+//!
+//! Each operation keeps a cumulative histogram, the histogram of the current minute, and
+//! the last 60 closed minutes compressed (hdrhistogram's V2 + DEFLATE, a few hundred bytes
+//! each), so a window of 1, 5 or 60 minutes is a merge of at most 61 histograms while an
+//! operation stays within tens of KiB. Minutes are those of the spans' end times, so a
+//! rebuild from the index at start-up puts every span where it was. Time is passed in, so
+//! window expiry is tested without waiting. Written by the pipeline's WAL thread, read by
+//! query handlers; one mutex around the map.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+
+use crate::model::TraceId;
+
+/// 1 µs … 1 h, in µs; longer spans are clamped to the maximum and counted.
+const LOWEST_US: u64 = 1;
+const HIGHEST_US: u64 = 3_600_000_000;
+const SIGNIFICANT_DIGITS: u8 = 2;
+const MINUTES_KEPT: u64 = 60;
+/// Trace samples kept per minute for "one exemplar per latency band".
+const SAMPLES_PER_MINUTE: usize = 6;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OperationKey {
+    pub service: String,
+    pub span_name: String,
+    pub span_kind: i32,
+}
+
+/// A span as the latency histograms see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    pub duration_us: u64,
+    pub end_unix_nano: u64,
+    pub error: bool,
+    pub trace_id: TraceId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceSample {
+    pub trace_id: TraceId,
+    pub duration_us: u64,
+}
+
+struct Minute {
+    minute: u64,
+    histogram: Histogram<u64>,
+    errors: u64,
+    samples: Vec<TraceSample>,
+    slowest: Option<TraceSample>,
+}
+
+struct ClosedMinute {
+    minute: u64,
+    compressed: Vec<u8>,
+    errors: u64,
+    samples: Vec<TraceSample>,
+    slowest: Option<TraceSample>,
+}
+
+pub struct Operation {
+    cumulative: Histogram<u64>,
+    cumulative_errors: u64,
+    slowest_ever: Option<TraceSample>,
+    clamped: u64,
+    current: Option<Minute>,
+    closed: VecDeque<ClosedMinute>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+        .expect("static histogram bounds are valid")
+}
+
+/// Summary of one window of one operation; durations in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowStats {
+    pub count: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// The slowest sampled trace, then one sample per band (≤p50, p50–p90, p90–p99, >p99).
+    pub slowest: Option<TraceSample>,
+    pub band_samples: Vec<TraceSample>,
+    histogram: Histogram<u64>,
+}
+
+impl WindowStats {
+    /// Share of the window's spans at or below `duration_us` (0–100).
+    pub fn percentile_rank(&self, duration_us: u64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let at_or_below = self.histogram.count_between(0, duration_us.max(LOWEST_US));
+        100.0 * at_or_below as f64 / self.count as f64
+    }
+}
+
+// === impl Operation ===
+
+impl Operation {
+    fn new() -> Operation {
+        Operation {
+            cumulative: new_histogram(),
+            cumulative_errors: 0,
+            slowest_ever: None,
+            clamped: 0,
+            current: None,
+            closed: VecDeque::new(),
+        }
+    }
+
+    fn record(&mut self, observation: &Observation, now_minute: u64) {
+        let value = observation.duration_us.clamp(LOWEST_US, HIGHEST_US);
+        if observation.duration_us > HIGHEST_US {
+            self.clamped += 1;
+        }
+        let _ = self.cumulative.record(value);
+        if observation.error {
+            self.cumulative_errors += 1;
+        }
+        self.slowest_ever = slower(
+            self.slowest_ever,
+            Some(TraceSample {
+                trace_id: observation.trace_id,
+                duration_us: observation.duration_us,
+            }),
+        );
+        let minute = observation.end_unix_nano / 60_000_000_000;
+        if minute + MINUTES_KEPT <= now_minute || minute > now_minute + 1 {
+            return; // too old (or too far ahead) for any window: cumulative only
+        }
+        self.advance(minute.max(self.current.as_ref().map_or(0, |current| current.minute)));
+        let sample = TraceSample {
+            trace_id: observation.trace_id,
+            duration_us: observation.duration_us,
+        };
+        let slot = match self.current.as_mut() {
+            Some(current) if current.minute == minute => current,
+            _ => match self
+                .closed
+                .iter_mut()
+                .find(|closed| closed.minute == minute)
+            {
+                Some(closed) => {
+                    // A late span for a closed minute: decompress, add, recompress.
+                    let mut histogram = decompress(&closed.compressed);
+                    let _ = histogram.record(value);
+                    closed.compressed = compress(&histogram);
+                    closed.errors += u64::from(observation.error);
+                    keep_sample(&mut closed.samples, &mut closed.slowest, sample);
+                    return;
+                }
+                None => return,
+            },
+        };
+        let _ = slot.histogram.record(value);
+        slot.errors += u64::from(observation.error);
+        keep_sample(&mut slot.samples, &mut slot.slowest, sample);
+    }
+
+    /// Make `minute` the current one, closing (compressing) the previous.
+    fn advance(&mut self, minute: u64) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.minute >= minute)
+        {
+            return;
+        }
+        if let Some(done) = self.current.take() {
+            self.closed.push_back(ClosedMinute {
+                minute: done.minute,
+                compressed: compress(&done.histogram),
+                errors: done.errors,
+                samples: done.samples,
+                slowest: done.slowest,
+            });
+        }
+        while self
+            .closed
+            .front()
+            .is_some_and(|oldest| oldest.minute + MINUTES_KEPT <= minute)
+        {
+            self.closed.pop_front();
+        }
+        self.current = Some(Minute {
+            minute,
+            histogram: new_histogram(),
+            errors: 0,
+            samples: Vec::new(),
+            slowest: None,
+        });
+    }
+
+    /// Stats over the last `minutes` minutes up to `now_minute` (`None`: since start).
+    fn stats(&self, minutes: Option<u64>, now_minute: u64) -> WindowStats {
+        let mut merged: Histogram<u64> =
+            Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+                .expect("static histogram bounds are valid");
+        let mut errors = 0;
+        let mut samples = Vec::new();
+        let mut slowest: Option<TraceSample> = None;
+        let in_window = |minute: u64| match minutes {
+            None => true,
+            Some(window) => minute + window > now_minute && minute <= now_minute,
+        };
+        for closed in &self.closed {
+            if in_window(closed.minute) {
+                let _ = merged.add(decompress(&closed.compressed));
+                errors += closed.errors;
+                samples.extend(closed.samples.iter().copied());
+                slowest = slower(slowest, closed.slowest);
+            }
+        }
+        if let Some(current) = &self.current {
+            if in_window(current.minute) {
+                let _ = merged.add(&current.histogram);
+                errors += current.errors;
+                samples.extend(current.samples.iter().copied());
+                slowest = slower(slowest, current.slowest);
+            }
+        }
+        if minutes.is_none() {
+            merged = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+                .expect("static histogram bounds are valid");
+            let _ = merged.add(&self.cumulative);
+            errors = self.cumulative_errors;
+            slowest = slower(slowest, self.slowest_ever);
+        }
+        let quantile_ms = |quantile: f64| {
+            if merged.is_empty() {
+                0.0
+            } else {
+                merged.value_at_quantile(quantile) as f64 / 1000.0
+            }
+        };
+        let p50 = merged.value_at_quantile(0.5);
+        let p90 = merged.value_at_quantile(0.9);
+        let p99 = merged.value_at_quantile(0.99);
+        let bands: [(u64, u64); 4] = [
+            (0, p50),
+            (p50 + 1, p90),
+            (p90 + 1, p99),
+            (p99 + 1, u64::MAX),
+        ];
+        let band_samples = bands
+            .iter()
+            .filter_map(|(low, high)| {
+                samples
+                    .iter()
+                    .find(|sample| sample.duration_us >= *low && sample.duration_us <= *high)
+                    .copied()
+            })
+            .collect();
+        WindowStats {
+            count: merged.len(),
+            errors,
+            p50_ms: quantile_ms(0.5),
+            p90_ms: quantile_ms(0.9),
+            p95_ms: quantile_ms(0.95),
+            p99_ms: quantile_ms(0.99),
+            p999_ms: quantile_ms(0.999),
+            max_ms: if merged.is_empty() {
+                0.0
+            } else {
+                merged.max() as f64 / 1000.0
+            },
+            slowest,
+            band_samples,
+            histogram: merged,
+        }
+    }
+
+    /// Approximate heap bytes held (for the memory figure of the benchmark).
+    pub fn heap_bytes(&self) -> usize {
+        let histogram_bytes = |histogram: &Histogram<u64>| histogram.distinct_values() * 8;
+        histogram_bytes(&self.cumulative)
+            + self
+                .current
+                .as_ref()
+                .map_or(0, |current| histogram_bytes(&current.histogram))
+            + self
+                .closed
+                .iter()
+                .map(|closed| closed.compressed.len() + closed.samples.len() * 24 + 64)
+                .sum::<usize>()
+    }
+}
+
+fn slower(a: Option<TraceSample>, b: Option<TraceSample>) -> Option<TraceSample> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.duration_us > a.duration_us { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Keep the slowest, and a spread of samples: the first few, then ones that widen the
+/// range seen, so every latency band tends to have one.
+fn keep_sample(
+    samples: &mut Vec<TraceSample>,
+    slowest: &mut Option<TraceSample>,
+    sample: TraceSample,
+) {
+    *slowest = slower(*slowest, Some(sample));
+    if samples.len() < SAMPLES_PER_MINUTE {
+        samples.push(sample);
+        return;
+    }
+    let (min_index, min) = samples
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, kept)| kept.duration_us)
+        .map(|(index, kept)| (index, kept.duration_us))
+        .unwrap_or((0, 0));
+    if sample.duration_us < min {
+        samples[min_index] = sample;
+        return;
+    }
+    let max = samples
+        .iter()
+        .map(|kept| kept.duration_us)
+        .max()
+        .unwrap_or(0);
+    if sample.duration_us > max {
+        // Replace the sample closest to its neighbour, keeping the spread.
+        samples.sort_by_key(|kept| kept.duration_us);
+        let crowded = (1..samples.len() - 1)
+            .min_by_key(|index| samples[index + 1].duration_us - samples[index - 1].duration_us)
+            .unwrap_or(0);
+        samples[crowded] = sample;
+    }
+}
+
+fn compress(histogram: &Histogram<u64>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if V2DeflateSerializer::new()
+        .serialize(histogram, &mut bytes)
+        .is_err()
+    {
+        bytes.clear();
+    }
+    bytes
+}
+
+fn decompress(bytes: &[u8]) -> Histogram<u64> {
+    let mut reader = bytes;
+    Deserializer::new()
+        .deserialize::<u64, _>(&mut reader)
+        .unwrap_or_else(|_| {
+            Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+                .expect("static histogram bounds are valid")
+        })
+}
+
+/// Every operation's histograms.
+#[derive(Default)]
+pub struct LatencyHistograms {
+    operations: BTreeMap<OperationKey, Operation>,
+}
+
+impl LatencyHistograms {
+    pub fn record(&mut self, key: &OperationKey, observation: &Observation, now_minute: u64) {
+        if let Some(operation) = self.operations.get_mut(key) {
+            operation.record(observation, now_minute);
+            return;
+        }
+        let mut operation = Operation::new();
+        operation.record(observation, now_minute);
+        self.operations.insert(key.clone(), operation);
+    }
+
+    pub fn stats(
+        &self,
+        key: &OperationKey,
+        minutes: Option<u64>,
+        now_minute: u64,
+    ) -> Option<WindowStats> {
+        self.operations
+            .get(key)
+            .map(|operation| operation.stats(minutes, now_minute))
+    }
+
+    /// Operations matching a service (and span name, if given).
+    pub fn keys(&self, service: &str, span_name: Option<&str>) -> Vec<OperationKey> {
+        self.operations
+            .keys()
+            .filter(|key| {
+                key.service == service && span_name.is_none_or(|name| key.span_name == name)
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.operations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.operations.values().map(Operation::heap_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> OperationKey {
+        OperationKey {
+            service: "orders".into(),
+            span_name: "GET /orders".into(),
+            span_kind: 2,
+        }
+    }
+
+    fn observation(duration_us: u64, minute: u64) -> Observation {
+        Observation {
+            duration_us,
+            end_unix_nano: minute * 60_000_000_000 + 1,
+            error: duration_us > 900_000,
+            trace_id: TraceId([(duration_us % 251) as u8 + 1; 16]),
+        }
+    }
+
+    #[test]
+    fn windows_expire_as_minutes_pass() {
+        let mut histograms = LatencyHistograms::default();
+        let now = 1_000_000;
+        for minute in (now - 90)..=now {
+            histograms.record(
+                &key(),
+                &observation(1000 + minute - (now - 90), minute),
+                minute,
+            );
+        }
+        let one = histograms.stats(&key(), Some(1), now).unwrap();
+        assert_eq!(one.count, 1);
+        let five = histograms.stats(&key(), Some(5), now).unwrap();
+        assert_eq!(five.count, 5);
+        let hour = histograms.stats(&key(), Some(60), now).unwrap();
+        assert_eq!(hour.count, 60);
+        let all = histograms.stats(&key(), None, now).unwrap();
+        assert_eq!(all.count, 91);
+        // Ten minutes later with nothing new, the 5-minute window is empty.
+        let later = histograms.stats(&key(), Some(5), now + 10).unwrap();
+        assert_eq!(later.count, 0);
+        assert_eq!(
+            histograms.stats(&key(), Some(60), now + 10).unwrap().count,
+            50
+        );
+    }
+
+    #[test]
+    fn slowest_and_band_samples_name_real_traces() {
+        let mut histograms = LatencyHistograms::default();
+        let now = 5000;
+        for duration in [1_000, 2_000, 3_000, 50_000, 1_000_000] {
+            histograms.record(&key(), &observation(duration, now), now);
+        }
+        let stats = histograms.stats(&key(), Some(5), now).unwrap();
+        assert_eq!(stats.slowest.unwrap().duration_us, 1_000_000);
+        assert!(stats.band_samples.len() >= 2);
+        assert_eq!(stats.errors, 1);
+        assert!((stats.percentile_rank(3_000) - 60.0).abs() < 0.01);
+    }
+
+    proptest! {
+        #[test]
+        fn quantiles_match_a_sorted_array_to_two_significant_digits(
+            values in proptest::collection::vec(1u64..10_000_000, 1..400),
+            quantile in 0.0f64..1.0,
+        ) {
+            let mut histograms = LatencyHistograms::default();
+            for value in &values {
+                histograms.record(&key(), &observation(*value, 100), 100);
+            }
+            let mut sorted = values.clone();
+            sorted.sort_unstable();
+            let stats = histograms.stats(&key(), Some(5), 100).unwrap();
+            prop_assert_eq!(stats.count, values.len() as u64);
+            let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            let exact = sorted[rank - 1] as f64;
+            let merged = &stats.histogram;
+            let measured = merged.value_at_quantile(quantile) as f64;
+            // hdrhistogram at 2 significant digits: within 1% of the exact sample.
+            prop_assert!((measured - exact).abs() <= exact * 0.01 + 1.0, "q {} exact {} measured {}", quantile, exact, measured);
+            prop_assert!((stats.max_ms * 1000.0 - *sorted.last().unwrap() as f64).abs() <= *sorted.last().unwrap() as f64 * 0.01 + 1.0);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Metrics computed from every span and log record as it is acked, and the service's own.
+//!
+//! Takes acked batches from the pipeline (the WAL thread for spans, the indexer for log
+//! records) and gives out the `/metrics` text, OpenMetrics with exemplars or the classic
+//! 0.0.4 format, and exact latency quantiles per operation ([`latency`]). Span metrics use
+//! the names Grafana's Tempo views query: `traces_spanmetrics_latency` (seconds, Tempo's
+//! buckets) and `traces_spanmetrics_calls_total`, labelled `service`, `span_name`,
+//! `span_kind`, `status_code`, with `{trace_id, span_id}` exemplars on `_bucket` and
+//! `_total` lines. Exemplars are only taken from acked spans, which `/api/v2/traces/{id}`
+//! returns from then on. Span names that embed ids are normalised, and each metric keeps at
+//! most `max_series` label sets; the rest go to one `__overflow__` series and are counted.
+
+pub mod latency;
+pub mod names;
+pub mod own;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::model::{LogRecord, Span};
+use latency::{LatencyHistograms, Observation, OperationKey};
+
+/// Tempo's default span-metrics buckets: 0.002 · 2ⁿ s, n = 0…13.
+pub fn default_buckets() -> Vec<f64> {
+    (0..14).map(|n| 0.002 * f64::powi(2.0, n)).collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    pub service: String,
+    pub span_name: String,
+    pub span_kind: SpanKindLabel,
+    pub status_code: StatusLabel,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum SpanKindLabel {
+    SPAN_KIND_UNSPECIFIED,
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_SERVER,
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_PRODUCER,
+    SPAN_KIND_CONSUMER,
+}
+
+impl SpanKindLabel {
+    pub fn from_otlp(kind: i32) -> SpanKindLabel {
+        match kind {
+            1 => SpanKindLabel::SPAN_KIND_INTERNAL,
+            2 => SpanKindLabel::SPAN_KIND_SERVER,
+            3 => SpanKindLabel::SPAN_KIND_CLIENT,
+            4 => SpanKindLabel::SPAN_KIND_PRODUCER,
+            5 => SpanKindLabel::SPAN_KIND_CONSUMER,
+            _ => SpanKindLabel::SPAN_KIND_UNSPECIFIED,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum StatusLabel {
+    STATUS_CODE_UNSET,
+    STATUS_CODE_OK,
+    STATUS_CODE_ERROR,
+}
+
+impl StatusLabel {
+    pub fn from_otlp(code: i32) -> StatusLabel {
+        match code {
+            1 => StatusLabel::STATUS_CODE_OK,
+            2 => StatusLabel::STATUS_CODE_ERROR,
+            _ => StatusLabel::STATUS_CODE_UNSET,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    pub service: String,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogExemplar {
+    pub trace_id: String,
+}
+
+/// Builds each latency histogram with the configured buckets.
+#[derive(Clone, Debug)]
+pub struct Buckets(Arc<Vec<f64>>);
+
+impl MetricConstructor<HistogramWithExemplars<TraceExemplar>> for Buckets {
+    fn new_metric(&self) -> HistogramWithExemplars<TraceExemplar> {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+type LatencyFamily = Family<SpanLabels, HistogramWithExemplars<TraceExemplar>, Buckets>;
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    latency_family: LatencyFamily,
+    calls: Family<SpanLabels, CounterWithExemplar<TraceExemplar>>,
+    log_records: Family<LogLabels, CounterWithExemplar<LogExemplar>>,
+    span_series: Mutex<HashSet<SpanLabels>>,
+    log_series: Mutex<HashSet<LogLabels>>,
+    overflow: Counter,
+    max_series: usize,
+    /// Span metrics on (`metrics.span_metrics`); off only to measure their cost.
+    span_metrics: bool,
+    /// Exact quantiles per operation.
+    pub latency: Mutex<LatencyHistograms>,
+    pub fsync_seconds: Histogram,
+    pub commit_seconds: Histogram,
+}
+
+const OVERFLOW: &str = "__overflow__";
+
+impl Metrics {
+    pub fn new(buckets: Vec<f64>, max_series: usize, span_metrics: bool) -> Arc<Metrics> {
+        let latency_family = Family::new_with_constructor(Buckets(Arc::new(buckets)));
+        let calls = Family::default();
+        let log_records = Family::default();
+        let overflow = Counter::default();
+        let fsync_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
+        let commit_seconds =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]);
+        let mut registry = Registry::default();
+        // No `# UNIT`: strict OpenMetrics parsers want the unit in the name, and Grafana's
+        // views want Tempo's name. The unit is in the help text.
+        registry.register(
+            "traces_spanmetrics_latency",
+            "Span duration in seconds, per service, span name, kind and status",
+            latency_family.clone(),
+        );
+        registry.register(
+            "traces_spanmetrics_calls",
+            "Spans received, per service, span name, kind and status",
+            calls.clone(),
+        );
+        registry.register(
+            "tracelink_log_records",
+            "Log records indexed, per service and level",
+            log_records.clone(),
+        );
+        registry.register(
+            "tracelink_metrics_series_overflow",
+            "Observations folded into the __overflow__ series by the cardinality cap",
+            overflow.clone(),
+        );
+        registry.register(
+            "tracelink_wal_fsync_seconds",
+            "Duration of write-ahead log fsyncs (one per group commit), in seconds",
+            fsync_seconds.clone(),
+        );
+        registry.register(
+            "tracelink_commit_seconds",
+            "Duration of tantivy commits (spans and logs together), in seconds",
+            commit_seconds.clone(),
+        );
+        Arc::new(Metrics {
+            registry: Mutex::new(registry),
+            latency_family,
+            calls,
+            log_records,
+            span_series: Mutex::new(HashSet::new()),
+            log_series: Mutex::new(HashSet::new()),
+            overflow,
+            max_series: max_series.max(1),
+            span_metrics,
+            latency: Mutex::new(LatencyHistograms::default()),
+            fsync_seconds,
+            commit_seconds,
+        })
+    }
+
+    /// Register a collector of the service's own gauges and counters.
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        lock(&self.registry).register_collector(collector);
+    }
+
+    /// Observe every span of an acked batch.
+    pub fn record_spans(&self, spans: &[Span]) {
+        if spans.is_empty() || !self.span_metrics {
+            return;
+        }
+        let now = SystemTime::now();
+        let now_minute = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() / 60)
+            .unwrap_or_default();
+        let mut latency = lock(&self.latency);
+        for span in spans {
+            let span_name = names::normalise_span_name(&span.name);
+            let mut labels = SpanLabels {
+                service: span.service.clone(),
+                span_name,
+                span_kind: SpanKindLabel::from_otlp(span.kind),
+                status_code: StatusLabel::from_otlp(span.status_code),
+            };
+            if !self.admit(&self.span_series, &labels) {
+                labels.service = OVERFLOW.into();
+                labels.span_name = OVERFLOW.into();
+                self.overflow.inc();
+            }
+            let exemplar = TraceExemplar {
+                trace_id: span.trace_id.to_hex(),
+                span_id: span.span_id.to_hex(),
+            };
+            let seconds = span.duration_nanos as f64 / 1e9;
+            self.latency_family.get_or_create(&labels).observe(
+                seconds,
+                Some(exemplar.clone()),
+                Some(now),
+            );
+            self.calls
+                .get_or_create(&labels)
+                .inc_by(1, Some(exemplar), Some(now));
+            let key = OperationKey {
+                service: labels.service,
+                span_name: labels.span_name,
+                span_kind: span.kind,
+            };
+            latency.record(
+                &key,
+                &Observation {
+                    duration_us: span.duration_nanos / 1000,
+                    end_unix_nano: span
+                        .start_time_unix_nano
+                        .saturating_add(span.duration_nanos),
+                    error: span.status_code == 2,
+                    trace_id: span.trace_id,
+                },
+                now_minute,
+            );
+        }
+    }
+
+    /// Count indexed log records; a record with a trace id becomes the exemplar.
+    pub fn record_logs(&self, records: &[LogRecord]) {
+        let now = SystemTime::now();
+        for record in records {
+            let mut labels = LogLabels {
+                service: record.service.clone(),
+                level: record
+                    .level
+                    .map_or("unknown", |level| level.as_str())
+                    .to_owned(),
+            };
+            if !self.admit(&self.log_series, &labels) {
+                labels.service = OVERFLOW.into();
+                self.overflow.inc();
+            }
+            let exemplar =
+                record
+                    .trace_id
+                    .filter(|_| !record.trace_id_low64_only)
+                    .map(|trace_id| LogExemplar {
+                        trace_id: trace_id.to_hex(),
+                    });
+            let timestamp = exemplar.as_ref().map(|_| now);
+            self.log_records
+                .get_or_create(&labels)
+                .inc_by(1, exemplar, timestamp);
+        }
+    }
+
+    fn admit<L: Clone + Eq + std::hash::Hash>(&self, seen: &Mutex<HashSet<L>>, labels: &L) -> bool {
+        let mut seen = lock(seen);
+        if seen.contains(labels) {
+            return true;
+        }
+        if seen.len() >= self.max_series {
+            return false;
+        }
+        seen.insert(labels.clone());
+        true
+    }
+
+    /// OpenMetrics 1.0 text (with exemplars and `# EOF`).
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry))
+        {
+            tracing::error!(%error, "encoding OpenMetrics failed");
+        }
+        out
+    }
+
+    /// The classic Prometheus 0.0.4 text format (no exemplars).
+    pub fn render_prometheus_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &lock(&self.registry))
+        {
+            tracing::error!(%error, "encoding the Prometheus text format failed");
+        }
+        out
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,199 @@
+//! The service's own health, read at scrape time from the pipeline's and the tailer's
+//! counters: records accepted, refused and indexed, WAL bytes and fsyncs, commits, queue
+//! depth, head size, index and WAL size on disk, tailer lag and reading counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::ingest::tail::TailStats;
+use crate::pipeline::{Pipeline, PipelineStats};
+use crate::store::Storage;
+
+/// Tailed files whose lag is reported one by one; the rest are summed under `other`.
+const MAX_LAG_SERIES: usize = 100;
+
+pub struct OwnMetrics {
+    pub stats: Arc<PipelineStats>,
+    pub pipeline: Weak<Pipeline>,
+    pub storage: Weak<Storage>,
+    pub data_dir: PathBuf,
+    pub tail: Arc<Mutex<Option<Arc<TailStats>>>>,
+}
+
+impl std::fmt::Debug for OwnMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnMetrics")
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+fn dir_bytes(path: &Path) -> i64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|metadata| metadata.is_file())
+                .map(|metadata| metadata.len() as i64)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+impl Collector for OwnMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let stats = &self.stats;
+        let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "tracelink_spans_accepted",
+            "Spans acked (in the fsynced WAL)",
+            load(&stats.spans_accepted),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_log_records_accepted",
+            "OTLP log records acked (in the fsynced WAL)",
+            load(&stats.logs_accepted),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_records_refused_overload",
+            "Spans and log records refused because the ingest queue was full",
+            load(&stats.records_refused_overload),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_spans_indexed",
+            "Spans added to the tantivy spans index",
+            load(&stats.spans_indexed),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_log_records_indexed",
+            "Log records added to the tantivy logs index",
+            load(&stats.logs_indexed),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_wal_bytes",
+            "Bytes appended to the write-ahead log",
+            load(&stats.wal_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_wal_fsyncs",
+            "Write-ahead log fsyncs (group commits)",
+            load(&stats.wal_fsyncs),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_commits",
+            "tantivy commits",
+            load(&stats.commits),
+        )?;
+        if let Some(pipeline) = self.pipeline.upgrade() {
+            gauge(
+                &mut encoder,
+                "tracelink_ingest_queue_depth",
+                "Records accepted and not yet committed to tantivy",
+                pipeline.queue_depth() as i64,
+            )?;
+        }
+        if let Some(storage) = self.storage.upgrade() {
+            gauge(
+                &mut encoder,
+                "tracelink_head_spans",
+                "Spans served from the head buffer (acked, not yet committed)",
+                storage.head.len() as i64,
+            )?;
+        }
+        let metric = encoder.encode_descriptor(
+            "tracelink_storage_bytes",
+            "Bytes on disk, per part of the data directory",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut metric = metric;
+        for part in ["spans", "logs", "wal"] {
+            let labels = [("part", part)];
+            let value = dir_bytes(&self.data_dir.join(part));
+            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        let tail = self.tail.lock().ok().and_then(|tail| tail.clone());
+        if let Some(tail) = tail {
+            counter(
+                &mut encoder,
+                "tracelink_tailer_lines_read",
+                "Records read from tailed files",
+                load(&tail.lines_read),
+            )?;
+            counter(
+                &mut encoder,
+                "tracelink_tailer_lines_truncated",
+                "Lines cut at max_line_bytes",
+                load(&tail.lines_truncated),
+            )?;
+            counter(
+                &mut encoder,
+                "tracelink_tailer_parse_errors",
+                "Lines kept as text because they did not parse as their format",
+                load(&tail.parse_errors),
+            )?;
+            gauge(
+                &mut encoder,
+                "tracelink_tailer_files_open",
+                "Tailed files with an open handle",
+                load(&tail.files_open) as i64,
+            )?;
+            let lag = tail
+                .lag_bytes
+                .lock()
+                .map(|lag| lag.clone())
+                .unwrap_or_default();
+            let mut metric = encoder.encode_descriptor(
+                "tracelink_tailer_lag_bytes",
+                "Bytes written to a tailed file and not yet read",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut other = 0u64;
+            for (index, (path, bytes)) in lag.iter().enumerate() {
+                if index < MAX_LAG_SERIES {
+                    let labels = [("path", path.as_str())];
+                    ConstGauge::new(*bytes as i64).encode(metric.encode_family(&labels)?)?;
+                } else {
+                    other += bytes;
+                }
+            }
+            if lag.len() > MAX_LAG_SERIES {
+                let labels = [("path", "other")];
+                ConstGauge::new(other as i64).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
