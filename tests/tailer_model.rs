@@ -85,7 +85,7 @@ impl World {
         let process = common::spawn_binary_with_args(
             self.dir.path(),
             &self.data,
-            &[],
+            &[("RUST_LOG", "info,tracelink::ingest::tail=debug")],
             &["--config", &self.config],
         );
         self.process = Some(process);

@@ -195,11 +195,21 @@ impl Tailer {
         let mut new_paths = Vec::new();
         for (source, path, metadata) in found {
             let inode = (metadata.dev(), metadata.ino());
-            if let Some(key) = self.by_inode.get(&inode) {
-                if let Some(tracked) = self.active.get_mut(key) {
-                    tracked.seen = true;
-                    tracked.checkpoint.path = path.display().to_string();
-                    continue;
+            if let Some(key) = self.by_inode.get(&inode).cloned() {
+                if let Some(tracked) = self.active.get_mut(&key) {
+                    // An inode number freed by a deleted file can be given to a new one
+                    // while the old handle is still open: then this path is new content.
+                    let deleted = tracked
+                        .file
+                        .as_ref()
+                        .and_then(|file| file.metadata().ok())
+                        .is_some_and(|open| open.nlink() == 0);
+                    if !deleted {
+                        tracked.seen = true;
+                        tracked.checkpoint.path = path.display().to_string();
+                        continue;
+                    }
+                    self.by_inode.remove(&inode);
                 }
             }
             if self
@@ -280,8 +290,10 @@ impl Tailer {
                         rewritten = matches!(outcome, Outcome::Rewritten),
                         "file left"
                     );
-                    self.by_inode
-                        .remove(&(tracked.checkpoint.dev, tracked.checkpoint.ino));
+                    let inode = (tracked.checkpoint.dev, tracked.checkpoint.ino);
+                    if self.by_inode.get(&inode) == Some(&tracked.key) {
+                        self.by_inode.remove(&inode);
+                    }
                     if tracked.checkpoint.gzip {
                         if let Ok(metadata) = fs::metadata(&tracked.checkpoint.path) {
                             self.finished_gzip.insert((
@@ -467,6 +479,17 @@ impl Tailer {
         let mut data = vec![0u8; want];
         file.seek(SeekFrom::Start(offset))?;
         file.read_exact(&mut data)?;
+        if offset == 0 {
+            // Nothing read yet, so no marker to check: the first line must still be the
+            // one the file was identified by (it may have been truncated and rewritten
+            // since, by copytruncate for instance).
+            let first_line_end = data.iter().position(|byte| *byte == b'\n');
+            if let Some(end) = first_line_end {
+                if fingerprint(&data[..=end]) != tracked.checkpoint.fingerprint {
+                    return Ok(Outcome::Rewritten);
+                }
+            }
+        }
         let idle = tracked.last_growth.elapsed() >= source.multiline_timeout;
         let rules = LineRules {
             max_line_bytes: source.max_line_bytes,
