@@ -348,3 +348,138 @@ async fn latency_api_quantiles_match_a_sorted_array_and_overflow_is_capped() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_graph_and_the_shipped_dashboard_use_metrics_tracelink_exports() {
+    let dir = common::temp_dir();
+    let server = TestServer::start(&common::data_path(&dir), |_| {}).await;
+    // gateway (client span) → orders (server span, its child, failed).
+    let end = now_nanos();
+    let trace_id = vec![0x77; 16];
+    let span = |service: &str, id: u8, parent: Option<u8>, kind: i32, error: bool| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(service.into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans: vec![OtlpSpan {
+                trace_id: trace_id.clone(),
+                span_id: vec![id; 8],
+                parent_span_id: parent.map(|parent| vec![parent; 8]).unwrap_or_default(),
+                name: "POST /orders".into(),
+                kind,
+                start_time_unix_nano: end - 50_000_000,
+                end_time_unix_nano: end,
+                status: error.then(|| Status {
+                    message: "boom".into(),
+                    code: 2,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    send(
+        &server,
+        ExportTraceServiceRequest {
+            resource_spans: vec![span("orders", 2, Some(1), 2, true)],
+        },
+    )
+    .await;
+    send(
+        &server,
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                span("gateway", 1, None, 3, false),
+                span("gateway", 9, None, 2, false),
+            ],
+        },
+    )
+    .await;
+    let logs = serde_json::json!({"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "orders"}}]},
+        "scopeLogs": [{"logRecords": [{"timeUnixNano": end.to_string(), "severityNumber": 17, "body": {"stringValue": "boom"},
+            "traceId": "77777777777777777777777777777777"}]}]}]});
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/logs"))
+        .header("content-type", "application/json")
+        .body(logs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("tracelink_log_records_total{") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        text.contains(r#"traces_service_graph_request_total{client="gateway",server="orders"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"traces_service_graph_request_failed_total{client="gateway",server="orders"} 1"#
+    ));
+    assert!(text.contains("traces_service_graph_request_server_seconds_bucket{"));
+    assert!(text.contains(r#"tracelink_log_records_total{service="orders",level="error"} 1"#));
+
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| line.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../dashboards/tracelink-services.json")).unwrap();
+    let names = regex::Regex::new(r"\b(traces|tracelink)_[a-z_]+").unwrap();
+    let mut exemplar_panels = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            if target["exemplar"] == true {
+                exemplar_panels += 1;
+            }
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            for name in names.find_iter(expr) {
+                assert!(
+                    exported.contains(name.as_str()),
+                    "dashboard queries {} which tracelink does not export",
+                    name.as_str()
+                );
+            }
+        }
+    }
+    assert!(
+        exemplar_panels >= 4,
+        "latency, heatmap and rate panels show exemplars"
+    );
+    assert_eq!(dashboard["templating"]["list"][0]["name"], "service");
+    let provisioning = include_str!("../dashboards/provisioning/datasources/tracelink.yaml");
+    for needed in [
+        "exemplarTraceIdDestinations",
+        "datasourceUid: tracelink-traces",
+        "tracesToLogsV2",
+        "tracesToMetrics",
+        "uid: tracelink-logs",
+        "type: tempo",
+        "type: loki",
+        "url: http://localhost:3200",
+    ] {
+        assert!(provisioning.contains(needed), "{needed}");
+    }
+    server.stop().await;
+}

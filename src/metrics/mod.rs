@@ -10,6 +10,7 @@
 //! returns from then on. Span names that embed ids are normalised, and each metric keeps at
 //! most `max_series` label sets; the rest go to one `__overflow__` series and are counted.
 
+pub mod graph;
 pub mod latency;
 pub mod names;
 pub mod own;
@@ -90,6 +91,12 @@ pub struct TraceExemplar {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    pub client: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogLabels {
     pub service: String,
     pub level: String,
@@ -110,6 +117,16 @@ impl MetricConstructor<HistogramWithExemplars<TraceExemplar>> for Buckets {
     }
 }
 
+/// Builds each service-graph histogram with the configured buckets.
+#[derive(Clone, Debug)]
+pub struct Buckets2(Arc<Vec<f64>>);
+
+impl MetricConstructor<Histogram> for Buckets2 {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
 type LatencyFamily = Family<SpanLabels, HistogramWithExemplars<TraceExemplar>, Buckets>;
 
 pub struct Metrics {
@@ -117,6 +134,11 @@ pub struct Metrics {
     latency_family: LatencyFamily,
     calls: Family<SpanLabels, CounterWithExemplar<TraceExemplar>>,
     log_records: Family<LogLabels, CounterWithExemplar<LogExemplar>>,
+    graph: Mutex<graph::ServiceGraph>,
+    graph_requests: Family<EdgeLabels, Counter>,
+    graph_failed: Family<EdgeLabels, Counter>,
+    graph_server_seconds: Family<EdgeLabels, Histogram, Buckets2>,
+    graph_client_seconds: Family<EdgeLabels, Histogram, Buckets2>,
     span_series: Mutex<HashSet<SpanLabels>>,
     log_series: Mutex<HashSet<LogLabels>>,
     overflow: Counter,
@@ -133,7 +155,12 @@ const OVERFLOW: &str = "__overflow__";
 
 impl Metrics {
     pub fn new(buckets: Vec<f64>, max_series: usize, span_metrics: bool) -> Arc<Metrics> {
-        let latency_family = Family::new_with_constructor(Buckets(Arc::new(buckets)));
+        let buckets = Arc::new(buckets);
+        let latency_family = Family::new_with_constructor(Buckets(buckets.clone()));
+        let graph_requests: Family<EdgeLabels, Counter> = Family::default();
+        let graph_failed: Family<EdgeLabels, Counter> = Family::default();
+        let graph_server_seconds = Family::new_with_constructor(Buckets2(buckets.clone()));
+        let graph_client_seconds = Family::new_with_constructor(Buckets2(buckets));
         let calls = Family::default();
         let log_records = Family::default();
         let overflow = Counter::default();
@@ -154,6 +181,26 @@ impl Metrics {
             "traces_spanmetrics_calls",
             "Spans received, per service, span name, kind and status",
             calls.clone(),
+        );
+        registry.register(
+            "traces_service_graph_request",
+            "Requests between two services (a client span and its server child)",
+            graph_requests.clone(),
+        );
+        registry.register(
+            "traces_service_graph_request_failed",
+            "Requests between two services where either side failed",
+            graph_failed.clone(),
+        );
+        registry.register(
+            "traces_service_graph_request_server_seconds",
+            "Duration of the server side of requests between two services, in seconds",
+            graph_server_seconds.clone(),
+        );
+        registry.register(
+            "traces_service_graph_request_client_seconds",
+            "Duration of the client side of requests between two services, in seconds",
+            graph_client_seconds.clone(),
         );
         registry.register(
             "tracelink_log_records",
@@ -180,6 +227,11 @@ impl Metrics {
             latency_family,
             calls,
             log_records,
+            graph: Mutex::new(graph::ServiceGraph::default()),
+            graph_requests,
+            graph_failed,
+            graph_server_seconds,
+            graph_client_seconds,
             span_series: Mutex::new(HashSet::new()),
             log_series: Mutex::new(HashSet::new()),
             overflow,
@@ -207,7 +259,25 @@ impl Metrics {
             .map(|elapsed| elapsed.as_secs() / 60)
             .unwrap_or_default();
         let mut latency = lock(&self.latency);
+        let mut graph = lock(&self.graph);
+        let instant = std::time::Instant::now();
         for span in spans {
+            if let Some(edge) = graph.observe(span, instant) {
+                let labels = EdgeLabels {
+                    client: edge.client,
+                    server: edge.server,
+                };
+                self.graph_requests.get_or_create(&labels).inc();
+                if edge.failed {
+                    self.graph_failed.get_or_create(&labels).inc();
+                }
+                self.graph_server_seconds
+                    .get_or_create(&labels)
+                    .observe(edge.server_seconds);
+                self.graph_client_seconds
+                    .get_or_create(&labels)
+                    .observe(edge.client_seconds);
+            }
             let span_name = names::normalise_span_name(&span.name);
             let mut labels = SpanLabels {
                 service: span.service.clone(),

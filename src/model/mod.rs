@@ -203,6 +203,7 @@ pub fn service_name(resource: Option<&Resource>) -> &str {
 pub struct Span {
     pub trace_id: TraceId,
     pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
     pub service: String,
     pub name: String,
     pub kind: i32,
@@ -248,6 +249,7 @@ impl Span {
         let record = Span {
             trace_id,
             span_id,
+            parent_span_id: SpanId::from_bytes(&span.parent_span_id).ok(),
             service: service_name(resource).to_owned(),
             name: span.name.clone(),
             kind: span.kind,
