@@ -292,6 +292,32 @@ async fn latency_api_quantiles_match_a_sorted_array_and_overflow_is_capped() {
         .unwrap()
         .is_empty());
 
+    // The histograms survive a restart: rebuilt from the index.
+    server.stop().await;
+    let server = TestServer::start(&common::data_path(&dir), |raw| {
+        raw.metrics.max_series_per_metric = 3;
+    })
+    .await;
+    let again: Value = reqwest::get(server.url("/api/metrics/latency?service=orders&window=5m"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for field in [
+        "count",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "error_rate",
+    ] {
+        assert_eq!(
+            again["operations"][0][field], operation[field],
+            "{field} after restart"
+        );
+    }
+
     // Unknown service: 404; bad window: 400.
     assert_eq!(
         reqwest::get(server.url("/api/metrics/latency?service=nobody"))
@@ -336,7 +362,7 @@ async fn latency_api_quantiles_match_a_sorted_array_and_overflow_is_capped() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(overflowed >= 2.0, "{overflow_line}");
+    assert!(overflowed >= 1.0, "{overflow_line}");
     // The service's own metrics are there.
     for name in [
         "tracelink_spans_accepted_total",

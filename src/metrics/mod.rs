@@ -323,6 +323,45 @@ impl Metrics {
         }
     }
 
+    /// Rebuild the latency histograms from the committed spans (at start, before
+    /// replaying the WAL, whose spans are observed as they are replayed).
+    pub fn rebuild_latency(
+        &self,
+        spans: &crate::store::SpanIndex,
+    ) -> Result<u64, crate::store::StoreError> {
+        if !self.span_metrics {
+            return Ok(0);
+        }
+        let now_minute = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() / 60)
+            .unwrap_or_default();
+        let mut latency = lock(&self.latency);
+        let mut keys: std::collections::HashMap<(String, String, i32), OperationKey> =
+            std::collections::HashMap::new();
+        spans.for_each_summary(|span| {
+            let key = keys
+                .entry((span.service.to_owned(), span.name.to_owned(), span.kind))
+                .or_insert_with(|| OperationKey {
+                    service: span.service.to_owned(),
+                    span_name: names::normalise_span_name(span.name),
+                    span_kind: span.kind,
+                });
+            latency.record(
+                key,
+                &Observation {
+                    duration_us: span.duration_nanos / 1000,
+                    end_unix_nano: span
+                        .start_time_unix_nano
+                        .saturating_add(span.duration_nanos),
+                    error: span.status_code == 2,
+                    trace_id: span.trace_id,
+                },
+                now_minute,
+            );
+        })
+    }
+
     /// Count indexed log records; a record with a trace id becomes the exemplar.
     pub fn record_logs(&self, records: &[LogRecord]) {
         let now = SystemTime::now();

@@ -248,6 +248,10 @@ impl Pipeline {
         let Some(index_sender) = lock(&self.index_sender).clone() else {
             return Ok(0);
         };
+        match self.metrics.rebuild_latency(&self.storage.spans) {
+            Ok(spans) => tracing::info!(spans, "latency histograms rebuilt from the index"),
+            Err(error) => tracing::warn!(%error, "latency histograms not rebuilt"),
+        }
         let mut replayed = 0u64;
         let from = self.committed_spans.min(self.committed_logs);
         let wal = Wal::open(

@@ -5,7 +5,7 @@
 //! span's `ResourceSpans` protobuf; `trace_id` is the only term every read needs, the other
 //! fields are fast fields for search and metrics rebuilds.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::model::{Span, TraceId};
 #[derive(Clone, Copy)]
 struct SpanFields {
     trace_id: Field,
+    kind: Field,
     service: Field,
     name: Field,
     start_time: Field,
@@ -37,7 +38,8 @@ impl SpanFields {
     fn schema() -> (Schema, SpanFields) {
         let mut builder = Schema::builder();
         let fields = SpanFields {
-            trace_id: builder.add_bytes_field("trace_id", INDEXED),
+            trace_id: builder.add_bytes_field("trace_id", INDEXED | FAST),
+            kind: builder.add_u64_field("kind", FAST),
             service: builder.add_text_field("service", STRING | FAST),
             name: builder.add_text_field("name", STRING | FAST),
             start_time: builder.add_u64_field("start_time_unix_nano", INDEXED | FAST),
@@ -47,6 +49,17 @@ impl SpanFields {
         };
         (builder.build(), fields)
     }
+}
+
+/// What the fast fields hold of a span.
+pub struct SpanSummary<'a> {
+    pub trace_id: TraceId,
+    pub service: &'a str,
+    pub name: &'a str,
+    pub kind: i32,
+    pub status_code: i32,
+    pub start_time_unix_nano: u64,
+    pub duration_nanos: u64,
 }
 
 /// The committed spans, and the means to add more.
@@ -99,6 +112,7 @@ impl SpanIndex {
         document.add_bytes(fields.trace_id, span.trace_id.0.as_slice());
         document.add_text(fields.service, &span.service);
         document.add_text(fields.name, &span.name);
+        document.add_u64(fields.kind, span.kind.max(0) as u64);
         document.add_u64(fields.start_time, span.start_time_unix_nano);
         document.add_u64(fields.duration, span.duration_nanos);
         document.add_u64(fields.status_code, span.status_code.max(0) as u64);
@@ -139,6 +153,72 @@ impl SpanIndex {
             }
         }
         Ok(payloads)
+    }
+
+    /// Every committed span's summary, from the fast fields (no stored document is read),
+    /// segment by segment: what the latency histograms are rebuilt from at start.
+    pub fn for_each_summary(
+        &self,
+        mut visit: impl FnMut(SpanSummary<'_>),
+    ) -> Result<u64, StoreError> {
+        let searcher = self.reader.searcher();
+        let mut visited = 0;
+        for segment in searcher.segment_readers() {
+            let fast = segment.fast_fields();
+            let (Some(services), Some(names), Some(trace_ids)) = (
+                fast.str("service")?,
+                fast.str("name")?,
+                fast.bytes("trace_id")?,
+            ) else {
+                continue;
+            };
+            let kinds = fast.u64("kind")?;
+            let starts = fast.u64("start_time_unix_nano")?;
+            let durations = fast.u64("duration_nanos")?;
+            let statuses = fast.u64("status_code")?;
+            let mut service_names: HashMap<u64, String> = HashMap::new();
+            let mut span_names: HashMap<u64, String> = HashMap::new();
+            let mut trace_bytes = Vec::new();
+            let alive = segment.alive_bitset();
+            for doc in 0..segment.max_doc() {
+                if alive.is_some_and(|bitset| !bitset.is_alive(doc)) {
+                    continue;
+                }
+                let (Some(service_ord), Some(name_ord), Some(trace_ord)) = (
+                    services.term_ords(doc).next(),
+                    names.term_ords(doc).next(),
+                    trace_ids.term_ords(doc).next(),
+                ) else {
+                    continue;
+                };
+                let service = service_names.entry(service_ord).or_insert_with(|| {
+                    let mut text = String::new();
+                    let _ = services.ord_to_str(service_ord, &mut text);
+                    text
+                });
+                let name = span_names.entry(name_ord).or_insert_with(|| {
+                    let mut text = String::new();
+                    let _ = names.ord_to_str(name_ord, &mut text);
+                    text
+                });
+                trace_bytes.clear();
+                trace_ids.ord_to_bytes(trace_ord, &mut trace_bytes)?;
+                let Ok(trace_id) = TraceId::from_bytes(&trace_bytes) else {
+                    continue;
+                };
+                visit(SpanSummary {
+                    trace_id,
+                    service,
+                    name,
+                    kind: kinds.first(doc).unwrap_or(0) as i32,
+                    status_code: statuses.first(doc).unwrap_or(0) as i32,
+                    start_time_unix_nano: starts.first(doc).unwrap_or(0),
+                    duration_nanos: durations.first(doc).unwrap_or(0),
+                });
+                visited += 1;
+            }
+        }
+        Ok(visited)
     }
 
     pub fn num_docs(&self) -> u64 {
