@@ -11,6 +11,7 @@
 //!   on SIGTERM the servers stop accepting, the pipeline drains, and a final commit runs.
 //! - `config` turns the TOML file and `TRACELINK_*` variables into a checked `Config`.
 
+pub mod analysis;
 pub mod api;
 pub mod bench;
 pub mod config;
