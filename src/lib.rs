@@ -14,6 +14,7 @@
 pub mod analysis;
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod ingest;

@@ -28,6 +28,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a trace as a tree: durations, slowest span, root cause, and its log lines.
+    Trace {
+        /// Trace id: hex, base64, or Datadog's decimal 64-bit id.
+        trace_id: String,
+        /// The tracelink to ask.
+        #[arg(long, default_value = "http://127.0.0.1:3200")]
+        server: String,
+    },
+    /// From a log record's id: the line, its trace as a tree, and whether its latency is normal.
+    Join {
+        log_id: String,
+        #[arg(long, default_value = "http://127.0.0.1:3200")]
+        server: String,
+    },
     /// Measure throughput, latency, disk and memory on this machine.
     Bench {
         #[command(subcommand)]
@@ -96,6 +110,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Bench { target } => bench(target),
+        Command::Trace { trace_id, server } => show(
+            &format!("{}/api/join/trace/{trace_id}", server.trim_end_matches('/')),
+            false,
+        ),
+        Command::Join { log_id, server } => show(
+            &format!("{}/api/join/log/{log_id}", server.trim_end_matches('/')),
+            true,
+        ),
     }
 }
 
@@ -181,6 +203,32 @@ fn bench(target: BenchTarget) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bench failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn show(url: &str, as_join: bool) -> ExitCode {
+    let fetched = tokio::runtime::Runtime::new()
+        .map_err(|error| error.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(tracelink::cli::fetch(url))
+                .map_err(|error| error.to_string())
+        });
+    match fetched {
+        Ok(joined) => {
+            let colour = std::io::stdout().is_terminal();
+            let text = if as_join {
+                tracelink::cli::render_join(&joined, colour)
+            } else {
+                tracelink::cli::render_trace(&joined, colour)
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
             ExitCode::FAILURE
         }
     }

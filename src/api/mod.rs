@@ -6,6 +6,7 @@
 //! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
 //! requests decoded at once.
 
+pub mod join;
 pub mod logs;
 pub mod loki;
 pub mod metrics;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
+        .route("/api/join/trace/{trace_id}", get(join::by_trace))
+        .route("/api/join/log/{log_id}", get(join::by_log))
         .route("/api/logs", get(logs::list))
         .route("/api/logs/{id}", get(logs::get_one))
         .route("/loki/api/v1/query_range", get(loki::query_range))

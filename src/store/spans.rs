@@ -134,6 +134,50 @@ impl SpanIndex {
         Ok(())
     }
 
+    /// Payloads of spans of `service` that started in `[from, to]`, newest first, at most
+    /// `limit`: the candidates for a log record that carries no trace id.
+    pub fn service_spans_between(
+        &self,
+        service: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let searcher = self.reader.searcher();
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (
+                tantivy::query::Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.fields.service, service),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn tantivy::query::Query>,
+            ),
+            (
+                tantivy::query::Occur::Must,
+                Box::new(tantivy::query::RangeQuery::new(
+                    std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, from)),
+                    std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, to)),
+                )),
+            ),
+        ]);
+        let top = searcher.search(
+            &query,
+            &tantivy::collector::TopDocs::with_limit(limit.max(1))
+                .order_by_u64_field("start_time_unix_nano", tantivy::Order::Desc),
+        )?;
+        let mut payloads = Vec::with_capacity(top.len());
+        for (_, address) in top {
+            let document: TantivyDocument = searcher.doc(address)?;
+            if let Some(bytes) = document
+                .get_first(self.fields.payload)
+                .and_then(|value| value.as_bytes())
+            {
+                payloads.push(Bytes::copy_from_slice(bytes));
+            }
+        }
+        Ok(payloads)
+    }
+
     /// Stored payloads of every committed span of a trace.
     pub fn trace_payloads(&self, trace_id: &TraceId) -> Result<Vec<Bytes>, StoreError> {
         let searcher = self.reader.searcher();

@@ -1,0 +1,318 @@
+//! The join: from a log record or a trace id to the whole story in one answer: the
+//! analysed trace (span tree, slowest span, root cause, findings), every log record of the
+//! trace, and how each operation's latency compares with its recent calls.
+//!
+//! `GET /api/join/trace/{trace_id}` (any accepted spelling, Datadog decimal included) and
+//! `GET /api/join/log/{log_id}`. A record without a trace id is joined by inference: spans
+//! of its service that were running when it was written, errors first; the answer says
+//! `"join": "inferred"` and the rule used.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use serde_json::{json, Value};
+
+use super::logs::parse_query_trace_id;
+use super::metrics::{now_minute, sample_json};
+use super::{ApiError, AppState};
+use crate::analysis::{self, SpanInput};
+use crate::ingest::otlp_logs::any_value_json;
+use crate::metrics::latency::{OperationKey, WindowStats};
+use crate::metrics::names::normalise_span_name;
+use crate::model::{service_name, to_hex, LogRecord, Span, TraceId};
+use crate::store::{LogQuery, Storage};
+
+/// The window the join compares a trace's operations with.
+const WINDOW_MINUTES: u64 = 60;
+/// How far before a log record an inferred span may have started.
+const INFER_LOOKBACK_NANOS: u64 = 10 * 60 * 1_000_000_000;
+
+fn spans_of(batches: &[ResourceSpans]) -> Vec<SpanInput> {
+    let mut spans = Vec::new();
+    for batch in batches {
+        let service = service_name(batch.resource.as_ref()).to_owned();
+        for scope in &batch.scope_spans {
+            for span in &scope.spans {
+                let attributes = span
+                    .attributes
+                    .iter()
+                    .map(|attribute| {
+                        let value = attribute
+                            .value
+                            .as_ref()
+                            .map(any_value_json)
+                            .unwrap_or(Value::Null);
+                        (attribute.key.clone(), value)
+                    })
+                    .collect();
+                let events = span
+                    .events
+                    .iter()
+                    .map(|event| {
+                        let attributes: serde_json::Map<String, Value> = event
+                            .attributes
+                            .iter()
+                            .map(|attribute| {
+                                let value = attribute.value.as_ref().map(any_value_json).unwrap_or(Value::Null);
+                                (attribute.key.clone(), value)
+                            })
+                            .collect();
+                        json!({"name": event.name, "time_unix_nano": event.time_unix_nano, "attributes": attributes})
+                    })
+                    .collect();
+                let status = span.status.clone().unwrap_or_default();
+                spans.push(SpanInput {
+                    span_id: to_hex(&span.span_id),
+                    parent_span_id: (!span.parent_span_id.is_empty())
+                        .then(|| to_hex(&span.parent_span_id)),
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    kind: span.kind,
+                    status_code: status.code,
+                    status_message: status.message,
+                    start_unix_nano: span.start_time_unix_nano,
+                    end_unix_nano: span.end_time_unix_nano,
+                    attributes,
+                    events,
+                });
+            }
+        }
+    }
+    spans
+}
+
+fn operation_key(span: &SpanInput) -> OperationKey {
+    OperationKey {
+        service: span.service.clone(),
+        span_name: normalise_span_name(&span.name),
+        span_kind: span.kind,
+    }
+}
+
+fn quote(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The analysed trace, its logs and its operations' metrics; `None` if it is unknown.
+fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, ApiError> {
+    let storage: &Storage = &state.storage;
+    let Some(batches) = storage.find_trace(trace_id)? else {
+        return Ok(None);
+    };
+    let spans = spans_of(&batches);
+    let now = now_minute();
+    let mut stats: HashMap<OperationKey, WindowStats> = HashMap::new();
+    {
+        let latency = state
+            .pipeline
+            .metrics
+            .latency
+            .lock()
+            .map_err(|_| ApiError::Internal("latency histograms poisoned".into()))?;
+        for span in &spans {
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                stats.entry(operation_key(span))
+            {
+                if let Some(window) = latency.stats(entry.key(), Some(WINDOW_MINUTES), now) {
+                    entry.insert(window);
+                }
+            }
+        }
+    }
+    let rank = |span: &SpanInput| {
+        let window = stats.get(&operation_key(span))?;
+        (window.count >= 20).then(|| {
+            window.percentile_rank(span.end_unix_nano.saturating_sub(span.start_unix_nano) / 1000)
+        })
+    };
+    let trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);
+
+    let mut logs = storage.logs.search(&LogQuery {
+        trace_id: Some(*trace_id),
+        limit: 5000,
+        oldest_first: true,
+        ..LogQuery::default()
+    })?;
+    logs.sort_by_key(|record| record.time_unix_nano);
+
+    // One entry per operation, with this trace's slowest call of it.
+    let mut operations: Vec<(OperationKey, u64)> = Vec::new();
+    for span in &spans {
+        let key = operation_key(span);
+        let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
+        match operations.iter_mut().find(|(existing, _)| *existing == key) {
+            Some((_, longest)) => *longest = (*longest).max(duration),
+            None => operations.push((key, duration)),
+        }
+    }
+    let metrics: Vec<Value> = operations
+        .iter()
+        .map(|(key, duration)| {
+            let window = stats.get(key);
+            let mut exemplars: Vec<Value> = Vec::new();
+            if let Some(window) = window {
+                exemplars.extend(window.slowest.iter().map(sample_json));
+                exemplars.extend(window.band_samples.iter().map(sample_json));
+            }
+            json!({
+                "service": key.service,
+                "span_name": key.span_name,
+                "span_kind": format!("{:?}", crate::metrics::SpanKindLabel::from_otlp(key.span_kind)),
+                "window": format!("{WINDOW_MINUTES}m"),
+                "count": window.map_or(0, |window| window.count),
+                "error_rate": window.map_or(0.0, |window| if window.count == 0 { 0.0 } else { window.errors as f64 / window.count as f64 }),
+                "p50_ms": window.map(|window| window.p50_ms),
+                "p90_ms": window.map(|window| window.p90_ms),
+                "p99_ms": window.map(|window| window.p99_ms),
+                "this_duration_ms": *duration as f64 / 1e6,
+                "percentile_rank": window.map(|window| window.percentile_rank(duration / 1000)),
+                "exemplars": exemplars,
+            })
+        })
+        .collect();
+    let root = trace.spans.first();
+    let (service, name) = root
+        .map(|span| {
+            (
+                quote(&span.service),
+                quote(&normalise_span_name(&span.name)),
+            )
+        })
+        .unwrap_or_default();
+    let selector = format!(r#"service="{service}",span_name="{name}""#);
+    Ok(Some(json!({
+        "trace": trace,
+        "logs": logs,
+        "metrics": metrics,
+        "links": {
+            "promql": {
+                "latency_p99": format!("histogram_quantile(0.99, sum by (le) (rate(traces_spanmetrics_latency_bucket{{{selector}}}[5m])))"),
+                "error_rate": format!(r#"sum(rate(traces_spanmetrics_calls_total{{{selector},status_code="STATUS_CODE_ERROR"}}[5m])) / sum(rate(traces_spanmetrics_calls_total{{{selector}}}[5m]))"#),
+            },
+            "trace": format!("/api/v2/traces/{}", trace_id.to_hex()),
+            "logs": format!("/api/logs?trace_id={}", trace_id.to_hex()),
+        },
+    })))
+}
+
+/// A trace id given with only its low 64 bits: the full id a log record of it carries,
+/// else the 64-bit id itself.
+fn resolve_trace_id(
+    storage: &Storage,
+    trace_id: TraceId,
+    low_only: bool,
+) -> Result<TraceId, ApiError> {
+    if !low_only {
+        return Ok(trace_id);
+    }
+    let found = storage.logs.search(&LogQuery {
+        trace_id: Some(trace_id),
+        trace_low64_only: true,
+        limit: 50,
+        ..LogQuery::default()
+    })?;
+    Ok(found
+        .iter()
+        .filter(|record| !record.trace_id_low64_only)
+        .find_map(|record| record.trace_id)
+        .unwrap_or(trace_id))
+}
+
+pub async fn by_trace(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (trace_id, low_only) = parse_query_trace_id(&raw_id)?;
+    tokio::task::spawn_blocking(move || {
+        let trace_id = resolve_trace_id(&state.storage, trace_id, low_only)?;
+        let joined = join_trace(&state, &trace_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} not found")))?;
+        Ok(Json(joined))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+}
+
+/// Spans of the record's service running when it was written, errors first, then the
+/// tightest fit.
+fn infer_candidates(storage: &Storage, record: &LogRecord) -> Result<Vec<Span>, ApiError> {
+    let time = record.time_unix_nano;
+    let payloads = storage.spans.service_spans_between(
+        &record.service,
+        time.saturating_sub(INFER_LOOKBACK_NANOS),
+        time,
+        2000,
+    )?;
+    let mut candidates: Vec<Span> = payloads
+        .into_iter()
+        .filter_map(|payload| Span::from_payload(payload).ok())
+        .filter(|span| {
+            span.start_time_unix_nano <= time
+                && time <= span.start_time_unix_nano + span.duration_nanos
+        })
+        .collect();
+    candidates.sort_by_key(|span| {
+        (
+            span.status_code != 2,
+            span.duration_nanos,
+            std::cmp::Reverse(span.start_time_unix_nano),
+        )
+    });
+    candidates.truncate(5);
+    Ok(candidates)
+}
+
+pub async fn by_log(
+    State(state): State<AppState>,
+    Path(log_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let record = state
+            .storage
+            .logs
+            .get(&log_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("log record {log_id} not found")))?;
+        if let Some(trace_id) = record.trace_id {
+            let trace_id = resolve_trace_id(&state.storage, trace_id, record.trace_id_low64_only)?;
+            let mut joined = join_trace(&state, &trace_id)?.unwrap_or_else(|| {
+                json!({"trace": null, "logs": [], "metrics": [], "findings": [{
+                    "kind": "trace_not_stored",
+                    "span_ids": [],
+                    "message": format!("the record names trace {trace_id}, which tracelink has not received"),
+                }]})
+            });
+            joined["log"] = serde_json::to_value(&record).unwrap_or(Value::Null);
+            joined["join"] = json!("trace_id");
+            return Ok(Json(joined));
+        }
+        let candidates = infer_candidates(&state.storage, &record)?;
+        let rule = format!(
+            "spans of service {:?} running at the record's time ({}), errors first, then the shortest",
+            record.service, record.time
+        );
+        let best = candidates.first().map(|span| span.trace_id);
+        let mut joined = match best {
+            Some(trace_id) => join_trace(&state, &trace_id)?.unwrap_or(Value::Null),
+            None => json!({"trace": null, "logs": [], "metrics": []}),
+        };
+        joined["log"] = serde_json::to_value(&record).unwrap_or(Value::Null);
+        joined["join"] = json!("inferred");
+        joined["rule"] = json!(rule);
+        joined["candidates"] = candidates
+            .iter()
+            .map(|span| json!({
+                "trace_id": span.trace_id.to_hex(),
+                "span_id": span.span_id.to_hex(),
+                "name": span.name,
+                "error": span.status_code == 2,
+                "start_time_unix_nano": span.start_time_unix_nano,
+                "duration_ms": span.duration_nanos as f64 / 1e6,
+            }))
+            .collect();
+        Ok(Json(joined))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+}
