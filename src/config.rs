@@ -60,6 +60,7 @@ impl Default for RawMetrics {
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawLogs {
+    pub on_damaged_checkpoints: ReadFrom,
     pub poll_interval_ms: u64,
     pub max_read_bytes_per_pass: u64,
     pub idle_close_ms: u64,
@@ -93,6 +94,7 @@ pub enum ReadFrom {
 impl Default for RawLogs {
     fn default() -> Self {
         RawLogs {
+            on_damaged_checkpoints: ReadFrom::Beginning,
             poll_interval_ms: 1000,
             max_read_bytes_per_pass: 4 * 1024 * 1024,
             idle_close_ms: 60_000,
@@ -201,6 +203,7 @@ pub struct Config {
 /// The tailer's settings, checked.
 #[derive(Debug, Clone)]
 pub struct LogsConfig {
+    pub on_damaged_checkpoints: ReadFrom,
     pub poll_interval: Duration,
     pub max_read_bytes_per_pass: usize,
     pub idle_close: Duration,
@@ -419,6 +422,7 @@ fn validate_logs(raw: &RawLogs) -> Result<LogsConfig, ConfigError> {
         });
     }
     Ok(LogsConfig {
+        on_damaged_checkpoints: raw.on_damaged_checkpoints,
         poll_interval: Duration::from_millis(raw.poll_interval_ms),
         max_read_bytes_per_pass: raw.max_read_bytes_per_pass.max(64 * 1024) as usize,
         idle_close: Duration::from_millis(raw.idle_close_ms),

@@ -208,7 +208,12 @@ impl Server {
                 return None;
             }
             let sender = replay_pipeline.tail_sender()?;
-            match ingest::tail::spawn(logs_config, sender, replay_pipeline.committed_files()) {
+            match ingest::tail::spawn(
+                logs_config,
+                sender,
+                replay_pipeline.committed_files(),
+                replay_pipeline.checkpoints_damaged,
+            ) {
                 Ok(tailer) => {
                     if let Ok(mut shared) = tail_stats.lock() {
                         *shared = Some(tailer.stats.clone());

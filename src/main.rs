@@ -72,6 +72,27 @@ enum BenchTarget {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// `/api/join/trace/{id}` latency for a 50-span trace with 200 log lines.
+    Join {
+        /// Other spans (and as many other log records) stored.
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: u64,
+        /// How long to measure.
+        #[arg(long, default_value_t = 10)]
+        query_seconds: u64,
+        /// Keep the data here instead of a removed temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Span metrics in memory: record cost per span, /metrics render time, memory per operation.
+    Metrics {
+        /// Distinct label sets.
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Spans recorded.
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: usize,
+    },
     /// Tailing throughput, idle cost with many files, and log queries by trace id.
     Logs {
         /// JSON lines (~300 bytes) to tail.
@@ -177,6 +198,24 @@ fn bench(target: BenchTarget) -> ExitCode {
                             span_metrics: !no_span_metrics,
                         })
                         .await
+                    }
+                    BenchTarget::Join {
+                        spans,
+                        query_seconds,
+                        data_dir,
+                    } => {
+                        tracelink::bench::join::run(tracelink::bench::join::JoinBenchOptions {
+                            spans,
+                            query_seconds,
+                            data_dir,
+                        })
+                        .await
+                    }
+                    BenchTarget::Metrics { series, spans } => {
+                        tracelink::bench::metrics::run(
+                            tracelink::bench::metrics::MetricsBenchOptions { series, spans },
+                        );
+                        Ok(())
                     }
                     BenchTarget::Logs {
                         lines,

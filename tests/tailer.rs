@@ -428,3 +428,57 @@ async fn kill9_during_writing_and_rotation_indexes_every_line_exactly_once() {
     assert_exactly(&records, "crash", 50_000);
     assert_eq!(records.len(), 50_000, "{}", records.len());
 }
+
+/// Replace the payload of the logs index's last commit (where the file checkpoints live)
+/// with something that is not a checkpoint store.
+fn damage_checkpoints(data: &Path) {
+    let meta_path = data.join("logs").join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
+    assert!(meta["payload"].as_str().unwrap().contains("files"));
+    meta["payload"] = serde_json::Value::String("{\"files\": [damaged".into());
+    fs::write(&meta_path, meta.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_checkpoints_start_the_service_and_follow_the_configured_policy() {
+    let dir = common::temp_dir();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let data = common::data_path(&dir);
+    let app = logs.join("app.log");
+    let glob = logs.join("*.log");
+    let start = |policy: tracelink::config::ReadFrom| {
+        let data = data.clone();
+        let glob = glob.clone();
+        async move {
+            TestServer::start(&data, |raw| {
+                tail_config(raw, vec![source(&[&glob])]);
+                raw.logs.on_damaged_checkpoints = policy;
+            })
+            .await
+        }
+    };
+    append(&app, &json_lines("damaged", 0..100));
+    let server = start(tracelink::config::ReadFrom::Beginning).await;
+    wait_for(&data, 100).await;
+    server.stop().await;
+
+    // Policy "end": the service starts, nothing is read twice, new lines are read.
+    damage_checkpoints(&data);
+    let server = start(tracelink::config::ReadFrom::End).await;
+    settle().await;
+    assert_eq!(common::indexed_logs(&data).len(), 100);
+    append(&app, &json_lines("damaged", 100..150));
+    wait_for(&data, 150).await;
+    settle().await;
+    assert_exactly(&common::indexed_logs(&data), "damaged", 150);
+    server.stop().await;
+
+    // Policy "beginning" (the default): nothing is lost; the file is read again.
+    damage_checkpoints(&data);
+    let server = start(tracelink::config::ReadFrom::Beginning).await;
+    let records = wait_for(&data, 300).await;
+    assert_eq!(records.len(), 300, "read again from the beginning");
+    server.stop().await;
+}

@@ -2,7 +2,9 @@
 //! and files. Nothing is asserted; figures are printed. `spans` measures OTLP ingest and
 //! trace-by-id latency, `logs` measures tailing throughput, idle cost and log queries.
 
+pub mod join;
 pub mod logs;
+pub mod metrics;
 pub mod spans;
 
 use std::net::SocketAddr;

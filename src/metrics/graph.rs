@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Span, SpanId, TraceId};
 
-const MAX_WAITING: usize = 100_000;
-const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Halves kept waiting at most (the oldest go first), and for at most this long: Tempo's
+/// service-graph processor keeps 10,000 for 10 s by default.
+const MAX_WAITING: usize = 50_000;
+const MAX_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Edge {
@@ -76,9 +78,9 @@ impl ServiceGraph {
     }
 
     fn expire(&mut self, now: Instant) {
+        // `order` also holds halves already paired; bounding it bounds everything.
         while let Some((since, is_client, key)) = self.order.front().copied() {
-            let waiting = self.clients.len() + self.servers.len();
-            if now.duration_since(since) < MAX_WAIT && waiting <= MAX_WAITING {
+            if now.duration_since(since) < MAX_WAIT && self.order.len() <= MAX_WAITING {
                 break;
             }
             self.order.pop_front();

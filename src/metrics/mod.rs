@@ -143,6 +143,8 @@ pub struct Metrics {
     log_series: Mutex<HashSet<LogLabels>>,
     overflow: Counter,
     max_series: usize,
+    /// Upper bounds of the latency buckets, to tell which bucket a span lands in.
+    buckets: Arc<Vec<f64>>,
     /// Span metrics on (`metrics.span_metrics`); off only to measure their cost.
     span_metrics: bool,
     /// Exact quantiles per operation.
@@ -160,7 +162,7 @@ impl Metrics {
         let graph_requests: Family<EdgeLabels, Counter> = Family::default();
         let graph_failed: Family<EdgeLabels, Counter> = Family::default();
         let graph_server_seconds = Family::new_with_constructor(Buckets2(buckets.clone()));
-        let graph_client_seconds = Family::new_with_constructor(Buckets2(buckets));
+        let graph_client_seconds = Family::new_with_constructor(Buckets2(buckets.clone()));
         let calls = Family::default();
         let log_records = Family::default();
         let overflow = Counter::default();
@@ -236,6 +238,7 @@ impl Metrics {
             log_series: Mutex::new(HashSet::new()),
             overflow,
             max_series: max_series.max(1),
+            buckets,
             span_metrics,
             latency: Mutex::new(LatencyHistograms::default()),
             fsync_seconds,
@@ -261,6 +264,16 @@ impl Metrics {
         let mut latency = lock(&self.latency);
         let mut graph = lock(&self.graph);
         let instant = std::time::Instant::now();
+        // Per batch: each distinct (service, name, kind, status) is normalised, admitted
+        // and turned into labels once; each of its buckets gets one exemplar (the first
+        // span to land there), which keeps exemplar strings off the per-span path.
+        struct Group {
+            labels: SpanLabels,
+            key: OperationKey,
+            buckets_with_exemplar: u64,
+        }
+        let mut groups: std::collections::HashMap<(&str, &str, i32, i32), Group> =
+            std::collections::HashMap::new();
         for span in spans {
             if let Some(edge) = graph.observe(span, instant) {
                 let labels = EdgeLabels {
@@ -278,38 +291,59 @@ impl Metrics {
                     .get_or_create(&labels)
                     .observe(edge.client_seconds);
             }
-            let span_name = names::normalise_span_name(&span.name);
-            let mut labels = SpanLabels {
-                service: span.service.clone(),
-                span_name,
-                span_kind: SpanKindLabel::from_otlp(span.kind),
-                status_code: StatusLabel::from_otlp(span.status_code),
-            };
-            if !self.admit(&self.span_series, &labels) {
-                labels.service = OVERFLOW.into();
-                labels.span_name = OVERFLOW.into();
-                self.overflow.inc();
-            }
-            let exemplar = TraceExemplar {
-                trace_id: span.trace_id.to_hex(),
-                span_id: span.span_id.to_hex(),
-            };
+            let group = groups
+                .entry((
+                    span.service.as_str(),
+                    span.name.as_str(),
+                    span.kind,
+                    span.status_code,
+                ))
+                .or_insert_with(|| {
+                    let mut labels = SpanLabels {
+                        service: span.service.clone(),
+                        span_name: names::normalise_span_name(&span.name),
+                        span_kind: SpanKindLabel::from_otlp(span.kind),
+                        status_code: StatusLabel::from_otlp(span.status_code),
+                    };
+                    if !self.admit(&self.span_series, &labels) {
+                        labels.service = OVERFLOW.into();
+                        labels.span_name = OVERFLOW.into();
+                        self.overflow.inc();
+                    }
+                    let key = OperationKey {
+                        service: labels.service.clone(),
+                        span_name: labels.span_name.clone(),
+                        span_kind: span.kind,
+                    };
+                    Group {
+                        labels,
+                        key,
+                        buckets_with_exemplar: 0,
+                    }
+                });
             let seconds = span.duration_nanos as f64 / 1e9;
-            self.latency_family.get_or_create(&labels).observe(
+            let bucket = self
+                .buckets
+                .partition_point(|bound| *bound < seconds)
+                .min(63);
+            let exemplar = (group.buckets_with_exemplar & (1 << bucket) == 0).then(|| {
+                group.buckets_with_exemplar |= 1 << bucket;
+                TraceExemplar {
+                    trace_id: span.trace_id.to_hex(),
+                    span_id: span.span_id.to_hex(),
+                }
+            });
+            let timestamp = exemplar.as_ref().map(|_| now);
+            self.latency_family.get_or_create(&group.labels).observe(
                 seconds,
-                Some(exemplar.clone()),
-                Some(now),
+                exemplar.clone(),
+                timestamp,
             );
             self.calls
-                .get_or_create(&labels)
-                .inc_by(1, Some(exemplar), Some(now));
-            let key = OperationKey {
-                service: labels.service,
-                span_name: labels.span_name,
-                span_kind: span.kind,
-            };
+                .get_or_create(&group.labels)
+                .inc_by(1, exemplar, timestamp);
             latency.record(
-                &key,
+                &group.key,
                 &Observation {
                     duration_us: span.duration_nanos / 1000,
                     end_unix_nano: span

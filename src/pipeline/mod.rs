@@ -31,7 +31,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{LogRecord, Span};
-use crate::store::{Storage, StoreError};
+use crate::store::{CommitPayload, Storage, StoreError};
 use crate::wal::{self, RecordKind, Wal};
 
 /// Why a batch was not accepted. Nothing of a refused batch is stored.
@@ -195,6 +195,8 @@ pub struct Pipeline {
     committed_logs: u64,
     /// The tailer's file checkpoints as of the last logs commit, read once at start.
     committed_files: BTreeMap<String, serde_json::Value>,
+    /// They could not be read: the tailer follows `logs.on_damaged_checkpoints`.
+    pub checkpoints_damaged: bool,
     wal_sender: Mutex<Option<Sender<WalJob>>>,
     index_sender: Mutex<Option<SyncSender<IndexJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -211,7 +213,23 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Pipeline>, StoreError> {
         let committed_spans = storage.spans.committed_wal_position()?;
-        let logs_commit = storage.logs.committed()?;
+        let mut checkpoints_damaged = false;
+        let logs_commit = match storage.logs.committed() {
+            Ok(commit) => commit,
+            Err(StoreError::Payload(problem)) => {
+                tracing::error!(
+                    %problem,
+                    policy = ?config.logs.on_damaged_checkpoints,
+                    "the tailer's file checkpoints are damaged; tailed files are read again as logs.on_damaged_checkpoints says"
+                );
+                checkpoints_damaged = true;
+                CommitPayload {
+                    wal_position: committed_spans,
+                    files: BTreeMap::new(),
+                }
+            }
+            Err(other) => return Err(other),
+        };
         let (index_sender, index_receiver) = mpsc::sync_channel(256);
         let stats = Arc::new(PipelineStats::default());
         let indexer = indexer::Indexer::new(
@@ -234,6 +252,7 @@ impl Pipeline {
             committed_spans,
             committed_logs: logs_commit.wal_position,
             committed_files: logs_commit.files,
+            checkpoints_damaged,
             wal_sender: Mutex::new(None),
             index_sender: Mutex::new(Some(index_sender)),
             threads: Mutex::new(vec![indexer_thread]),

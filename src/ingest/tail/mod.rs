@@ -78,6 +78,7 @@ pub fn spawn(
     config: LogsConfig,
     sender: TailSender,
     committed: &BTreeMap<String, serde_json::Value>,
+    checkpoints_damaged: bool,
 ) -> io::Result<TailerHandle> {
     let mut known = BTreeMap::new();
     for (key, value) in committed {
@@ -101,6 +102,7 @@ pub fn spawn(
         by_inode: HashMap::new(),
         finished_gzip: HashSet::new(),
         first_scan: true,
+        checkpoints_damaged,
         stop: stop.clone(),
         stats: stats.clone(),
     };
@@ -140,6 +142,9 @@ struct Tailer {
     /// gzip files read to their end: (device, inode, size).
     finished_gzip: HashSet<(u64, u64, u64)>,
     first_scan: bool,
+    /// The committed checkpoints could not be read; files found by the first scan start
+    /// where `logs.on_damaged_checkpoints` says.
+    checkpoints_damaged: bool,
     stop: Arc<AtomicBool>,
     stats: Arc<TailStats>,
 }
@@ -171,11 +176,29 @@ impl Tailer {
     /// Filesystem events only wake the next scan early; polling is what finds files.
     fn watch(&self, wake: Sender<()>) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
-        let mut watcher = notify::recommended_watcher(move |_event| {
-            let _ = wake.send(());
-        })
-        .map_err(|error| tracing::debug!(%error, "no filesystem events; polling only"))
-        .ok()?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Our own opens and reads are events too (inotify's access events): waking on
+                // them would turn polling into a busy loop.
+                let wakes = event.is_ok_and(|event| {
+                    matches!(
+                        event.kind,
+                        notify::EventKind::Create(_)
+                            | notify::EventKind::Remove(_)
+                            | notify::EventKind::Any
+                    ) || matches!(
+                        event.kind,
+                        notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
+                            | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                            | notify::EventKind::Modify(notify::event::ModifyKind::Any)
+                    )
+                });
+                if wakes {
+                    let _ = wake.send(());
+                }
+            })
+            .map_err(|error| tracing::debug!(%error, "no filesystem events; polling only"))
+            .ok()?;
         for source in &self.config.sources {
             for pattern in &source.paths {
                 let dir = static_prefix(pattern.as_str());
@@ -364,10 +387,13 @@ impl Tailer {
                 return Some(self.tracked(key.clone(), source, resumed, file, metadata.len()));
             }
         }
-        let read_from_end = self.first_scan
-            && candidates.is_empty()
-            && self.config.sources[source].read_from == ReadFrom::End
-            && !gzip;
+        let read_from = if self.checkpoints_damaged {
+            self.config.on_damaged_checkpoints
+        } else {
+            self.config.sources[source].read_from
+        };
+        let read_from_end =
+            self.first_scan && candidates.is_empty() && read_from == ReadFrom::End && !gzip;
         let offset = if read_from_end {
             end_of_last_line(&mut file, metadata.len()).unwrap_or(0)
         } else {
