@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::AppState;
 use crate::ingest;
-use crate::pipeline::SubmitError;
+use crate::pipeline::{Batch, SubmitError};
 
 pub struct GrpcTraces {
     state: AppState,
@@ -43,29 +43,38 @@ impl TraceService for GrpcTraces {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let _slot = self
-            .state
-            .ingest_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("service is shutting down"))?;
-        let request = request.into_inner();
-        let decoded = tokio::task::spawn_blocking(move || ingest::otlp::from_request(request))
-            .await
-            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
-        let partial_success = (!decoded.rejected.is_empty()).then(|| ExportTracePartialSuccess {
-            rejected_spans: decoded.rejected.len() as i64,
-            error_message: decoded.rejection_message(),
-        });
-        self.state
-            .pipeline
-            .submit_spans(decoded.spans)
-            .await
-            .map_err(submit_status)?;
+        let (rejected, error_message) = export(&self.state, request.into_inner(), |request| {
+            let decoded = ingest::otlp::from_request(request);
+            let message = decoded.rejection_message();
+            (Batch::Spans(decoded.spans), decoded.rejected.len(), message)
+        })
+        .await?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success,
+            partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message,
+            }),
         }))
     }
+}
+
+/// What both services do: wait for an ingest slot, decode on a blocking thread, submit
+/// the batch; returns the count and reasons of the records refused one by one.
+async fn export<R: Send + 'static>(
+    state: &AppState,
+    request: R,
+    decode: fn(R) -> (Batch, usize, String),
+) -> Result<(usize, String), Status> {
+    let _slot = state
+        .ingest_slots
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("service is shutting down"))?;
+    let (batch, rejected, message) = tokio::task::spawn_blocking(move || decode(request))
+        .await
+        .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
+    state.pipeline.submit(batch).await.map_err(submit_status)?;
+    Ok((rejected, message))
 }
 
 fn submit_status(error: SubmitError) -> Status {
@@ -93,26 +102,22 @@ impl LogsService for GrpcLogs {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let _slot = self
-            .state
-            .ingest_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("service is shutting down"))?;
-        let request = request.into_inner();
-        let decoded = tokio::task::spawn_blocking(move || ingest::otlp_logs::from_request(request))
-            .await
-            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
-        let partial_success = (!decoded.rejected.is_empty()).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: decoded.rejected.len() as i64,
-            error_message: decoded.rejection_message(),
-        });
-        self.state
-            .pipeline
-            .submit_logs(decoded.records)
-            .await
-            .map_err(submit_status)?;
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+        let (rejected, error_message) = export(&self.state, request.into_inner(), |request| {
+            let decoded = ingest::otlp_logs::from_request(request);
+            let message = decoded.rejection_message();
+            (
+                Batch::Logs(decoded.records),
+                decoded.rejected.len(),
+                message,
+            )
+        })
+        .await?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: rejected as i64,
+                error_message,
+            }),
+        }))
     }
 }
 

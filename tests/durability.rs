@@ -13,8 +13,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 use prost::Message;
 use tower::ServiceExt;
@@ -44,16 +42,7 @@ fn batch(number: u64) -> Vec<u8> {
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("crashy".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
+            resource: Some(common::service_resource("crashy")),
             scope_spans: vec![ScopeSpans {
                 spans,
                 ..Default::default()

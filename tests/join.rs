@@ -9,8 +9,6 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 use prost::Message;
 use reqwest::StatusCode;
@@ -52,16 +50,7 @@ fn batch(trace: &str, t0: u64, plans: &[Plan]) -> ExportTraceServiceRequest {
     let resource_spans = plans
         .iter()
         .map(|plan| ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(plan.service.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
+            resource: Some(common::service_resource(plan.service)),
             scope_spans: vec![ScopeSpans {
                 spans: vec![OtlpSpan {
                     trace_id: hex(trace),

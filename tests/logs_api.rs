@@ -10,9 +10,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -55,16 +54,7 @@ fn proto_logs(service: &str, count: usize) -> ExportLogsServiceRequest {
         .collect();
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(service.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
+            resource: Some(common::service_resource(service)),
             scope_logs: vec![ScopeLogs {
                 log_records: records,
                 ..Default::default()

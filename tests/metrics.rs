@@ -12,8 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 use prost::Message;
 use reqwest::StatusCode;
@@ -54,16 +52,7 @@ fn request(service: &str, spans: &[(&str, u64, bool)], seed: u8) -> ExportTraceS
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(service.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
+            resource: Some(common::service_resource(service)),
             scope_spans: vec![ScopeSpans {
                 spans,
                 ..Default::default()
@@ -383,16 +372,7 @@ async fn service_graph_and_the_shipped_dashboard_use_metrics_tracelink_exports()
     let end = now_nanos();
     let trace_id = vec![0x77; 16];
     let span = |service: &str, id: u8, parent: Option<u8>, kind: i32, error: bool| ResourceSpans {
-        resource: Some(Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(service.into())),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
+        resource: Some(common::service_resource(service)),
         scope_spans: vec![ScopeSpans {
             spans: vec![OtlpSpan {
                 trace_id: trace_id.clone(),

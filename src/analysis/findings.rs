@@ -62,10 +62,23 @@ pub fn error_origin(tree: &Tree) -> (Option<usize>, HashSet<usize>) {
     (origin, propagated)
 }
 
+/// Deadlines people configure: a failed call that lasted one of these (to within 2%) most
+/// likely hit it.
+const ROUND_DEADLINES_MS: [u64; 9] = [500, 1000, 2000, 3000, 5000, 10_000, 15_000, 30_000, 60_000];
+
+fn on_round_deadline(span: &SpanInput) -> bool {
+    let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
+    ROUND_DEADLINES_MS.iter().any(|deadline_ms| {
+        let deadline = deadline_ms * 1_000_000;
+        duration >= deadline && duration <= deadline + deadline / 50
+    })
+}
+
 fn is_timeout(span: &SpanInput) -> bool {
     let message = error_message(span).to_ascii_lowercase();
     span.is_error()
-        && (message.contains("timeout")
+        && (on_round_deadline(span)
+            || message.contains("timeout")
             || message.contains("timed out")
             || message.contains("deadline")
             || span

@@ -299,3 +299,27 @@ fn retries_n_plus_one_and_sequential_calls() {
     // The retried call recovered: handled errors, not the trace's failure.
     assert!(by_kind("handled_error").is_some());
 }
+
+#[test]
+fn a_failed_call_that_lasted_a_round_deadline_is_a_timeout() {
+    let spans = vec![
+        span("p", None, "api", "handler", 0, 3100),
+        failed(
+            span("c", Some("p"), "api", "call payments", 10, 3000),
+            "upstream error",
+        ),
+        failed(
+            span("d", Some("p"), "api", "call stock", 3020, 70),
+            "upstream error",
+        ),
+    ];
+    let trace = analyze("t", &spans, &no_rank);
+    let timeouts: Vec<&Finding> = trace
+        .analysis
+        .findings
+        .iter()
+        .filter(|finding| finding.kind == "timeout")
+        .collect();
+    assert_eq!(timeouts.len(), 1);
+    assert_eq!(timeouts[0].span_ids, vec!["c"]);
+}

@@ -17,7 +17,8 @@ fn span(number: usize, series: usize) -> Span {
     let otlp = opentelemetry_proto::tonic::trace::v1::Span {
         trace_id: crate::bench::bench_trace_id(3, number as u64).to_vec(),
         span_id: (number as u64 + 1).to_be_bytes().to_vec(),
-        name: format!("operation-{}", number % series),
+        // Letters, not digits: digits in span names are normalised away.
+        name: format!("operation-{}", letters(number % series)),
         kind: 2,
         start_time_unix_nano: 1,
         end_time_unix_nano: 1 + 1_000_000 * (1 + (number as u64 % 500)),
@@ -27,6 +28,17 @@ fn span(number: usize, series: usize) -> Span {
         .unwrap_or_else(|rejected| panic!("bench span is valid: {}", rejected.reason));
     span.service = format!("service-{}", (number % series) % 50);
     span
+}
+
+fn letters(mut number: usize) -> String {
+    let mut text = String::new();
+    loop {
+        text.push((b'a' + (number % 26) as u8) as char);
+        number /= 26;
+        if number == 0 {
+            return text;
+        }
+    }
 }
 
 pub fn run(options: MetricsBenchOptions) {

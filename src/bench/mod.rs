@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::config::RawConfig;
 use crate::pipeline::PipelineStats;
 
+pub use crate::store::dir_bytes;
 pub use spans::{bench_trace_id, make_batch, BenchOptions};
 
 /// A tracelink serving on 127.0.0.1:0 inside the bench process.
@@ -98,19 +99,6 @@ pub fn resident_mib() -> f64 {
                 .and_then(|kib| kib.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-pub fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.metadata().ok())
-                .filter(|metadata| metadata.is_file())
-                .map(|metadata| metadata.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Nearest-rank percentile of sorted durations.

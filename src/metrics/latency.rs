@@ -48,7 +48,9 @@ pub struct TraceSample {
 
 struct Minute {
     minute: u64,
-    histogram: Histogram<u64>,
+    /// 32-bit counts: a minute never holds 4 billion spans of one operation, and half the
+    /// memory keeps an operation with every window under 64 KiB.
+    histogram: Histogram<u32>,
     errors: u64,
     samples: Vec<TraceSample>,
     slowest: Option<TraceSample>,
@@ -71,9 +73,16 @@ pub struct Operation {
     closed: VecDeque<ClosedMinute>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+fn new_histogram<T: hdrhistogram::Counter>() -> Histogram<T> {
     Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
         .expect("static histogram bounds are valid")
+}
+
+/// Add a minute's 32-bit histogram into a 64-bit one.
+fn add_minute(into: &mut Histogram<u64>, minute: &Histogram<u32>) {
+    for value in minute.iter_recorded() {
+        let _ = into.record_n(value.value_iterated_to(), u64::from(value.count_at_value()));
+    }
 }
 
 /// Summary of one window of one operation; durations in milliseconds.
@@ -223,7 +232,7 @@ impl Operation {
         }
         if let Some(current) = &self.current {
             if in_window(current.minute) {
-                let _ = merged.add(&current.histogram);
+                add_minute(&mut merged, &current.histogram);
                 errors += current.errors;
                 samples.extend(current.samples.iter().copied());
                 slowest = slower(slowest, current.slowest);
@@ -282,12 +291,10 @@ impl Operation {
 
     /// Approximate heap bytes held (for the memory figure of the benchmark).
     pub fn heap_bytes(&self) -> usize {
-        let histogram_bytes = |histogram: &Histogram<u64>| histogram.distinct_values() * 8;
-        histogram_bytes(&self.cumulative)
-            + self
-                .current
-                .as_ref()
-                .map_or(0, |current| histogram_bytes(&current.histogram))
+        self.cumulative.distinct_values() * std::mem::size_of::<u64>()
+            + self.current.as_ref().map_or(0, |current| {
+                current.histogram.distinct_values() * std::mem::size_of::<u32>()
+            })
             + self
                 .closed
                 .iter()
@@ -340,7 +347,7 @@ fn keep_sample(
     }
 }
 
-fn compress(histogram: &Histogram<u64>) -> Vec<u8> {
+fn compress<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
     let mut bytes = Vec::new();
     if V2DeflateSerializer::new()
         .serialize(histogram, &mut bytes)

@@ -2,7 +2,7 @@
 //! counters: records accepted, refused and indexed, WAL bytes and fsyncs, commits, queue
 //! depth, head size, index and WAL size on disk, tailer lag and reading counters.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -48,19 +48,6 @@ fn counter(
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
     let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     ConstGauge::new(value).encode(metric)
-}
-
-fn dir_bytes(path: &Path) -> i64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.metadata().ok())
-                .filter(|metadata| metadata.is_file())
-                .map(|metadata| metadata.len() as i64)
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 impl Collector for OwnMetrics {
@@ -140,7 +127,7 @@ impl Collector for OwnMetrics {
         let mut metric = metric;
         for part in ["spans", "logs", "wal"] {
             let labels = [("part", part)];
-            let value = dir_bytes(&self.data_dir.join(part));
+            let value = crate::store::dir_bytes(&self.data_dir.join(part)) as i64;
             ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
         }
         let tail = self.tail.lock().ok().and_then(|tail| tail.clone());

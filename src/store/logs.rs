@@ -10,18 +10,13 @@ use std::ops::Bound;
 use std::path::Path;
 
 use tantivy::collector::{DocSetCollector, TopDocs};
-use tantivy::directory::MmapDirectory;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
-use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{
-    DocAddress, Index, IndexReader, IndexSettings, IndexWriter, Order, ReloadPolicy,
-    TantivyDocument, Term,
-};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
 
-use super::{CommitPayload, StoreError};
+use super::{open_index, CommitPayload, StoreError};
 use crate::ingest::logline::Level;
 use crate::model::{LogRecord, SpanId, TraceId};
 
@@ -83,22 +78,8 @@ pub struct LogIndex {
 
 impl LogIndex {
     pub fn open(dir: &Path) -> Result<LogIndex, StoreError> {
-        std::fs::create_dir_all(dir)?;
         let (schema, fields) = LogFields::schema();
-        let settings = IndexSettings {
-            docstore_compression: Compressor::Zstd(ZstdCompressor {
-                compression_level: Some(3),
-            }),
-            ..IndexSettings::default()
-        };
-        let index = Index::builder()
-            .schema(schema)
-            .settings(settings)
-            .open_or_create(MmapDirectory::open(dir)?)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let (index, reader) = open_index(dir, schema)?;
         Ok(LogIndex {
             index,
             reader,

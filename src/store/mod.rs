@@ -56,6 +56,45 @@ impl CommitPayload {
     }
 }
 
+/// Bytes of the files directly inside `path` (an index or the WAL directory).
+pub fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|metadata| metadata.is_file())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Open (or create) a tantivy index with the zstd doc store, and its reader. Reloads are
+/// explicit, right after each commit, so the head buffer is only evicted once searches
+/// already see what it held.
+fn open_index(
+    dir: &Path,
+    schema: tantivy::schema::Schema,
+) -> Result<(tantivy::Index, tantivy::IndexReader), StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let settings = tantivy::IndexSettings {
+        docstore_compression: tantivy::store::Compressor::Zstd(tantivy::store::ZstdCompressor {
+            compression_level: Some(3),
+        }),
+        ..tantivy::IndexSettings::default()
+    };
+    let index = tantivy::Index::builder()
+        .schema(schema)
+        .settings(settings)
+        .open_or_create(tantivy::directory::MmapDirectory::open(dir)?)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(tantivy::ReloadPolicy::Manual)
+        .try_into()?;
+    Ok((index, reader))
+}
+
 pub struct Storage {
     pub spans: SpanIndex,
     pub logs: LogIndex,

@@ -10,15 +10,11 @@ use std::path::Path;
 
 use bytes::Bytes;
 use tantivy::collector::DocSetCollector;
-use tantivy::directory::MmapDirectory;
 use tantivy::query::TermQuery;
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING};
-use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{
-    DocAddress, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
-};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, TantivyDocument, Term};
 
-use super::{CommitPayload, StoreError};
+use super::{open_index, CommitPayload, StoreError};
 use crate::model::{Span, TraceId};
 
 /// Field handles of the spans schema.
@@ -71,24 +67,8 @@ pub struct SpanIndex {
 
 impl SpanIndex {
     pub fn open(dir: &Path) -> Result<SpanIndex, StoreError> {
-        std::fs::create_dir_all(dir)?;
         let (schema, fields) = SpanFields::schema();
-        let settings = IndexSettings {
-            docstore_compression: Compressor::Zstd(ZstdCompressor {
-                compression_level: Some(3),
-            }),
-            ..IndexSettings::default()
-        };
-        let index = Index::builder()
-            .schema(schema)
-            .settings(settings)
-            .open_or_create(MmapDirectory::open(dir)?)?;
-        // Reloads are explicit, right after each commit, so the head buffer is only
-        // evicted once searches already see what it held.
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let (index, reader) = open_index(dir, schema)?;
         Ok(SpanIndex {
             index,
             reader,

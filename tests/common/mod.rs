@@ -249,3 +249,20 @@ pub fn wait_for_indexed_logs(data_dir: &Path, count: usize) -> Vec<tracelink::mo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An OTLP resource naming a service.
+pub fn service_resource(
+    service: impl Into<String>,
+) -> opentelemetry_proto::tonic::resource::v1::Resource {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    opentelemetry_proto::tonic::resource::v1::Resource {
+        attributes: vec![KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(service.into())),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
