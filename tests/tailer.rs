@@ -87,13 +87,14 @@ async fn discovery_excludes_and_reads_a_file_reached_twice_once() {
     let dir = common::temp_dir();
     let logs = dir.path().join("logs");
     fs::create_dir_all(&logs).unwrap();
-    for index in 0..200 {
+    // 1,000 matching files and 100 excluded ones.
+    for index in 0..1000 {
         append(
             &logs.join(format!("app-{index}.log")),
             &json_lines("many", index * 2..index * 2 + 2),
         );
     }
-    for index in 0..20 {
+    for index in 0..100 {
         append(
             &logs.join(format!("skip-{index}.log")),
             &json_lines("excluded", 0..1),
@@ -108,18 +109,18 @@ async fn discovery_excludes_and_reads_a_file_reached_twice_once() {
         tail_config(raw, vec![source]);
     })
     .await;
-    let records = wait_for(&data, 400).await;
+    let records = wait_for(&data, 2000).await;
     settle().await;
-    let records = if records.len() == 400 {
+    let records = if records.len() == 2000 {
         common::indexed_logs(&data)
     } else {
         records
     };
-    assert_exactly(&records, "many", 400);
+    assert_exactly(&records, "many", 2000);
     assert!(records.iter().all(|record| record.service != "excluded"));
     // Files that appear later are read from their beginning.
     append(&logs.join("late.log"), &json_lines("late", 0..3));
-    let records = wait_for(&data, 403).await;
+    let records = wait_for(&data, 2003).await;
     assert_exactly(&records, "late", 3);
     server.stop().await;
 }
@@ -480,5 +481,56 @@ async fn damaged_checkpoints_start_the_service_and_follow_the_configured_policy(
     let server = start(tracelink::config::ReadFrom::Beginning).await;
     let records = wait_for(&data, 300).await;
     assert_eq!(records.len(), 300, "read again from the beginning");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_while_stopped_inode_reuse_truncation_and_two_rotations() {
+    let dir = common::temp_dir();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let data = common::data_path(&dir);
+    let glob = logs.join("*.log*");
+    let start = || {
+        let data = data.clone();
+        let glob = glob.clone();
+        async move { TestServer::start(&data, |raw| tail_config(raw, vec![source(&[&glob])])).await }
+    };
+    let reused = logs.join("reused.log");
+    let truncated = logs.join("truncated.log");
+    let rotated = logs.join("rotated.log");
+    append(&reused, &json_lines("reused-old", 0..50));
+    append(&truncated, &json_lines("truncated-old", 0..50));
+    append(&rotated, &json_lines("rotated", 0..50));
+    let server = start().await;
+    wait_for(&data, 150).await;
+    server.stop().await;
+
+    // While stopped: a file is deleted and a new one (which may get its inode) takes
+    // its name; another is truncated and regrown past its old offset; a third is rotated
+    // twice, with lines written to every generation.
+    let old_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&reused).unwrap());
+    fs::remove_file(&reused).unwrap();
+    append(&reused, &json_lines("reused-new", 0..80));
+    let new_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&reused).unwrap());
+    File::create(&truncated).unwrap();
+    append(&truncated, &json_lines("truncated-new", 0..90));
+    append(&rotated, &json_lines("rotated", 50..60));
+    fs::rename(&rotated, logs.join("rotated.log.1")).unwrap();
+    append(&rotated, &json_lines("rotated", 60..70));
+    fs::rename(logs.join("rotated.log.1"), logs.join("rotated.log.2")).unwrap();
+    fs::rename(&rotated, logs.join("rotated.log.1")).unwrap();
+    append(&rotated, &json_lines("rotated", 70..80));
+
+    let server = start().await;
+    wait_for(&data, 150 + 80 + 90 + 30).await;
+    settle().await;
+    let records = common::indexed_logs(&data);
+    assert_exactly(&records, "reused-old", 50);
+    assert_exactly(&records, "reused-new", 80);
+    assert_exactly(&records, "truncated-old", 50);
+    assert_exactly(&records, "truncated-new", 90);
+    assert_exactly(&records, "rotated", 80);
+    assert_eq!(records.len(), 350, "inode {old_inode} → {new_inode}");
     server.stop().await;
 }
