@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::{bench_trace_id, make_batch, percentile, resident_mib, scratch_dir, BenchServer};
+use super::{bench_trace_id, latency_summary, make_batch, resident_mib, scratch_dir, BenchServer};
 
 pub struct JoinBenchOptions {
     pub spans: u64,
@@ -123,14 +123,10 @@ pub async fn run(options: JoinBenchOptions) -> anyhow::Result<()> {
             anyhow::bail!("join answered {} spans", joined["trace"]["span_count"]);
         }
     }
-    latencies.sort();
     println!(
-        "join: {} requests for a 50-span trace with 200 log lines: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "join: {} requests for a 50-span trace with 200 log lines: {}",
         latencies.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.9).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 1.0).as_secs_f64() * 1e3,
+        latency_summary(&mut latencies)
     );
     println!("memory: {:.0} MiB resident", resident_mib());
     server.stop().await?;

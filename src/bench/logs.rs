@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{bench_trace_id, cpu_seconds, percentile, resident_mib, scratch_dir, BenchServer};
+use super::{bench_trace_id, cpu_seconds, latency_summary, resident_mib, scratch_dir, BenchServer};
 use crate::config::RawLogSource;
 
 pub struct LogsBenchOptions {
@@ -170,15 +170,11 @@ pub async fn run(options: LogsBenchOptions) -> anyhow::Result<()> {
             anyhow::bail!("trace {trace} came back with {count} records");
         }
     }
-    latencies.sort();
     println!(
-        "query: {} /api/logs?trace_id= requests with {} records stored: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "query: {} /api/logs?trace_id= requests with {} records stored: {}",
         latencies.len(),
         total,
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.90).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 1.0).as_secs_f64() * 1e3,
+        latency_summary(&mut latencies)
     );
 
     println!("memory: {:.0} MiB resident", resident_mib());

@@ -110,6 +110,19 @@ pub fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
     sorted[rank - 1]
 }
 
+/// Sort the latencies and say p50, p90, p99 and max in milliseconds.
+pub fn latency_summary(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let ms = |quantile| percentile(latencies, quantile).as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(1.0)
+    )
+}
+
 /// The directory to work in: the one given, or a fresh one under the system temp dir.
 pub fn scratch_dir(chosen: Option<PathBuf>) -> std::io::Result<PathBuf> {
     let path = match chosen {

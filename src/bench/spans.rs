@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 
-use super::{cpu_seconds, dir_bytes, percentile, resident_mib, scratch_dir, BenchServer};
+use super::{cpu_seconds, dir_bytes, latency_summary, resident_mib, scratch_dir, BenchServer};
 
 pub struct BenchOptions {
     pub spans: u64,
@@ -260,20 +260,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let background_spans = background.await?;
-    latencies.sort();
     println!(
         "query: {} trace-by-id requests over HTTP (10 spans each) with {} spans stored, ingest at half load ({} spans sent meanwhile)",
         latencies.len(),
         ingested,
         background_spans
     );
-    println!(
-        "query: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.90).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 1.0).as_secs_f64() * 1e3,
-    );
+    println!("query: {}", latency_summary(&mut latencies));
 
     server.stop().await?;
     let stored = ingested + background_spans;

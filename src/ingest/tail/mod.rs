@@ -129,6 +129,9 @@ struct Tracked {
     last_modified: Option<SystemTime>,
     last_growth: Instant,
     seen: bool,
+    /// This scan found it at the size and time of the last read, read to its end:
+    /// nothing to do (thousands of idle files then cost one stat each per scan).
+    seen_unchanged: bool,
 }
 
 struct Tailer {
@@ -213,6 +216,7 @@ impl Tailer {
     fn scan(&mut self) -> Result<(), &'static str> {
         for tracked in self.active.values_mut() {
             tracked.seen = false;
+            tracked.seen_unchanged = false;
         }
         let found = self.discover();
         let mut new_paths = Vec::new();
@@ -229,7 +233,12 @@ impl Tailer {
                         .is_some_and(|open| open.nlink() == 0);
                     if !deleted {
                         tracked.seen = true;
-                        tracked.checkpoint.path = path.display().to_string();
+                        tracked.seen_unchanged = metadata.len() == tracked.last_size
+                            && metadata.modified().ok() == tracked.last_modified
+                            && tracked.checkpoint.offset >= metadata.len();
+                        if Path::new(&tracked.checkpoint.path) != path {
+                            tracked.checkpoint.path = path.display().to_string();
+                        }
                         continue;
                     }
                     self.by_inode.remove(&inode);
@@ -279,15 +288,27 @@ impl Tailer {
                     if excluded(&path) {
                         continue;
                     }
-                    let Ok(canonical) = fs::canonicalize(&path) else {
+                    // A file reached twice (two globs, a symlink) is one inode; only links
+                    // need resolving, for the exclude globs to see where they lead.
+                    let Ok(link) = fs::symlink_metadata(&path) else {
                         continue;
                     };
-                    if excluded(&canonical) || !seen.insert(canonical.clone()) {
-                        continue;
+                    if link.file_type().is_symlink() {
+                        match fs::canonicalize(&path) {
+                            Ok(target) if !excluded(&target) => {}
+                            _ => continue,
+                        }
                     }
-                    match fs::metadata(&canonical) {
-                        Ok(metadata) if metadata.is_file() => found.push((index, path, metadata)),
-                        _ => {}
+                    let metadata = if link.file_type().is_symlink() {
+                        match fs::metadata(&path) {
+                            Ok(metadata) => metadata,
+                            Err(_) => continue,
+                        }
+                    } else {
+                        link
+                    };
+                    if metadata.is_file() && seen.insert((metadata.dev(), metadata.ino())) {
+                        found.push((index, path, metadata));
                     }
                 }
             }
@@ -296,7 +317,16 @@ impl Tailer {
     }
 
     fn read_active(&mut self) -> Result<(), &'static str> {
-        let keys: Vec<String> = self.active.keys().cloned().collect();
+        let keys: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, tracked)| {
+                !tracked.seen_unchanged
+                    || tracked.file.is_some()
+                        && tracked.last_growth.elapsed() >= self.config.idle_close
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
         for key in keys {
             let Some(mut tracked) = self.active.remove(&key) else {
                 continue;
@@ -448,6 +478,7 @@ impl Tailer {
             last_modified: None,
             last_growth: Instant::now(),
             seen: true,
+            seen_unchanged: false,
         }
     }
 
@@ -688,13 +719,15 @@ impl Tailer {
         }
     }
 
+    /// Files behind their writers, and by how much (files read to their end are left
+    /// out, so thousands of idle files cost nothing here).
     fn publish_lag(&self) {
         let mut lag = BTreeMap::new();
         for tracked in self.active.values() {
-            lag.insert(
-                tracked.checkpoint.path.clone(),
-                tracked.last_size.saturating_sub(tracked.checkpoint.offset),
-            );
+            let behind = tracked.last_size.saturating_sub(tracked.checkpoint.offset);
+            if behind > 0 {
+                lag.insert(tracked.checkpoint.path.clone(), behind);
+            }
         }
         if let Ok(mut shared) = self.stats.lag_bytes.lock() {
             *shared = lag;
