@@ -392,16 +392,7 @@ async fn kill9_during_writing_and_rotation_indexes_every_line_exactly_once() {
     let logs = dir.path().join("logs");
     fs::create_dir_all(&logs).unwrap();
     let data = common::data_path(&dir);
-    let config = dir.path().join("tracelink.toml");
-    fs::write(
-        &config,
-        format!(
-            "[storage]\ncommit_interval_ms = 100\n[logs]\npoll_interval_ms = 50\n[[logs.sources]]\npaths = [\"{}\"]\n",
-            logs.join("app.log*").display()
-        ),
-    )
-    .unwrap();
-    let config_arg = config.display().to_string();
+    let config_arg = common::write_tail_config(dir.path(), &logs.join("app.log*"), 50);
     let app = logs.join("app.log");
     let start =
         || common::spawn_binary_with_args(dir.path(), &data, &[], &["--config", &config_arg]);

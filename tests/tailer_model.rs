@@ -56,16 +56,7 @@ impl World {
         let logs = dir.path().join("logs");
         fs::create_dir_all(&logs).unwrap();
         let data = common::data_path(&dir);
-        let config = dir.path().join("tracelink.toml");
-        fs::write(
-            &config,
-            format!(
-                "[storage]\ncommit_interval_ms = 100\n[logs]\npoll_interval_ms = 30\n[[logs.sources]]\npaths = [\"{}\"]\n",
-                logs.join("app.log*").display()
-            ),
-        )
-        .unwrap();
-        let config = config.display().to_string();
+        let config = common::write_tail_config(dir.path(), &logs.join("app.log*"), 30);
         let mut world = World {
             dir,
             logs,

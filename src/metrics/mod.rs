@@ -439,22 +439,28 @@ impl Metrics {
 
     /// OpenMetrics 1.0 text (with exemplars and `# EOF`).
     pub fn render_openmetrics(&self) -> String {
-        let mut out = String::new();
-        if let Err(error) =
-            prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry))
-        {
-            tracing::error!(%error, "encoding OpenMetrics failed");
-        }
-        out
+        self.render(
+            prometheus_client::encoding::text::encode::<String>,
+            "OpenMetrics",
+        )
     }
 
     /// The classic Prometheus 0.0.4 text format (no exemplars).
     pub fn render_prometheus_text(&self) -> String {
+        self.render(
+            prometheus_client::encoding::prometheus_text::encode::<String>,
+            "the Prometheus text format",
+        )
+    }
+
+    fn render(
+        &self,
+        encode: fn(&mut String, &Registry) -> Result<(), std::fmt::Error>,
+        format: &str,
+    ) -> String {
         let mut out = String::new();
-        if let Err(error) =
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &lock(&self.registry))
-        {
-            tracing::error!(%error, "encoding the Prometheus text format failed");
+        if let Err(error) = encode(&mut out, &lock(&self.registry)) {
+            tracing::error!(%error, format, "encoding metrics failed");
         }
         out
     }

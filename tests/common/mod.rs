@@ -266,3 +266,18 @@ pub fn service_resource(
         ..Default::default()
     }
 }
+
+/// A configuration file for the real binary tailing `glob`, with fast polls and commits;
+/// returns its path as an argument for `--config`.
+pub fn write_tail_config(dir: &Path, glob: &Path, poll_interval_ms: u64) -> String {
+    let config = dir.join("tracelink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ncommit_interval_ms = 100\n[logs]\npoll_interval_ms = {poll_interval_ms}\n[[logs.sources]]\npaths = [\"{}\"]\n",
+            glob.display()
+        ),
+    )
+    .unwrap();
+    config.display().to_string()
+}
