@@ -222,7 +222,7 @@ impl JsonSpan {
 }
 
 /// Hex of any case; an empty string is an empty id.
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_bytes(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -241,7 +241,7 @@ enum NumberOrString {
     Text(String),
 }
 
-fn u64_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+pub(crate) fn u64_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     match Option::<NumberOrString>::deserialize(deserializer)? {
         None => Ok(0),
         Some(NumberOrString::Unsigned(value)) => Ok(value),
@@ -260,13 +260,13 @@ fn u64_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Err
     }
 }
 
-fn u32_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+pub(crate) fn u32_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let value = u64_lenient(deserializer)?;
     u32::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is out of range")))
 }
 
 /// OTLP/JSON enums are integers; proto3 JSON also allows the value's name.
-fn enum_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+pub(crate) fn enum_lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
     match Option::<NumberOrString>::deserialize(deserializer)? {
         None => Ok(0),
         Some(NumberOrString::Unsigned(value)) => {
@@ -289,9 +289,11 @@ fn enum_value_by_name(name: &str) -> Option<i32> {
     if let Ok(number) = name.parse::<i32>() {
         return Some(number);
     }
+    use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
     SpanKind::from_str_name(name)
         .map(|kind| kind as i32)
         .or_else(|| StatusCode::from_str_name(name).map(|code| code as i32))
+        .or_else(|| SeverityNumber::from_str_name(name).map(|number| number as i32))
 }
 
 #[cfg(test)]

@@ -10,10 +10,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
+use serde::Deserialize;
 use serde_json::Value;
 
+use super::otlp::{enum_lenient, hex_bytes, u32_lenient, u64_lenient};
 use super::IngestError;
 use crate::ingest::logline::Level;
 use crate::model::{service_name, IdError, LogRecord, SpanId, TraceId};
@@ -50,11 +54,114 @@ pub fn decode_protobuf(body: &[u8]) -> Result<DecodedLogs, IngestError> {
     Ok(from_request(request))
 }
 
+/// OTLP/JSON logs. Ids are read as strings here (not by the generated serde code), so a
+/// record with a malformed id is refused on its own through partial success.
 pub fn decode_json(body: &[u8]) -> Result<DecodedLogs, IngestError> {
-    let request: ExportLogsServiceRequest = serde_json::from_slice(body).map_err(|error| {
+    let request: JsonLogsRequest = serde_json::from_slice(body).map_err(|error| {
         IngestError::BadRequest(format!("body is not valid OTLP/JSON logs: {error}"))
     })?;
-    Ok(from_request(request))
+    let mut refused = Vec::new();
+    let resource_logs = request
+        .resource_logs
+        .into_iter()
+        .map(|resource_logs| ResourceLogs {
+            resource: resource_logs.resource,
+            schema_url: resource_logs.schema_url,
+            scope_logs: resource_logs
+                .scope_logs
+                .into_iter()
+                .map(|scope_logs| ScopeLogs {
+                    scope: scope_logs.scope,
+                    schema_url: scope_logs.schema_url,
+                    log_records: scope_logs
+                        .log_records
+                        .into_iter()
+                        .filter_map(|record| match record.into_otlp() {
+                            Ok(record) => Some(record),
+                            Err(reason) => {
+                                refused.push(reason);
+                                None
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let mut decoded = from_request(ExportLogsServiceRequest { resource_logs });
+    decoded.rejected.extend(refused);
+    Ok(decoded)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonLogsRequest {
+    #[serde(default)]
+    resource_logs: Vec<JsonResourceLogs>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonResourceLogs {
+    #[serde(default)]
+    resource: Option<Resource>,
+    #[serde(default)]
+    scope_logs: Vec<JsonScopeLogs>,
+    #[serde(default)]
+    schema_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonScopeLogs {
+    #[serde(default)]
+    scope: Option<InstrumentationScope>,
+    #[serde(default)]
+    log_records: Vec<JsonLogRecord>,
+    #[serde(default)]
+    schema_url: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JsonLogRecord {
+    #[serde(deserialize_with = "u64_lenient")]
+    time_unix_nano: u64,
+    #[serde(deserialize_with = "u64_lenient")]
+    observed_time_unix_nano: u64,
+    #[serde(deserialize_with = "enum_lenient")]
+    severity_number: i32,
+    severity_text: String,
+    body: Option<AnyValue>,
+    attributes: Vec<KeyValue>,
+    #[serde(deserialize_with = "u32_lenient")]
+    dropped_attributes_count: u32,
+    #[serde(deserialize_with = "u32_lenient")]
+    flags: u32,
+    trace_id: String,
+    span_id: String,
+    event_name: String,
+}
+
+impl JsonLogRecord {
+    fn into_otlp(self) -> Result<OtlpLogRecord, String> {
+        let id = |field: &str, text: &str| {
+            hex_bytes(text).ok_or_else(|| format!("log record: {field} {text:?} is not hex"))
+        };
+        Ok(OtlpLogRecord {
+            trace_id: id("trace id", &self.trace_id)?,
+            span_id: id("span id", &self.span_id)?,
+            time_unix_nano: self.time_unix_nano,
+            observed_time_unix_nano: self.observed_time_unix_nano,
+            severity_number: self.severity_number,
+            severity_text: self.severity_text,
+            body: self.body,
+            attributes: self.attributes,
+            dropped_attributes_count: self.dropped_attributes_count,
+            flags: self.flags,
+            event_name: self.event_name,
+        })
+    }
 }
 
 pub fn from_request(request: ExportLogsServiceRequest) -> DecodedLogs {
@@ -204,10 +311,13 @@ mod tests {
              "spanId":"00f067aa0ba902b7","attributes":[{"key":"order.id","value":{"intValue":"42"}}]},
             {"observedTimeUnixNano":1714557601000000000,"severityText":"warning",
              "body":{"kvlistValue":{"values":[{"key":"k","value":{"boolValue":true}}]}}},
-            {"traceId":"4bf92f35","body":{"stringValue":"bad id"}}]}]}]}"#;
+            {"traceId":"4bf92f35","body":{"stringValue":"bad id"}},
+            {"traceId":"not-hex-at-all","body":{"stringValue":"not hex"}},
+            {"severityNumber":"SEVERITY_NUMBER_WARN","body":{"stringValue":"named severity"}}]}]}]}"#;
         let decoded = decode_json(body.as_bytes()).unwrap();
-        assert_eq!(decoded.records.len(), 2);
-        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(decoded.records.len(), 3);
+        assert_eq!(decoded.rejected.len(), 2, "{:?}", decoded.rejected);
+        assert_eq!(decoded.records[2].level, Some(Level::Warn));
         let first = &decoded.records[0];
         assert_eq!(first.service, "checkout");
         assert_eq!(first.level, Some(Level::Error));
