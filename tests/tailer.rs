@@ -525,3 +525,31 @@ async fn changes_while_stopped_inode_reuse_truncation_and_two_rotations() {
     assert_eq!(records.len(), 350, "inode {old_inode} → {new_inode}");
     server.stop().await;
 }
+
+/// See: Fluent Bit #11265. A fragment is never indexed, and after `kill -9` and a restart
+/// the completed line is indexed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_line_survives_kill9_and_is_indexed_once_when_completed() {
+    let dir = common::temp_dir();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let data = common::data_path(&dir);
+    let config = common::write_tail_config(dir.path(), &logs.join("*.log"), 50);
+    let app = logs.join("app.log");
+    append(&app, "{\"msg\":\"whole\",\"seq\":0,\"service\":\"partial\"}\n{\"msg\":\"a\",\"seq\":1,\"service\":\"partial\"");
+    let process = common::spawn_binary_with_args(dir.path(), &data, &[], &["--config", &config]);
+    wait_for(&data, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        common::indexed_logs(&data).len(),
+        1,
+        "the fragment is not indexed"
+    );
+    process.kill9();
+    let process = common::spawn_binary_with_args(dir.path(), &data, &[], &["--config", &config]);
+    append(&app, "}\n");
+    wait_for(&data, 2).await;
+    settle().await;
+    assert_eq!(process.terminate().code(), Some(0));
+    assert_exactly(&common::indexed_logs(&data), "partial", 2);
+}
