@@ -257,6 +257,14 @@ impl Server {
     }
 }
 
+/// Lock a mutex whose holders never leave its data half-changed, so a panic elsewhere
+/// (poisoning) is no reason to stop using it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (inside
 /// a runtime), not when the future is first polled, so a signal that arrives while the
 /// server is still starting is not lost to the default action.

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde_json::{json, Value};
 
 use super::logs::parse_query_trace_id;
-use super::metrics::{now_minute, sample_json};
+use super::metrics::sample_json;
 use super::{ApiError, AppState};
 use crate::analysis::{self, SpanInput};
 use crate::ingest::otlp_logs::any_value_json;
@@ -102,7 +102,7 @@ fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, Api
         return Ok(None);
     };
     let spans = spans_of(&batches);
-    let now = now_minute();
+    let now = crate::metrics::latency::current_minute();
     let mut stats: HashMap<OperationKey, WindowStats> = HashMap::new();
     {
         let latency = state

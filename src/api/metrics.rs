@@ -1,8 +1,6 @@
 //! `GET /metrics` (OpenMetrics with exemplars when asked for, else the 0.0.4 text format)
 //! and `GET /api/metrics/latency` (exact quantiles and exemplar traces per operation).
 
-use std::time::SystemTime;
-
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,13 +66,6 @@ pub fn parse_window(text: &str) -> Result<Option<u64>, ApiError> {
     Ok(Some(minutes))
 }
 
-pub fn now_minute() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() / 60)
-        .unwrap_or_default()
-}
-
 pub fn sample_json(sample: &TraceSample) -> Value {
     json!({"trace_id": sample.trace_id.to_hex(), "duration_ms": sample.duration_us as f64 / 1000.0})
 }
@@ -117,7 +108,7 @@ pub async fn latency(
         .ok_or_else(|| ApiError::BadRequest("service is required".into()))?;
     let window_text = params.window.unwrap_or_else(|| "5m".into());
     let window = parse_window(&window_text)?;
-    let now = now_minute();
+    let now = crate::metrics::latency::current_minute();
     let histograms = state
         .pipeline
         .metrics

@@ -238,8 +238,33 @@ pub fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<Strin
         })
 }
 
+/// Read an ingest body (the body limit), undo its `Content-Encoding` (the limit again,
+/// after decompression) and decode it, off the async workers.
+pub async fn decode_ingest_body<T: Send + 'static>(
+    headers: &HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+    decode: impl FnOnce(&[u8]) -> Result<T, IngestError> + Send + 'static,
+) -> Result<T, IngestError> {
+    let body = body.map_err(|rejection| body_rejection(rejection, limit))?;
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let body = crate::ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
+        decode(&body)
+    })
+    .await
+    .unwrap_or_else(|join_error| {
+        Err(IngestError::BadRequest(format!(
+            "decoding failed: {join_error}"
+        )))
+    })
+}
+
 /// Map an axum body rejection (the body limit, a broken connection) to our error.
-pub fn body_rejection(
+fn body_rejection(
     rejection: axum::extract::rejection::BytesRejection,
     limit: usize,
 ) -> IngestError {

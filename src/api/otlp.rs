@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::{body_rejection, media_type, AppState};
+use super::{decode_ingest_body, media_type, AppState};
 use crate::ingest::{self, IngestError};
 use crate::pipeline::{Batch, SubmitError};
 
@@ -99,23 +99,10 @@ async fn post_otlp(
         }
     };
     let limit = state.config.max_request_bytes;
-    let content_encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let decoded = match body {
-        Err(rejection) => Err(body_rejection(rejection, limit)),
-        Ok(body) => tokio::task::spawn_blocking(move || {
-            let body = ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
-            decode(signal, encoding, &body)
-        })
-        .await
-        .unwrap_or_else(|join_error| {
-            Err(IngestError::BadRequest(format!(
-                "decoding failed: {join_error}"
-            )))
-        }),
-    };
+    let decoded = decode_ingest_body(&headers, body, limit, move |body| {
+        decode(signal, encoding, body)
+    })
+    .await;
     let decoded = match decoded {
         Ok(decoded) => decoded,
         Err(error) => return ingest_failure(encoding, error),

@@ -5,8 +5,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 
-use super::{body_rejection, media_type, ApiError, AppState};
-use crate::ingest::{self, IngestError};
+use super::{decode_ingest_body, media_type, ApiError, AppState};
+use crate::ingest;
 
 pub async fn post_spans(
     State(state): State<AppState>,
@@ -22,21 +22,7 @@ pub async fn post_spans(
         }
     }
     let limit = state.config.max_request_bytes;
-    let body = body.map_err(|rejection| body_rejection(rejection, limit))?;
-    let content_encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let decoded = tokio::task::spawn_blocking(move || {
-        let body = ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
-        ingest::zipkin::decode_json(&body)
-    })
-    .await
-    .unwrap_or_else(|join_error| {
-        Err(IngestError::BadRequest(format!(
-            "decoding failed: {join_error}"
-        )))
-    })?;
+    let decoded = decode_ingest_body(&headers, body, limit, ingest::zipkin::decode_json).await?;
     state.pipeline.submit_spans(decoded.spans).await?;
     Ok(StatusCode::ACCEPTED)
 }

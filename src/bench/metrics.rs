@@ -2,7 +2,7 @@
 //! the record path per span, `/metrics` render time with many series, and the memory of
 //! one operation's latency histograms with every window filled.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::metrics::latency::{LatencyHistograms, Observation, OperationKey};
 use crate::metrics::{default_buckets, Metrics};
@@ -86,10 +86,7 @@ pub fn run(options: MetricsBenchOptions) {
         span_name: "GET /orders/{id}".into(),
         span_kind: 2,
     };
-    let now_minute = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() / 60)
-        .unwrap_or_default();
+    let now_minute = crate::metrics::latency::current_minute();
     for minute in now_minute - 59..=now_minute {
         for index in 0..1000u64 {
             histograms.record(

@@ -37,18 +37,22 @@ pub struct DecodedSpans {
 impl DecodedSpans {
     /// The OTLP partial-success message: the first few reasons and how many there were.
     pub fn rejection_message(&self) -> String {
-        let mut message = self
-            .rejected
-            .iter()
-            .take(3)
-            .map(|rejected| rejected.reason.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if self.rejected.len() > 3 {
-            message.push_str(&format!("; and {} more", self.rejected.len() - 3));
-        }
-        message
+        rejection_summary(
+            self.rejected
+                .iter()
+                .map(|rejected| rejected.reason.as_str()),
+        )
     }
+}
+
+/// The first three reasons, then how many more there were.
+pub fn rejection_summary<'a>(reasons: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let count = reasons.len();
+    let mut message = reasons.take(3).collect::<Vec<_>>().join("; ");
+    if count > 3 {
+        message.push_str(&format!("; and {} more", count - 3));
+    }
+    message
 }
 
 /// Undo `Content-Encoding`, enforcing `limit` on the decompressed size too, so that a

@@ -31,17 +31,7 @@ pub struct DecodedLogs {
 
 impl DecodedLogs {
     pub fn rejection_message(&self) -> String {
-        let mut message = self
-            .rejected
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ");
-        if self.rejected.len() > 3 {
-            message.push_str(&format!("; and {} more", self.rejected.len() - 3));
-        }
-        message
+        super::rejection_summary(self.rejected.iter().map(String::as_str))
     }
 }
 

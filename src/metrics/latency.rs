@@ -40,6 +40,32 @@ pub struct Observation {
     pub trace_id: TraceId,
 }
 
+impl Observation {
+    /// A span as the histograms see it, from what the span record and the index's fast
+    /// fields both hold.
+    pub fn of(
+        trace_id: TraceId,
+        start_unix_nano: u64,
+        duration_nanos: u64,
+        status_code: i32,
+    ) -> Observation {
+        Observation {
+            duration_us: duration_nanos / 1000,
+            end_unix_nano: start_unix_nano.saturating_add(duration_nanos),
+            error: status_code == 2,
+            trace_id,
+        }
+    }
+}
+
+/// Minutes since the epoch, the unit of the windows.
+pub fn current_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() / 60)
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TraceSample {
     pub trace_id: TraceId,

@@ -26,6 +26,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::lock;
 use crate::model::{LogRecord, Span};
 use latency::{LatencyHistograms, Observation, OperationKey};
 
@@ -257,10 +258,7 @@ impl Metrics {
             return;
         }
         let now = SystemTime::now();
-        let now_minute = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs() / 60)
-            .unwrap_or_default();
+        let now_minute = latency::current_minute();
         let mut latency = lock(&self.latency);
         let mut graph = lock(&self.graph);
         let instant = std::time::Instant::now();
@@ -342,18 +340,13 @@ impl Metrics {
             self.calls
                 .get_or_create(&group.labels)
                 .inc_by(1, exemplar, timestamp);
-            latency.record(
-                &group.key,
-                &Observation {
-                    duration_us: span.duration_nanos / 1000,
-                    end_unix_nano: span
-                        .start_time_unix_nano
-                        .saturating_add(span.duration_nanos),
-                    error: span.status_code == 2,
-                    trace_id: span.trace_id,
-                },
-                now_minute,
+            let observation = Observation::of(
+                span.trace_id,
+                span.start_time_unix_nano,
+                span.duration_nanos,
+                span.status_code,
             );
+            latency.record(&group.key, &observation, now_minute);
         }
     }
 
@@ -366,10 +359,7 @@ impl Metrics {
         if !self.span_metrics {
             return Ok(0);
         }
-        let now_minute = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs() / 60)
-            .unwrap_or_default();
+        let now_minute = latency::current_minute();
         let mut latency = lock(&self.latency);
         let mut keys: std::collections::HashMap<(String, String, i32), OperationKey> =
             std::collections::HashMap::new();
@@ -381,18 +371,13 @@ impl Metrics {
                     span_name: names::normalise_span_name(span.name),
                     span_kind: span.kind,
                 });
-            latency.record(
-                key,
-                &Observation {
-                    duration_us: span.duration_nanos / 1000,
-                    end_unix_nano: span
-                        .start_time_unix_nano
-                        .saturating_add(span.duration_nanos),
-                    error: span.status_code == 2,
-                    trace_id: span.trace_id,
-                },
-                now_minute,
+            let observation = Observation::of(
+                span.trace_id,
+                span.start_time_unix_nano,
+                span.duration_nanos,
+                span.status_code,
             );
+            latency.record(key, &observation, now_minute);
         })
     }
 
@@ -464,10 +449,4 @@ impl Metrics {
         }
         out
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{LogRecord, Span};
 use crate::store::{CommitPayload, Storage, StoreError};
@@ -403,10 +404,4 @@ impl Pipeline {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
