@@ -37,6 +37,51 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub logs: RawLogs,
     pub metrics: RawMetrics,
+    pub sampling: RawSampling,
+}
+
+/// `[sampling]`: tail sampling of whole traces as they leave the head.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSampling {
+    pub keep_errors: bool,
+    pub keep_slower_than_ms: u64,
+    pub keep_slower_than_p99: bool,
+    pub fraction: f64,
+    pub decision_cache_size: u64,
+    pub rules: Vec<RawSamplingRule>,
+}
+
+impl Default for RawSampling {
+    fn default() -> Self {
+        RawSampling {
+            keep_errors: true,
+            keep_slower_than_ms: 1000,
+            keep_slower_than_p99: false,
+            fraction: 1.0,
+            decision_cache_size: 200_000,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[sampling.rules]]` table: an attribute match that keeps or drops a trace.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSamplingRule {
+    pub name: String,
+    pub key: String,
+    pub value: Option<String>,
+    pub regex: Option<String>,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    #[default]
+    Keep,
+    Drop,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -136,6 +181,8 @@ pub struct RawStorage {
     pub commit_max_spans: u64,
     pub index_memory_mb: u64,
     pub wal_segment_bytes: u64,
+    pub trace_idle_ms: u64,
+    pub trace_max_age_ms: u64,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -144,6 +191,8 @@ pub struct RawLimits {
     pub max_request_bytes: u64,
     pub ingest_queue_spans: u64,
     pub max_concurrent_requests: u64,
+    pub max_spans_per_trace: u64,
+    pub max_bytes_per_trace: u64,
 }
 
 impl Default for RawServer {
@@ -165,6 +214,8 @@ impl Default for RawStorage {
             commit_max_spans: 200_000,
             index_memory_mb: 128,
             wal_segment_bytes: 64 * 1024 * 1024,
+            trace_idle_ms: 5000,
+            trace_max_age_ms: 30_000,
         }
     }
 }
@@ -173,8 +224,10 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_request_bytes: 64 * 1024 * 1024,
-            ingest_queue_spans: 262_144,
+            ingest_queue_spans: 524_288,
             max_concurrent_requests: 32,
+            max_spans_per_trace: 10_000,
+            max_bytes_per_trace: 5_000_000,
         }
     }
 }
@@ -198,6 +251,55 @@ pub struct Config {
     pub span_metrics: bool,
     pub latency_buckets: Vec<f64>,
     pub max_series_per_metric: usize,
+    pub trace_idle: Duration,
+    pub trace_max_age: Duration,
+    pub max_spans_per_trace: usize,
+    pub max_bytes_per_trace: usize,
+    pub sampling: SamplingConfig,
+}
+
+impl Config {
+    /// How the head assembles traces.
+    pub fn head_limits(&self) -> crate::pipeline::head::HeadLimits {
+        crate::pipeline::head::HeadLimits {
+            trace_idle: self.trace_idle,
+            trace_max_age: self.trace_max_age,
+            max_spans_per_trace: self.max_spans_per_trace,
+            max_bytes_per_trace: self.max_bytes_per_trace,
+            decision_cache_size: self.sampling.decision_cache_size,
+        }
+    }
+}
+
+/// Tail sampling, checked: what a trace leaving the head must show to be kept.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    pub keep_errors: bool,
+    /// `None`: no latency rule.
+    pub keep_slower_than: Option<Duration>,
+    pub keep_slower_than_p99: bool,
+    pub fraction: f64,
+    /// The OpenTelemetry rejection threshold T for `fraction`: keep when the trace id's
+    /// low 56 bits are `>= T`.
+    pub threshold: u64,
+    pub decision_cache_size: usize,
+    pub rules: Vec<SamplingRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SamplingRule {
+    pub name: String,
+    pub key: String,
+    pub matcher: RuleMatcher,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleMatcher {
+    /// The attribute is present, whatever its value.
+    Present,
+    Equals(String),
+    Regex(regex::Regex),
 }
 
 /// The tailer's settings, checked.
@@ -223,7 +325,7 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 5] = ["server", "storage", "limits", "logs", "metrics"];
+const SECTIONS: [&str; 6] = ["server", "storage", "limits", "logs", "metrics", "sampling"];
 
 impl RawConfig {
     /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
@@ -352,6 +454,23 @@ impl RawConfig {
                 "metrics.max_series_per_metric",
                 self.metrics.max_series_per_metric,
             )? as usize,
+            trace_idle: Duration::from_millis(positive(
+                "storage.trace_idle_ms",
+                self.storage.trace_idle_ms,
+            )?),
+            trace_max_age: Duration::from_millis(positive(
+                "storage.trace_max_age_ms",
+                self.storage.trace_max_age_ms,
+            )?),
+            max_spans_per_trace: positive(
+                "limits.max_spans_per_trace",
+                self.limits.max_spans_per_trace,
+            )? as usize,
+            max_bytes_per_trace: positive(
+                "limits.max_bytes_per_trace",
+                self.limits.max_bytes_per_trace,
+            )? as usize,
+            sampling: validate_sampling(&self.sampling)?,
         };
         let buckets = &config.latency_buckets;
         if buckets.is_empty()
@@ -427,6 +546,65 @@ fn validate_logs(raw: &RawLogs) -> Result<LogsConfig, ConfigError> {
         max_read_bytes_per_pass: raw.max_read_bytes_per_pass.max(64 * 1024) as usize,
         idle_close: Duration::from_millis(raw.idle_close_ms),
         sources,
+    })
+}
+
+fn validate_sampling(raw: &RawSampling) -> Result<SamplingConfig, ConfigError> {
+    let fraction = raw.fraction;
+    if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
+        return Err(ConfigError::Invalid {
+            key: "sampling.fraction".into(),
+            problem: format!("{fraction} is not between 0 and 1"),
+        });
+    }
+    let mut rules = Vec::new();
+    for (index, rule) in raw.rules.iter().enumerate() {
+        let key = |name: &str| format!("sampling.rules[{index}].{name}");
+        if rule.key.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: key("key"),
+                problem: "names the attribute to match and cannot be empty".into(),
+            });
+        }
+        let matcher = match (&rule.value, &rule.regex) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: key("regex"),
+                    problem: "give either value or regex, not both".into(),
+                })
+            }
+            (Some(value), None) => RuleMatcher::Equals(value.clone()),
+            (None, Some(pattern)) => {
+                RuleMatcher::Regex(regex::Regex::new(pattern).map_err(|error| {
+                    ConfigError::Invalid {
+                        key: key("regex"),
+                        problem: format!("{pattern:?} is not a regex: {error}"),
+                    }
+                })?)
+            }
+            (None, None) => RuleMatcher::Present,
+        };
+        let name = if rule.name.is_empty() {
+            rule.key.clone()
+        } else {
+            rule.name.clone()
+        };
+        rules.push(SamplingRule {
+            name,
+            key: rule.key.clone(),
+            matcher,
+            action: rule.action,
+        });
+    }
+    Ok(SamplingConfig {
+        keep_errors: raw.keep_errors,
+        keep_slower_than: (raw.keep_slower_than_ms > 0)
+            .then(|| Duration::from_millis(raw.keep_slower_than_ms)),
+        keep_slower_than_p99: raw.keep_slower_than_p99,
+        fraction,
+        threshold: crate::pipeline::sample::threshold_for(fraction),
+        decision_cache_size: raw.decision_cache_size.max(1) as usize,
+        rules,
     })
 }
 

@@ -55,6 +55,8 @@ impl RecordKind {
 pub struct Record {
     pub kind: RecordKind,
     pub payload: Vec<u8>,
+    /// Where the record starts: replaying from here includes it.
+    pub start_position: u64,
     pub end_position: u64,
 }
 
@@ -255,11 +257,13 @@ fn replay_segment(
         if crc.finalize() != expected_crc {
             return Ok(position);
         }
+        let start_position = position;
         position += HEADER_BYTES + u64::from(len);
         if position > committed {
             on_record(Record {
                 kind,
                 payload,
+                start_position,
                 end_position: position,
             });
         }

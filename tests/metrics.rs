@@ -428,7 +428,11 @@ async fn service_graph_and_the_shipped_dashboard_use_metrics_tracelink_exports()
             .text()
             .await
             .unwrap();
-        if text.contains("tracelink_log_records_total{") || Instant::now() > deadline {
+        // Latency observations that carry exemplars wait for their trace's sampling
+        // decision (the trace leaves the head after `trace_idle_ms`).
+        let settled = text.contains("tracelink_log_records_total{")
+            && text.contains("traces_spanmetrics_latency_bucket{");
+        if settled || Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -239,17 +239,21 @@ pub async fn by_trace(
 /// tightest fit.
 fn infer_candidates(storage: &Storage, record: &LogRecord) -> Result<Vec<Span>, ApiError> {
     let time = record.time_unix_nano;
-    let payloads = storage.spans.service_spans_between(
-        &record.service,
-        time.saturating_sub(INFER_LOOKBACK_NANOS),
-        time,
-        2000,
-    )?;
+    let from = time.saturating_sub(INFER_LOOKBACK_NANOS);
+    let mut payloads = storage
+        .head
+        .service_spans_between(&record.service, from, time, 2000);
+    payloads.extend(
+        storage
+            .traces
+            .service_fragments_between(&record.service, from, time, 500)?,
+    );
     let mut candidates: Vec<Span> = payloads
         .into_iter()
         .filter_map(|payload| Span::from_payload(payload).ok())
         .filter(|span| {
-            span.start_time_unix_nano <= time
+            span.service == record.service
+                && span.start_time_unix_nano <= time
                 && time <= span.start_time_unix_nano + span.duration_nanos
         })
         .collect();

@@ -5,7 +5,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::ingest::logline::{self, Level};
+use crate::ingest::logline;
+use crate::model::Level;
 use crate::model::{LogRecord, SpanId, TraceId};
 use crate::store::LogQuery;
 

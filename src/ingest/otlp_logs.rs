@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::otlp::{enum_lenient, hex_bytes, u32_lenient, u64_lenient};
 use super::IngestError;
-use crate::ingest::logline::Level;
+use crate::model::Level;
 use crate::model::{service_name, IdError, LogRecord, SpanId, TraceId};
 
 /// Records decoded from one request, and the reasons of those refused.

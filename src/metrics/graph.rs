@@ -119,6 +119,8 @@ mod tests {
             status_code: status,
             start_time_unix_nano: 0,
             duration_nanos: 2_000_000,
+            has_exception: false,
+            randomness: None,
             payload: bytes::Bytes::new(),
         }
     }

@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::lock;
-use crate::model::{LogRecord, Span};
+use crate::model::{LogRecord, Span, SpanId, TraceId};
 use latency::{LatencyHistograms, Observation, OperationKey};
 
 /// Tempo's default span-metrics buckets: 0.002 · 2ⁿ s, n = 0…13.
@@ -104,8 +104,34 @@ pub struct LogLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SamplingLabels {
+    pub decision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogExemplar {
     pub trace_id: String,
+}
+
+/// A span-metric observation held back until its trace's sampling decision.
+pub struct PendingExemplar {
+    labels: SpanLabels,
+    seconds: f64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    at: SystemTime,
+}
+
+impl PendingExemplar {
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
 }
 
 /// Builds each latency histogram with the configured buckets.
@@ -152,6 +178,8 @@ pub struct Metrics {
     pub latency: Mutex<LatencyHistograms>,
     pub fsync_seconds: Histogram,
     pub commit_seconds: Histogram,
+    sampling_traces: Family<SamplingLabels, Counter>,
+    sampling_late_spans: Family<DecisionLabels, Counter>,
 }
 
 const OVERFLOW: &str = "__overflow__";
@@ -172,7 +200,19 @@ impl Metrics {
         ]);
         let commit_seconds =
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]);
+        let sampling_traces: Family<SamplingLabels, Counter> = Family::default();
+        let sampling_late_spans: Family<DecisionLabels, Counter> = Family::default();
         let mut registry = Registry::default();
+        registry.register(
+            "tracelink_sampling_traces",
+            "Traces (and later fragments) that left the head, by sampling decision and reason",
+            sampling_traces.clone(),
+        );
+        registry.register(
+            "tracelink_sampling_late_spans",
+            "Spans that arrived after their trace left the head, by the decision they followed",
+            sampling_late_spans.clone(),
+        );
         // No `# UNIT`: strict OpenMetrics parsers want the unit in the name, and Grafana's
         // views want Tempo's name. The unit is in the help text.
         registry.register(
@@ -244,6 +284,8 @@ impl Metrics {
             latency: Mutex::new(LatencyHistograms::default()),
             fsync_seconds,
             commit_seconds,
+            sampling_traces,
+            sampling_late_spans,
         })
     }
 
@@ -252,10 +294,19 @@ impl Metrics {
         lock(&self.registry).register_collector(collector);
     }
 
-    /// Observe every span of an acked batch.
-    pub fn record_spans(&self, spans: &[Span]) {
+    /// Observe every span of an acked batch, whose WAL record ends at `wal_end`. The
+    /// latency histograms, the calls counters and the service graph see every span now.
+    /// The span of each bucket and label set that will carry the exemplar is returned as a
+    /// [`PendingExemplar`], settled by [`Metrics::settle`] once its trace's sampling
+    /// decision is known, so that every exemplar names a kept trace: its counter exemplar
+    /// is attached then, and its histogram observation (a histogram exemplar cannot be set
+    /// without observing) is held back until then, at most `trace_idle` plus a commit
+    /// interval.
+    pub fn record_spans(&self, spans: &[Span], wal_end: u64) -> Vec<PendingExemplar> {
+        let mut pending = Vec::new();
         if spans.is_empty() || !self.span_metrics {
-            return;
+            lock(&self.latency).observed_through(wal_end);
+            return pending;
         }
         let now = SystemTime::now();
         let now_minute = latency::current_minute();
@@ -324,22 +375,23 @@ impl Metrics {
                 .buckets
                 .partition_point(|bound| *bound < seconds)
                 .min(63);
-            let exemplar = (group.buckets_with_exemplar & (1 << bucket) == 0).then(|| {
-                group.buckets_with_exemplar |= 1 << bucket;
-                TraceExemplar {
-                    trace_id: span.trace_id.to_hex(),
-                    span_id: span.span_id.to_hex(),
-                }
-            });
-            let timestamp = exemplar.as_ref().map(|_| now);
-            self.latency_family.get_or_create(&group.labels).observe(
-                seconds,
-                exemplar.clone(),
-                timestamp,
-            );
             self.calls
                 .get_or_create(&group.labels)
-                .inc_by(1, exemplar, timestamp);
+                .inc_by(1, None, None);
+            if group.buckets_with_exemplar & (1 << bucket) == 0 {
+                group.buckets_with_exemplar |= 1 << bucket;
+                pending.push(PendingExemplar {
+                    labels: group.labels.clone(),
+                    seconds,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    at: now,
+                });
+            } else {
+                self.latency_family
+                    .get_or_create(&group.labels)
+                    .observe(seconds, None, None);
+            }
             let observation = Observation::of(
                 span.trace_id,
                 span.start_time_unix_nano,
@@ -348,41 +400,84 @@ impl Metrics {
             );
             latency.record(&group.key, &observation, now_minute);
         }
+        latency.observed_through(wal_end);
+        pending
     }
 
-    /// Rebuild the latency histograms from the committed spans (at start, before
-    /// replaying the WAL, whose spans are observed as they are replayed).
-    pub fn rebuild_latency(
-        &self,
-        spans: &crate::store::SpanIndex,
-    ) -> Result<u64, crate::store::StoreError> {
+    /// Count late spans (their trace had left the head) by the decision they followed.
+    pub fn record_late_spans(&self, kept: u64, dropped: u64) {
+        for (decision, count) in [("keep", kept), ("drop", dropped)] {
+            if count > 0 {
+                self.sampling_late_spans
+                    .get_or_create(&DecisionLabels {
+                        decision: decision.into(),
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Count one sampling decision.
+    pub fn record_decision(&self, keep: bool, reason: String) {
+        self.sampling_traces
+            .get_or_create(&SamplingLabels {
+                decision: if keep { "keep" } else { "drop" }.into(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Settle held-back observations now that their trace's decision is known: the
+    /// histogram observation is recorded either way, the exemplars set only when the trace
+    /// was kept.
+    pub fn settle(&self, pending: Vec<PendingExemplar>, kept: bool) {
+        for observation in pending {
+            let exemplar = kept.then(|| TraceExemplar {
+                trace_id: observation.trace_id.to_hex(),
+                span_id: observation.span_id.to_hex(),
+            });
+            let timestamp = exemplar.as_ref().map(|_| observation.at);
+            self.latency_family
+                .get_or_create(&observation.labels)
+                .observe(observation.seconds, exemplar.clone(), timestamp);
+            if exemplar.is_some() {
+                // Adding 0 sets the counter's exemplar without counting the span again.
+                self.calls
+                    .get_or_create(&observation.labels)
+                    .inc_by(0, exemplar, timestamp);
+            }
+        }
+    }
+
+    /// Observe replayed spans (WAL records after the latency snapshot) in the latency
+    /// histograms, the only metrics that outlive a restart.
+    pub fn replay_latency(&self, spans: &[Span], wal_end: u64) {
         if !self.span_metrics {
-            return Ok(0);
+            lock(&self.latency).observed_through(wal_end);
+            return;
         }
         let now_minute = latency::current_minute();
         let mut latency = lock(&self.latency);
-        let mut keys: std::collections::HashMap<(String, String, i32), OperationKey> =
-            std::collections::HashMap::new();
-        spans.for_each_summary(|span| {
-            let key = keys
-                .entry((span.service.to_owned(), span.name.to_owned(), span.kind))
-                .or_insert_with(|| OperationKey {
-                    service: span.service.to_owned(),
-                    span_name: names::normalise_span_name(span.name),
-                    span_kind: span.kind,
-                });
+        for span in spans {
+            let key = OperationKey {
+                service: span.service.clone(),
+                span_name: names::normalise_span_name(&span.name),
+                span_kind: span.kind,
+            };
             let observation = Observation::of(
                 span.trace_id,
                 span.start_time_unix_nano,
                 span.duration_nanos,
                 span.status_code,
             );
-            latency.record(key, &observation, now_minute);
-        })
+            latency.record(&key, &observation, now_minute);
+        }
+        latency.observed_through(wal_end);
     }
 
-    /// Count indexed log records; a record with a trace id becomes the exemplar.
-    pub fn record_logs(&self, records: &[LogRecord]) {
+    /// Count indexed log records; a record with a trace id becomes the exemplar when
+    /// `stored_trace` says that trace is (or will be) stored.
+    pub fn record_logs(&self, records: &[LogRecord], stored_trace: &dyn Fn(&TraceId) -> bool) {
         let now = SystemTime::now();
         for record in records {
             let mut labels = LogLabels {
@@ -396,13 +491,12 @@ impl Metrics {
                 labels.service = OVERFLOW.into();
                 self.overflow.inc();
             }
-            let exemplar =
-                record
-                    .trace_id
-                    .filter(|_| !record.trace_id_low64_only)
-                    .map(|trace_id| LogExemplar {
-                        trace_id: trace_id.to_hex(),
-                    });
+            let exemplar = record
+                .trace_id
+                .filter(|trace_id| !record.trace_id_low64_only && stored_trace(trace_id))
+                .map(|trace_id| LogExemplar {
+                    trace_id: trace_id.to_hex(),
+                });
             let timestamp = exemplar.as_ref().map(|_| now);
             self.log_records
                 .get_or_create(&labels)

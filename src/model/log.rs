@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{SpanId, TraceId};
-use crate::ingest::logline::Level;
+use crate::model::Level;
 
 /// Where a tailed line was read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

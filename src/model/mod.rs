@@ -6,6 +6,7 @@
 //! OTLP (Zipkin) are translated into this shape at the edge. A [`Span`] is built once, at
 //! ingest, and then moves through the WAL, the head buffer and the index unchanged.
 
+pub mod level;
 pub mod log;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 use prost::Message;
 
+pub use level::Level;
 pub use log::{LogRecord, LogSource};
 
 /// Service name the OpenTelemetry SDKs use when a resource carries none.
@@ -210,7 +212,27 @@ pub struct Span {
     pub status_code: i32,
     pub start_time_unix_nano: u64,
     pub duration_nanos: u64,
+    /// An event named `exception` (OpenTelemetry's recorded exception).
+    pub has_exception: bool,
+    /// The explicit sampling randomness `rv` of the `ot` tracestate entry, if any.
+    pub randomness: Option<u64>,
     pub payload: Bytes,
+}
+
+/// The `rv` value of the `ot` entry of a W3C tracestate (`ot=th:0;rv:0123456789abcd`):
+/// 14 lowercase hex digits.
+fn tracestate_randomness(trace_state: &str) -> Option<u64> {
+    let entry = trace_state
+        .split(',')
+        .map(str::trim)
+        .find_map(|member| member.strip_prefix("ot="))?;
+    let value = entry
+        .split(';')
+        .find_map(|field| field.strip_prefix("rv:"))?;
+    if value.len() != 14 || !value.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(value, 16).ok()
 }
 
 /// A span whose ids are unusable, with the reason it was refused.
@@ -258,6 +280,8 @@ impl Span {
             duration_nanos: span
                 .end_time_unix_nano
                 .saturating_sub(span.start_time_unix_nano),
+            has_exception: span.events.iter().any(|event| event.name == "exception"),
+            randomness: tracestate_randomness(&span.trace_state),
             payload: Bytes::new(),
         };
         let single = ResourceSpans {
@@ -357,6 +381,17 @@ mod tests {
             id.to_hex(),
             "000000010203040506070809 0a0b0c0d".replace(' ', "")
         );
+    }
+
+    #[test]
+    fn tracestate_randomness_is_read_from_the_ot_entry() {
+        assert_eq!(
+            tracestate_randomness("vendor=x,ot=th:0;rv:0123456789abcd"),
+            Some(0x0123456789abcd)
+        );
+        assert_eq!(tracestate_randomness("ot=th:8"), None);
+        assert_eq!(tracestate_randomness("ot=rv:12"), None);
+        assert_eq!(tracestate_randomness(""), None);
     }
 
     #[test]

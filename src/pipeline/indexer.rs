@@ -1,45 +1,73 @@
 //! The indexer thread: the only writer of both tantivy indexes and the only committer.
 //!
-//! Adds spans and log records in WAL order, and tailed lines with their file checkpoints;
-//! commits both indexes every `commit_interval` (or once `commit_max_spans` records wait),
-//! with the covered WAL position, and for the logs index the file checkpoints, in the
-//! commit payloads. After a commit it gives the queue room back, evicts the head buffer and
-//! deletes WAL segments below the lower of the two committed positions. Records at or
-//! below an index's committed position (a replay after a crash between the two commits)
-//! are skipped, so nothing is indexed twice.
+//! Every `commit_interval` (or once `commit_max_spans` records wait) it takes the traces
+//! that are due to leave the head, has each sampled (a later fragment follows the decision
+//! its trace already has), writes every kept one as one document, lets go of the dropped
+//! ones, and commits: the traces index with the WAL position replay must start from (the
+//! oldest span still assembling), the logs index with the WAL position its records reach
+//! and the tailer's file checkpoints. Then it gives the queue room back, lets the head
+//! forget what the commit holds, snapshots the latency histograms now and then, and
+//! deletes the WAL segments nothing needs any more. Log records at or below the logs
+//! commit (a replay after a crash between the two commits) are skipped, so nothing is
+//! indexed twice.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::{Batch, IndexJob, PipelineStats};
+use super::head::LeavingTrace;
+use super::sample::Sampler;
+use super::{IndexJob, IngestQueue, PipelineStats};
 use crate::config::Config;
+use crate::lock;
+use crate::metrics::latency::{current_minute, OperationKey};
+use crate::metrics::names::normalise_span_name;
 use crate::metrics::Metrics;
-use crate::model::LogRecord;
+use crate::model::{LogRecord, Span};
 use crate::store::{CommitPayload, Storage, StoreError};
 use crate::wal;
 
+/// How often the latency histograms are written out (and at shutdown). WAL segments
+/// are kept back to the last snapshot, so a restart observes what came after it again.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the indexer shares with the rest of the pipeline.
+pub(super) struct Shared {
+    pub queue: Arc<IngestQueue>,
+    pub stats: Arc<PipelineStats>,
+    pub metrics: Arc<Metrics>,
+    pub sampler: Arc<Sampler>,
+}
+
 pub(super) struct Indexer {
     storage: Arc<Storage>,
-    span_writer: tantivy::IndexWriter,
+    trace_writer: tantivy::IndexWriter,
     log_writer: tantivy::IndexWriter,
     wal_dir: PathBuf,
+    data_dir: PathBuf,
     commit_interval: Duration,
     commit_max_records: usize,
+    /// Replay position stored with the last traces commit.
     committed_spans: u64,
+    /// WAL position stored with the last logs commit, and the one the next will store.
     committed_logs: u64,
+    logs_covered: u64,
     /// The tailer's checkpoints, as they will be in the next logs commit.
     files: BTreeMap<String, serde_json::Value>,
     files_changed: bool,
-    /// Queue room of the records added since the last commit, given back by the next one.
-    held_permits: Vec<OwnedSemaphorePermit>,
-    stats: Arc<PipelineStats>,
-    metrics: Arc<Metrics>,
+    /// Queue room of the log records added since the last commit.
+    logs_reserved: usize,
+    /// Documents added since the last commit.
+    fragments_pending: usize,
+    records_pending: usize,
+    /// The observed WAL position of the last latency snapshot written.
+    snapshot_position: u64,
+    last_snapshot: Instant,
+    scratch: Vec<u8>,
+    shared: Shared,
 }
 
 impl Indexer {
@@ -48,15 +76,16 @@ impl Indexer {
         config: &Config,
         committed_spans: u64,
         logs_commit: CommitPayload,
-        stats: Arc<PipelineStats>,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> Result<Indexer, StoreError> {
         let memory = config.index_memory_bytes / 2;
+        let snapshot_position = lock(&shared.metrics.latency).observed_position();
         Ok(Indexer {
-            span_writer: storage.spans.writer(memory.max(16 << 20))?,
+            trace_writer: storage.traces.writer(memory.max(16 << 20))?,
             log_writer: storage.logs.writer(memory.max(16 << 20))?,
             storage,
             wal_dir: config.data_dir.join("wal"),
+            data_dir: config.data_dir.clone(),
             commit_interval: config.commit_interval,
             commit_max_records: config
                 .commit_max_spans
@@ -64,151 +93,277 @@ impl Indexer {
                 .max(1),
             committed_spans,
             committed_logs: logs_commit.wal_position,
+            logs_covered: logs_commit.wal_position,
             files: logs_commit.files,
             files_changed: false,
-            held_permits: Vec::new(),
-            stats,
-            metrics,
+            logs_reserved: 0,
+            fragments_pending: 0,
+            records_pending: 0,
+            snapshot_position,
+            last_snapshot: Instant::now(),
+            scratch: Vec::new(),
+            shared,
         })
     }
 
     pub(super) fn run(mut self, jobs: Receiver<IndexJob>) {
-        let mut covered = self.committed_spans.min(self.committed_logs);
-        let mut pending = 0usize;
-        let mut last_commit = Instant::now();
+        let mut last_cycle = Instant::now();
         loop {
-            let wait = self.commit_interval.saturating_sub(last_commit.elapsed());
+            let wait = self.commit_interval.saturating_sub(last_cycle.elapsed());
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
-                    let added = match self.add(job, &mut covered) {
-                        Ok(added) => added,
-                        Err(error) => {
-                            tracing::error!(%error, "tantivy refused a document; indexing stops, the WAL keeps the records");
-                            return;
-                        }
-                    };
-                    pending += added;
-                    if pending >= self.commit_max_records {
-                        self.commit(covered);
-                        pending = 0;
-                        last_commit = Instant::now();
+                    if let Err(error) = self.add(job) {
+                        tracing::error!(%error, "tantivy refused a document; indexing stops, the WAL keeps the records");
+                        return;
+                    }
+                    if self.records_pending >= self.commit_max_records {
+                        self.cycle(false);
+                        last_cycle = Instant::now();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.has_uncommitted(covered) {
-                        self.commit(covered);
-                        pending = 0;
-                    }
-                    last_commit = Instant::now();
+                    self.cycle(false);
+                    last_cycle = Instant::now();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    if self.has_uncommitted(covered) {
-                        self.commit(covered);
-                    }
+                    self.cycle(true);
                     return;
                 }
             }
         }
     }
 
-    fn has_uncommitted(&self, covered: u64) -> bool {
-        covered > self.committed_spans || covered > self.committed_logs || self.files_changed
-    }
-
-    /// Add one job's documents; returns how many records it added.
-    fn add(&mut self, job: IndexJob, covered: &mut u64) -> Result<usize, StoreError> {
+    fn add(&mut self, job: IndexJob) -> Result<(), StoreError> {
         match job {
-            IndexJob::Wal {
+            IndexJob::Logs {
                 wal_position,
-                batch,
-                permit,
+                mut records,
+                reserved,
             } => {
-                *covered = (*covered).max(wal_position);
-                self.held_permits.extend(permit);
-                match batch {
-                    Batch::Spans(spans) => {
-                        if wal_position <= self.committed_spans {
-                            return Ok(0);
-                        }
-                        for span in &spans {
-                            self.span_writer
-                                .add_document(self.storage.spans.document(span))?;
-                        }
-                        self.stats
-                            .spans_indexed
-                            .fetch_add(spans.len() as u64, Ordering::Relaxed);
-                        Ok(spans.len())
-                    }
-                    Batch::Logs(mut records) => {
-                        if wal_position <= self.committed_logs {
-                            return Ok(0);
-                        }
-                        for (index, record) in records.iter_mut().enumerate() {
-                            record.assign_id(LogRecord::wal_id(wal_position, index));
-                        }
-                        self.add_logs(&records)
-                    }
+                self.logs_covered = self.logs_covered.max(wal_position);
+                self.logs_reserved += reserved;
+                if wal_position <= self.committed_logs {
+                    return Ok(());
                 }
+                for (index, record) in records.iter_mut().enumerate() {
+                    record.assign_id(LogRecord::wal_id(wal_position, index));
+                }
+                self.add_logs(&records)
+            }
+            IndexJob::Through { wal_position } => {
+                self.logs_covered = self.logs_covered.max(wal_position);
+                self.storage.head.received_through(wal_position);
+                Ok(())
             }
             IndexJob::Tailed(tailed) => {
-                let added = self.add_logs(&tailed.records)?;
+                self.add_logs(&tailed.records)?;
                 match tailed.checkpoint {
                     Some(checkpoint) => self.files.insert(tailed.checkpoint_key, checkpoint),
                     None => self.files.remove(&tailed.checkpoint_key),
                 };
                 self.files_changed = true;
-                Ok(added)
+                Ok(())
             }
         }
     }
 
-    fn add_logs(&mut self, records: &[LogRecord]) -> Result<usize, StoreError> {
+    fn add_logs(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
         for record in records {
             self.log_writer
                 .add_document(self.storage.logs.document(record)?)?;
         }
-        self.stats
+        self.records_pending += records.len();
+        self.shared
+            .stats
             .logs_indexed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.metrics.record_logs(records);
-        Ok(records.len())
+        let head = &self.storage.head;
+        let sampler = &self.shared.sampler;
+        let stored_trace = |trace_id: &crate::model::TraceId| {
+            !sampler.may_drop()
+                || head
+                    .decision(trace_id)
+                    .is_some_and(|decision| decision.keep)
+        };
+        self.shared.metrics.record_logs(records, &stored_trace);
+        Ok(())
     }
 
-    fn commit(&mut self, covered: u64) {
-        let started = Instant::now();
-        if covered > self.committed_spans {
-            if let Err(error) = self.storage.spans.commit(&mut self.span_writer, covered) {
-                tracing::error!(%error, "spans commit failed; will retry with the next one");
-                return;
-            }
-            self.committed_spans = covered;
-            self.storage.head.evict_through(covered);
+    /// Send the traces that are due through sampling, then commit and tidy up.
+    fn cycle(&mut self, everything: bool) {
+        let leaving = self.storage.head.take_leaving(Instant::now(), everything);
+        if let Err(error) = self.seal(leaving) {
+            tracing::error!(%error, "tantivy refused a trace; it stays in the WAL for replay");
         }
-        if covered > self.committed_logs || self.files_changed {
+        self.commit();
+        if everything || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+            self.snapshot();
+        }
+        self.remove_wal_segments();
+    }
+
+    fn seal(&mut self, leaving: Vec<LeavingTrace>) -> Result<(), StoreError> {
+        if leaving.is_empty() {
+            return Ok(());
+        }
+        let now_minute = current_minute();
+        let metrics = self.shared.metrics.clone();
+        let mut p99_cache: HashMap<(String, String, i32), Option<u64>> = HashMap::new();
+        let mut p99_us = |span: &Span| {
+            *p99_cache
+                .entry((span.service.clone(), span.name.clone(), span.kind))
+                .or_insert_with(|| {
+                    let key = OperationKey {
+                        service: span.service.clone(),
+                        span_name: normalise_span_name(&span.name),
+                        span_kind: span.kind,
+                    };
+                    lock(&metrics.latency)
+                        .stats(&key, Some(60), now_minute)
+                        .filter(|window| window.count > 0)
+                        .map(|window| (window.p99_ms * 1000.0) as u64)
+                })
+        };
+        let head = &self.storage.head;
+        for trace in leaving {
+            let earlier = trace.decided.or_else(|| head.decision(&trace.trace_id));
+            let decision = match earlier {
+                Some(decision) => decision,
+                None => {
+                    let spans: Vec<&Span> = trace.spans.iter().map(|held| &held.span).collect();
+                    let decision = self.shared.sampler.decide(&spans, &mut p99_us);
+                    head.decide(trace.trace_id, decision);
+                    metrics.record_decision(
+                        decision.keep,
+                        self.shared.sampler.reason_name(decision.reason),
+                    );
+                    decision
+                }
+            };
+            if decision.keep {
+                let document = self
+                    .storage
+                    .traces
+                    .document(&trace.spans, &mut self.scratch);
+                self.trace_writer.add_document(document)?;
+                self.fragments_pending += 1;
+                self.records_pending += trace.spans.len();
+                self.shared
+                    .stats
+                    .spans_indexed
+                    .fetch_add(trace.spans.len() as u64, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .fragments_indexed
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics.settle(trace.exemplars, true);
+            } else {
+                let released = head.dropped(&trace.trace_id);
+                self.shared.queue.release(released);
+                metrics.settle(trace.exemplars, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        let started = Instant::now();
+        let mut committed_any = false;
+        let replay_from = self.storage.head.replay_from();
+        if self.fragments_pending > 0 || replay_from > self.committed_spans {
+            match self
+                .storage
+                .traces
+                .commit(&mut self.trace_writer, replay_from)
+            {
+                Ok(()) => {
+                    self.committed_spans = replay_from;
+                    self.fragments_pending = 0;
+                    let released = self.storage.head.committed();
+                    self.shared.queue.release(released);
+                    committed_any = true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "traces commit failed; will retry with the next one");
+                }
+            }
+        }
+        if self.logs_covered > self.committed_logs || self.files_changed {
             let payload = CommitPayload {
-                wal_position: covered,
+                wal_position: self.logs_covered,
                 files: self.files.clone(),
             };
-            if let Err(error) = self.storage.logs.commit(&mut self.log_writer, &payload) {
-                tracing::error!(%error, "logs commit failed; will retry with the next one");
-                return;
+            match self.storage.logs.commit(&mut self.log_writer, &payload) {
+                Ok(()) => {
+                    self.committed_logs = self.logs_covered;
+                    self.files_changed = false;
+                    self.shared
+                        .queue
+                        .release(std::mem::take(&mut self.logs_reserved));
+                    committed_any = true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "logs commit failed; will retry with the next one");
+                }
             }
-            self.committed_logs = covered;
-            self.files_changed = false;
         }
-        self.held_permits.clear();
-        let durable = self.committed_spans.min(self.committed_logs);
-        if let Err(error) = wal::remove_segments_below(&self.wal_dir, durable) {
-            tracing::warn!(%error, "removing committed WAL segments failed");
+        self.records_pending = 0;
+        if !committed_any {
+            return;
         }
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.metrics
+        self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
-            wal_position = covered,
+            replay_from,
+            logs_position = self.committed_logs,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "committed"
         );
     }
+
+    /// Write the latency histograms, atomically (temporary file, fsync, rename).
+    fn snapshot(&mut self) {
+        self.last_snapshot = Instant::now();
+        let (bytes, position) = {
+            let latency = lock(&self.shared.metrics.latency);
+            (latency.snapshot(), latency.observed_position())
+        };
+        if position == self.snapshot_position && position != 0 {
+            return;
+        }
+        let path = super::latency_snapshot_path(&self.data_dir);
+        match write_atomically(&path, &bytes) {
+            Ok(()) => self.snapshot_position = position,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "latency snapshot not written")
+            }
+        }
+    }
+
+    fn remove_wal_segments(&self) {
+        let needed = self
+            .committed_spans
+            .min(self.committed_logs)
+            .min(self.snapshot_position);
+        if let Err(error) = wal::remove_segments_below(&self.wal_dir, needed) {
+            tracing::warn!(%error, "removing committed WAL segments failed");
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -1,32 +1,37 @@
-//! The one path every decoded record takes: WAL (fsync, then ack) → head → indexer →
-//! tantivy. Tailed log lines skip the WAL (the file is the log) and reach the indexer with
-//! the file checkpoint that covers them.
+//! The one path every decoded record takes: WAL (fsync, then ack) → metrics → head
+//! (traces assembled) → tail sampling → indexer → tantivy. Tailed log lines skip the WAL
+//! (the file is the log) and reach the indexer with the file checkpoint that covers them.
 //!
 //! Takes `Vec<Span>` and `Vec<LogRecord>` from the protocol handlers through
 //! [`Pipeline::submit`] and answers once the batch is durable. Two threads do the work:
 //! the WAL thread ([`wal_writer`]) appends every waiting batch, fsyncs once for all of them
-//! (group commit), fills the head buffer and acks; the indexer thread ([`indexer`]) adds
-//! documents to the spans and logs indexes and commits both every `commit_interval` (or
-//! sooner when enough waits), storing the WAL position the commit covers, and for the
-//! logs index the tailer's checkpoints, in the commit payload.
+//! (group commit), observes the spans in the metrics, adds them to the [`head`] and acks;
+//! the indexer thread ([`indexer`]) takes the traces that are due to leave the head, has
+//! them [`sample`]d, writes each kept one as one document per trace fragment, adds log
+//! records, and commits both indexes every `commit_interval`, storing in the commit
+//! payloads the WAL position replay must start from (the oldest span still assembling)
+//! and, for the logs index, the tailer's checkpoints.
 //!
-//! Backpressure: a semaphore counts records accepted but not yet in a tantivy commit
-//! (`ingest_queue_spans`), which bounds the channels, tantivy's buffers and the head buffer
-//! together; when it has no room, ingest is refused at once (429 or `UNAVAILABLE`) and a
-//! counter goes up. The tailer instead blocks on a bounded channel: its file is its buffer.
+//! Backpressure: [`IngestQueue`] counts records accepted and not yet in a tantivy commit
+//! (spans waiting in the head included), which bounds the channels, the head and
+//! tantivy's buffers together; when it has no room, ingest is refused at once (429 or
+//! `UNAVAILABLE`) and a counter goes up. The tailer instead blocks on a bounded channel:
+//! its file is its buffer.
 
+pub mod head;
 mod indexer;
+pub mod sample;
 mod wal_writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::lock;
@@ -61,6 +66,52 @@ pub struct PipelineStats {
     pub wal_bytes: AtomicU64,
     pub wal_fsyncs: AtomicU64,
     pub commits: AtomicU64,
+    pub fragments_indexed: AtomicU64,
+}
+
+/// Records accepted and not yet in a tantivy commit (or dropped by sampling), against
+/// `limits.ingest_queue_spans`.
+pub struct IngestQueue {
+    used: AtomicUsize,
+    capacity: usize,
+}
+
+impl IngestQueue {
+    pub fn new(capacity: usize) -> IngestQueue {
+        IngestQueue {
+            used: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Room for `count` more, or `false` and nothing reserved.
+    pub fn try_reserve(&self, count: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + count <= self.capacity).then_some(used + count)
+            })
+            .is_ok()
+    }
+
+    /// Count records that are already durable (replayed from the WAL), room or not.
+    pub fn force_reserve(&self, count: usize) {
+        self.used.fetch_add(count, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(count))
+            });
+    }
+
+    pub fn depth(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// Records of one request, all of one kind.
@@ -157,19 +208,22 @@ pub struct TailedBatch {
 }
 
 enum IndexJob {
-    Wal {
+    /// Log records of the WAL record ending at `wal_position`; `reserved` queue room is
+    /// given back by the commit that holds them.
+    Logs {
         wal_position: u64,
-        batch: Batch,
-        /// Released by the commit that makes the records durable in tantivy; `None` for
-        /// replayed batches.
-        permit: Option<OwnedSemaphorePermit>,
+        records: Vec<LogRecord>,
+        reserved: usize,
+    },
+    /// Every WAL record up to here has been handed over (span records to the head).
+    Through {
+        wal_position: u64,
     },
     Tailed(TailedBatch),
 }
 
 struct WalJob {
     batch: Batch,
-    permit: OwnedSemaphorePermit,
     ack: oneshot::Sender<Result<(), SubmitError>>,
 }
 
@@ -190,8 +244,10 @@ pub struct Pipeline {
     storage: Arc<Storage>,
     wal_dir: PathBuf,
     config: Config,
-    queue: Arc<Semaphore>,
+    queue: Arc<IngestQueue>,
     ready: AtomicBool,
+    /// Where replay starts for the traces index (the oldest span assembling at its last
+    /// commit) and up to where the logs index holds the WAL's log records.
     committed_spans: u64,
     committed_logs: u64,
     /// The tailer's file checkpoints as of the last logs commit, read once at start.
@@ -203,17 +259,23 @@ pub struct Pipeline {
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<PipelineStats>,
     pub metrics: Arc<Metrics>,
+    pub sampler: Arc<sample::Sampler>,
+}
+
+/// Where the latency histograms are snapshotted, under the data dir.
+pub fn latency_snapshot_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("metrics").join("latency.json")
 }
 
 impl Pipeline {
-    /// Start the indexer thread. Ingest is refused (`NotReady`) until
-    /// [`Pipeline::replay_and_start`] has replayed the WAL.
+    /// Load the latency snapshot and start the indexer thread. Ingest is refused
+    /// (`NotReady`) until [`Pipeline::replay_and_start`] has replayed the WAL.
     pub fn new(
         storage: Arc<Storage>,
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Pipeline>, StoreError> {
-        let committed_spans = storage.spans.committed_wal_position()?;
+        let committed_spans = storage.traces.committed_wal_position()?;
         let mut checkpoints_damaged = false;
         let logs_commit = match storage.logs.committed() {
             Ok(commit) => commit,
@@ -231,15 +293,36 @@ impl Pipeline {
             }
             Err(other) => return Err(other),
         };
+        let snapshot_path = latency_snapshot_path(&config.data_dir);
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => match crate::metrics::latency::LatencyHistograms::restore(&bytes) {
+                Ok(restored) => *lock(&metrics.latency) = restored,
+                Err(problem) => tracing::warn!(
+                    path = %snapshot_path.display(),
+                    %problem,
+                    "latency snapshot not understood; histograms start empty"
+                ),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %snapshot_path.display(), %error, "latency snapshot not read")
+            }
+        }
         let (index_sender, index_receiver) = mpsc::sync_channel(256);
         let stats = Arc::new(PipelineStats::default());
+        let queue = Arc::new(IngestQueue::new(config.ingest_queue_spans));
+        let sampler = Arc::new(sample::Sampler::new(config.sampling.clone()));
         let indexer = indexer::Indexer::new(
             storage.clone(),
             config,
             committed_spans,
             logs_commit.clone(),
-            stats.clone(),
-            metrics.clone(),
+            indexer::Shared {
+                queue: queue.clone(),
+                stats: stats.clone(),
+                metrics: metrics.clone(),
+                sampler: sampler.clone(),
+            },
         )?;
         let indexer_thread = std::thread::Builder::new()
             .name("tracelink-indexer".into())
@@ -248,7 +331,7 @@ impl Pipeline {
             storage,
             wal_dir: config.data_dir.join("wal"),
             config: config.clone(),
-            queue: Arc::new(Semaphore::new(config.ingest_queue_spans)),
+            queue,
             ready: AtomicBool::new(false),
             committed_spans,
             committed_logs: logs_commit.wal_position,
@@ -259,48 +342,83 @@ impl Pipeline {
             threads: Mutex::new(vec![indexer_thread]),
             stats,
             metrics,
+            sampler,
         }))
     }
 
-    /// Replay the WAL from the lower of the two committed positions into the head and the
-    /// indexer, then start the WAL thread and accept ingest. Blocking.
+    /// Replay the WAL from the lowest position anything still needs: span records from
+    /// the traces index's replay position go back into the head (spans a commit already
+    /// holds are recognised and skipped), log records past the logs commit go to the
+    /// indexer, and spans past the latency snapshot are observed again. Then start the
+    /// WAL thread and accept ingest. Blocking.
     pub fn replay_and_start(&self) -> Result<u64, wal::WalError> {
         let Some(index_sender) = lock(&self.index_sender).clone() else {
             return Ok(0);
         };
-        match self.metrics.rebuild_latency(&self.storage.spans) {
-            Ok(spans) => tracing::info!(spans, "latency histograms rebuilt from the index"),
-            Err(error) => tracing::warn!(%error, "latency histograms not rebuilt"),
-        }
+        let observed = lock(&self.metrics.latency).observed_position();
+        let from = self.committed_spans.min(self.committed_logs).min(observed);
+        let already_indexed = match self.storage.traces.spans_from_wal(self.committed_spans) {
+            Ok(seen) => seen,
+            Err(error) => {
+                tracing::error!(%error, "cannot read which replayed spans are indexed; replaying all");
+                Default::default()
+            }
+        };
         let mut replayed = 0u64;
-        let from = self.committed_spans.min(self.committed_logs);
+        let now = std::time::Instant::now();
         let wal = Wal::open(
             &self.wal_dir,
             from,
             self.config.wal_segment_bytes,
-            |record| {
-                let batch = Batch::decode(record.kind, &record.payload);
-                replayed += batch.len() as u64;
-                if let Batch::Spans(spans) = &batch {
-                    if record.end_position > self.committed_spans {
-                        self.storage.head.insert(record.end_position, spans);
+            |record| match Batch::decode(record.kind, &record.payload) {
+                Batch::Spans(spans) => {
+                    if record.end_position > observed {
+                        self.metrics.replay_latency(&spans, record.end_position);
                     }
+                    if record.start_position < self.committed_spans {
+                        return;
+                    }
+                    let spans: Vec<Span> = spans
+                        .into_iter()
+                        .filter(|span| !already_indexed.contains(&(span.trace_id, span.span_id)))
+                        .collect();
+                    replayed += spans.len() as u64;
+                    self.queue.force_reserve(spans.len());
+                    self.storage.head.insert(
+                        record.start_position,
+                        record.end_position,
+                        spans,
+                        Vec::new(),
+                        now,
+                    );
                 }
-                let job = IndexJob::Wal {
-                    wal_position: record.end_position,
-                    batch,
-                    permit: None,
-                };
-                if index_sender.send(job).is_err() {
-                    tracing::error!("indexer stopped during replay");
+                Batch::Logs(records) => {
+                    if record.end_position <= self.committed_logs {
+                        return;
+                    }
+                    replayed += records.len() as u64;
+                    self.queue.force_reserve(records.len());
+                    let job = IndexJob::Logs {
+                        wal_position: record.end_position,
+                        reserved: records.len(),
+                        records,
+                    };
+                    if index_sender.send(job).is_err() {
+                        tracing::error!("indexer stopped during replay");
+                    }
                 }
             },
         )?;
+        self.storage.head.received_through(wal.position());
+        let _ = index_sender.send(IndexJob::Through {
+            wal_position: wal.position(),
+        });
         let (wal_sender, wal_receiver) = mpsc::channel();
         let writer = wal_writer::WalWriter::new(
             wal,
             self.storage.clone(),
             index_sender,
+            self.queue.clone(),
             self.stats.clone(),
             self.metrics.clone(),
         );
@@ -358,41 +476,48 @@ impl Pipeline {
                 capacity,
             });
         }
-        let permit = match self.queue.clone().try_acquire_many_owned(count as u32) {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.stats
-                    .records_refused_overload
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                return Err(SubmitError::Overloaded);
-            }
-        };
+        if !self.queue.try_reserve(count) {
+            self.stats
+                .records_refused_overload
+                .fetch_add(count as u64, Ordering::Relaxed);
+            return Err(SubmitError::Overloaded);
+        }
         let accepted = match &batch {
             Batch::Spans(_) => &self.stats.spans_accepted,
             Batch::Logs(_) => &self.stats.logs_accepted,
         };
         let (ack, acked) = oneshot::channel();
-        {
+        let sent = {
             let sender = lock(&self.wal_sender);
-            let Some(sender) = sender.as_ref() else {
-                return Err(SubmitError::ShuttingDown);
-            };
-            sender
-                .send(WalJob { batch, permit, ack })
-                .map_err(|_| SubmitError::WalFailed)?;
+            match sender.as_ref() {
+                None => Err(SubmitError::ShuttingDown),
+                Some(sender) => sender
+                    .send(WalJob { batch, ack })
+                    .map_err(|_| SubmitError::WalFailed),
+            }
+        };
+        if let Err(error) = sent {
+            self.queue.release(count);
+            return Err(error);
         }
-        acked.await.map_err(|_| SubmitError::WalFailed)??;
-        accepted.fetch_add(count as u64, Ordering::Relaxed);
-        Ok(())
+        match acked.await {
+            Ok(Ok(())) => {
+                accepted.fetch_add(count as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(SubmitError::WalFailed),
+        }
     }
 
-    /// Records accepted and not yet committed to tantivy.
+    /// Records accepted and not yet committed to tantivy (or dropped by sampling).
     pub fn queue_depth(&self) -> usize {
-        self.config.ingest_queue_spans - self.queue.available_permits()
+        self.queue.depth()
     }
 
-    /// Stop accepting, let the WAL thread drain, make the indexer do its final commit,
-    /// and wait for both. Blocking: run it on a blocking thread.
+    /// Stop accepting, let the WAL thread drain, make the indexer send every trace in the
+    /// head through sampling and do its final commit, and wait for both. Blocking: run it
+    /// on a blocking thread.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
         lock(&self.wal_sender).take();

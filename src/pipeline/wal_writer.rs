@@ -1,13 +1,15 @@
 //! The WAL thread: the only writer of the write-ahead log.
 //!
-//! Takes every waiting batch, appends them all, fsyncs once (group commit), then fills the
-//! head buffer, acks, and hands the batches to the indexer, in WAL order.
+//! Takes every waiting batch, appends them all, fsyncs once (group commit), then observes
+//! the spans in the metrics, adds them to the head, acks, and hands log records to the
+//! indexer, in WAL order, followed by the position the whole group reached.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::{Batch, IndexJob, PipelineStats, SubmitError, WalJob};
+use super::{Batch, IndexJob, IngestQueue, PipelineStats, SubmitError, WalJob};
 use crate::metrics::Metrics;
 use crate::store::Storage;
 use crate::wal::Wal;
@@ -16,6 +18,7 @@ pub(super) struct WalWriter {
     wal: Wal,
     storage: Arc<Storage>,
     index_sender: SyncSender<IndexJob>,
+    queue: Arc<IngestQueue>,
     stats: Arc<PipelineStats>,
     metrics: Arc<Metrics>,
 }
@@ -25,6 +28,7 @@ impl WalWriter {
         wal: Wal,
         storage: Arc<Storage>,
         index_sender: SyncSender<IndexJob>,
+        queue: Arc<IngestQueue>,
         stats: Arc<PipelineStats>,
         metrics: Arc<Metrics>,
     ) -> WalWriter {
@@ -32,6 +36,7 @@ impl WalWriter {
             wal,
             storage,
             index_sender,
+            queue,
             stats,
             metrics,
         }
@@ -51,9 +56,10 @@ impl WalWriter {
             let mut positions = Vec::with_capacity(group.len());
             let mut failed = false;
             for job in &group {
+                let start = self.wal.position();
                 job.batch.encode(&mut buffer);
                 match self.wal.append(job.batch.kind(), &buffer) {
-                    Ok(position) => positions.push(position),
+                    Ok(end) => positions.push((start, end)),
                     Err(error) => {
                         tracing::error!(%error, "write-ahead log append failed");
                         failed = true;
@@ -62,7 +68,7 @@ impl WalWriter {
                 }
             }
             if !failed {
-                let fsync_started = std::time::Instant::now();
+                let fsync_started = Instant::now();
                 let synced = self.wal.sync();
                 self.metrics
                     .fsync_seconds
@@ -76,6 +82,7 @@ impl WalWriter {
                 // Nothing of this group is acked; the WAL is left for replay to judge and
                 // ingest stops until a restart.
                 for job in group {
+                    self.queue.release(job.batch.len());
                     let _ = job.ack.send(Err(SubmitError::WalFailed));
                 }
                 return;
@@ -84,30 +91,41 @@ impl WalWriter {
                 .wal_bytes
                 .fetch_add(self.wal.position() - before, Ordering::Relaxed);
             self.stats.wal_fsyncs.fetch_add(1, Ordering::Relaxed);
-            // Metrics before the acks: once a client has its answer, the span is in the
-            // metrics and its exemplar opens a stored trace (the head holds it).
-            for job in &group {
-                if let Batch::Spans(spans) = &job.batch {
-                    self.metrics.record_spans(spans);
-                }
-            }
-            let mut acked = Vec::with_capacity(group.len());
-            for (job, position) in group.into_iter().zip(positions) {
-                if let Batch::Spans(spans) = &job.batch {
-                    self.storage.head.insert(position, spans);
+            // Metrics and the head before the acks: once a client has its answer, the span
+            // is in the metrics and its trace is readable by id.
+            let now = Instant::now();
+            let mut logs = Vec::new();
+            for (job, (start, end)) in group.into_iter().zip(positions) {
+                match job.batch {
+                    Batch::Spans(spans) => {
+                        let exemplars = self.metrics.record_spans(&spans, end);
+                        let inserted = self.storage.head.insert(start, end, spans, exemplars, now);
+                        self.queue.release(inserted.discarded);
+                        self.metrics
+                            .record_late_spans(inserted.late_kept, inserted.late_dropped);
+                        if !inserted.settled_dropped.is_empty() {
+                            self.metrics.settle(inserted.settled_dropped, false);
+                        }
+                    }
+                    Batch::Logs(records) => logs.push((end, records)),
                 }
                 let _ = job.ack.send(Ok(()));
-                acked.push((job.batch, job.permit, position));
             }
-            for (batch, permit, position) in acked {
-                let index_job = IndexJob::Wal {
-                    wal_position: position,
-                    batch,
-                    permit: Some(permit),
+            for (end, records) in logs {
+                let job = IndexJob::Logs {
+                    wal_position: end,
+                    reserved: records.len(),
+                    records,
                 };
-                if self.index_sender.send(index_job).is_err() {
+                if self.index_sender.send(job).is_err() {
                     tracing::error!("indexer has stopped; records stay in the WAL for replay");
                 }
+            }
+            let through = IndexJob::Through {
+                wal_position: self.wal.position(),
+            };
+            if self.index_sender.send(through).is_err() {
+                tracing::error!("indexer has stopped; records stay in the WAL for replay");
             }
         }
     }

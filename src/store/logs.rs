@@ -17,7 +17,7 @@ use tantivy::schema::{
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
 
 use super::{open_index, CommitPayload, StoreError};
-use crate::ingest::logline::Level;
+use crate::model::Level;
 use crate::model::{LogRecord, SpanId, TraceId};
 
 #[derive(Clone, Copy)]

@@ -1,22 +1,23 @@
-//! Storage: the tantivy spans index plus the head buffer, and trace reads across both.
+//! Storage: the tantivy traces and logs indexes plus the head, and trace reads across
+//! them.
 //!
 //! Query handlers call [`Storage::find_trace`] from a blocking thread. The head is read
-//! before the index: a commit makes spans searchable before the head lets go of them, so
-//! reading in this order never misses an acked span (it may see one twice; duplicates are
-//! folded by span id, which also folds client retries).
+//! before the index: a commit makes fragments searchable before the head lets go of
+//! them, so reading in this order never misses an acked span (it may see one twice;
+//! duplicates are folded by span id, which also folds client retries and fragments).
 
-pub mod head;
 pub mod logs;
-pub mod spans;
+pub mod traces;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
-pub use head::Head;
 pub use logs::{LogIndex, LogQuery};
-pub use spans::SpanIndex;
+pub use traces::TraceIndex;
+
+use crate::pipeline::head::{Head, HeadLimits};
 
 use crate::model::{Span, TraceId};
 
@@ -96,17 +97,25 @@ fn open_index(
 }
 
 pub struct Storage {
-    pub spans: SpanIndex,
+    pub traces: TraceIndex,
     pub logs: LogIndex,
     pub head: Head,
 }
 
 impl Storage {
-    pub fn open(data_dir: &Path) -> Result<Storage, StoreError> {
+    /// Open the indexes under `data_dir` (`traces/`, `logs/`). Spans indexed one document
+    /// each by earlier versions (`spans/`) are not read.
+    pub fn open(data_dir: &Path, head_limits: HeadLimits) -> Result<Storage, StoreError> {
+        if data_dir.join("spans").exists() {
+            tracing::warn!(
+                path = %data_dir.join("spans").display(),
+                "an index of single spans from an earlier version is not read; traces are stored in traces/"
+            );
+        }
         Ok(Storage {
-            spans: SpanIndex::open(&data_dir.join("spans"))?,
+            traces: TraceIndex::open(&data_dir.join("traces"))?,
             logs: LogIndex::open(&data_dir.join("logs"))?,
-            head: Head::default(),
+            head: Head::new(head_limits),
         })
     }
 
@@ -114,7 +123,7 @@ impl Storage {
     /// each span once, spans ordered by start time. `None` when nothing is stored.
     pub fn find_trace(&self, trace_id: &TraceId) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
         let mut payloads = self.head.trace_payloads(trace_id);
-        payloads.extend(self.spans.trace_payloads(trace_id)?);
+        payloads.extend(self.traces.trace_payloads(trace_id)?);
         if payloads.is_empty() {
             return Ok(None);
         }

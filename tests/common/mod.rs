@@ -30,6 +30,9 @@ impl TestServer {
         raw.server.otlp_grpc_addr = "127.0.0.1:0".into();
         raw.storage.data_dir = data_dir.to_owned();
         raw.storage.commit_interval_ms = 200;
+        // Traces leave the head (and meet sampling, which sets their exemplars) soon
+        // after their last span, so tests need not wait the default 5 s.
+        raw.storage.trace_idle_ms = 300;
         tweak(&mut raw);
         let config = raw.validate().unwrap();
         let server = tracelink::Server::bind(config).await.unwrap();

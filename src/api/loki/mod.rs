@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::logs::parse_query_trace_id;
 use super::{ApiError, AppState};
-use crate::ingest::logline::{parse_time_text, Level};
+use crate::ingest::logline::parse_time_text;
+use crate::model::Level;
 use crate::model::LogRecord;
 use crate::store::{LogQuery, Storage};
 use logql::{Aggregation, Expr, LogSelector, MatchOp, Matcher, MetricQuery, RangeFunction, Stage};

@@ -1,0 +1,521 @@
+//! The head: acked spans assembled into traces, served by trace id until a tantivy commit
+//! holds them.
+//!
+//! Filled by the WAL thread right after each fsync and before the ack (read your writes);
+//! emptied by the indexer thread, which takes the traces that are due to leave (no span
+//! for `trace_idle`, assembling for `trace_max_age`, or past the per-trace limits: those
+//! leave at once), has them sampled, and writes the kept ones as one document per trace
+//! fragment. A trace that left stays readable here until the commit that holds it (kept)
+//! or its decision (dropped). Spans of a trace that already has a decision are late: they
+//! follow it (dropped at once, or kept as a further fragment).
+//!
+//! The head also answers which WAL position replay must start from: the lowest record
+//! position of any span still assembling (everything below it is in tantivy, dropped, or
+//! not a span). One mutex guards it all; every operation is short.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::sample::{Decision, DecisionCache};
+use crate::lock;
+use crate::metrics::PendingExemplar;
+use crate::model::{Span, TraceId};
+
+/// How long traces assemble and how large they may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub trace_idle: Duration,
+    pub trace_max_age: Duration,
+    pub max_spans_per_trace: usize,
+    pub max_bytes_per_trace: usize,
+    pub decision_cache_size: usize,
+}
+
+/// A span with the start of the WAL record it came in.
+#[derive(Debug, Clone)]
+pub struct HeadSpan {
+    pub wal_start: u64,
+    pub span: Span,
+}
+
+/// Why a trace left the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    Idle,
+    MaxAge,
+    /// Past `max_spans_per_trace` or `max_bytes_per_trace`.
+    Full,
+    Shutdown,
+}
+
+/// A trace (or a later fragment of one) on its way to sampling and the indexer.
+pub struct LeavingTrace {
+    pub trace_id: TraceId,
+    pub spans: Vec<HeadSpan>,
+    /// Span-metric observations held back until the decision, so that exemplars only
+    /// name kept traces.
+    pub exemplars: Vec<PendingExemplar>,
+    /// The decision already taken for an earlier fragment of this trace.
+    pub decided: Option<Decision>,
+    pub leave: Leave,
+}
+
+/// What an insert did besides storing spans.
+#[derive(Default)]
+pub struct Inserted {
+    /// Late spans of traces decided earlier, by that decision.
+    pub late_kept: u64,
+    pub late_dropped: u64,
+    /// Late spans of dropped traces, discarded at once: their queue room is free again.
+    pub discarded: usize,
+    /// Held-back observations of dropped traces' late spans, to record without exemplar.
+    pub settled_dropped: Vec<PendingExemplar>,
+}
+
+struct OpenTrace {
+    spans: Vec<HeadSpan>,
+    exemplars: Vec<PendingExemplar>,
+    bytes: usize,
+    first_seen: Instant,
+    last_seen: Instant,
+    /// Tells this trace's deadline entries from those of an earlier fragment.
+    generation: u64,
+    decided: Option<Decision>,
+}
+
+#[derive(Default)]
+struct HeadInner {
+    open: HashMap<TraceId, OpenTrace>,
+    /// Left the head, decision pending, or kept and waiting for the commit that holds
+    /// them: still served by id.
+    leaving: HashMap<TraceId, Vec<Bytes>>,
+    /// Full traces, due to leave at the next pass.
+    full: Vec<LeavingTrace>,
+    /// When to look at a trace again: (deadline, trace id, generation).
+    deadlines: BinaryHeap<Reverse<(Instant, TraceId, u64)>>,
+    next_generation: u64,
+    /// The end of the last WAL record inserted.
+    received_through: u64,
+    /// Spans in `open`, `full` and `leaving`.
+    spans: usize,
+    leaving_spans: usize,
+}
+
+pub struct Head {
+    limits: HeadLimits,
+    inner: Mutex<HeadInner>,
+    decisions: Mutex<DecisionCache>,
+}
+
+impl Head {
+    pub fn new(limits: HeadLimits) -> Head {
+        Head {
+            limits,
+            inner: Mutex::new(HeadInner::default()),
+            decisions: Mutex::new(DecisionCache::new(limits.decision_cache_size)),
+        }
+    }
+
+    /// Add the spans of one acked WAL record `[wal_start, wal_end)`, with the span-metric
+    /// observations held back for their traces' decisions.
+    pub fn insert(
+        &self,
+        wal_start: u64,
+        wal_end: u64,
+        spans: Vec<Span>,
+        exemplars: Vec<PendingExemplar>,
+        now: Instant,
+    ) -> Inserted {
+        let mut inserted = Inserted::default();
+        let decisions = lock(&self.decisions);
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        inner.received_through = inner.received_through.max(wal_end);
+        for span in spans {
+            let trace_id = span.trace_id;
+            let bytes = span.payload.len();
+            if !inner.open.contains_key(&trace_id) {
+                let decided = decisions.get(&trace_id);
+                match decided {
+                    Some(decision) if !decision.keep => {
+                        inserted.late_dropped += 1;
+                        inserted.discarded += 1;
+                        continue;
+                    }
+                    Some(_) => inserted.late_kept += 1,
+                    None => {}
+                }
+                let generation = inner.next_generation;
+                inner.next_generation += 1;
+                inner.deadlines.push(Reverse((
+                    now + self.limits.trace_idle,
+                    trace_id,
+                    generation,
+                )));
+                inner.open.insert(
+                    trace_id,
+                    OpenTrace {
+                        spans: Vec::new(),
+                        exemplars: Vec::new(),
+                        bytes: 0,
+                        first_seen: now,
+                        last_seen: now,
+                        generation,
+                        decided,
+                    },
+                );
+            } else if let Some(decided) = inner.open.get(&trace_id).and_then(|open| open.decided) {
+                if decided.keep {
+                    inserted.late_kept += 1;
+                }
+            }
+            let Some(open) = inner.open.get_mut(&trace_id) else {
+                continue;
+            };
+            open.spans.push(HeadSpan { wal_start, span });
+            open.bytes += bytes;
+            open.last_seen = now;
+            inner.spans += 1;
+            if open.spans.len() >= self.limits.max_spans_per_trace
+                || open.bytes >= self.limits.max_bytes_per_trace
+            {
+                if let Some(full) = inner.open.remove(&trace_id) {
+                    inner.full.push(leaving(trace_id, full, Leave::Full));
+                }
+            }
+        }
+        for exemplar in exemplars {
+            let trace_id = exemplar.trace_id();
+            if let Some(open) = inner.open.get_mut(&trace_id) {
+                open.exemplars.push(exemplar);
+            } else if let Some(full) = inner
+                .full
+                .iter_mut()
+                .rev()
+                .find(|full| full.trace_id == trace_id)
+            {
+                full.exemplars.push(exemplar);
+            } else {
+                inserted.settled_dropped.push(exemplar);
+            }
+        }
+        inserted
+    }
+
+    /// Take the traces that are due to leave at `now` (every trace when `everything`).
+    /// They stay readable by id until [`Head::dropped`] or [`Head::committed`].
+    pub fn take_leaving(&self, now: Instant, everything: bool) -> Vec<LeavingTrace> {
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        let mut out = std::mem::take(&mut inner.full);
+        if everything {
+            inner.deadlines.clear();
+            let open = std::mem::take(&mut inner.open);
+            out.extend(
+                open.into_iter()
+                    .map(|(trace_id, trace)| leaving(trace_id, trace, Leave::Shutdown)),
+            );
+        } else {
+            while let Some(Reverse((deadline, trace_id, generation))) =
+                inner.deadlines.peek().copied()
+            {
+                if deadline > now {
+                    break;
+                }
+                inner.deadlines.pop();
+                let Some(open) = inner.open.get(&trace_id) else {
+                    continue;
+                };
+                if open.generation != generation {
+                    continue;
+                }
+                let idle_at = open.last_seen + self.limits.trace_idle;
+                let old_at = open.first_seen + self.limits.trace_max_age;
+                let due = idle_at.min(old_at);
+                if due > now {
+                    inner.deadlines.push(Reverse((due, trace_id, generation)));
+                    continue;
+                }
+                let leave = if old_at <= now && idle_at > now {
+                    Leave::MaxAge
+                } else {
+                    Leave::Idle
+                };
+                if let Some(open) = inner.open.remove(&trace_id) {
+                    out.push(leaving(trace_id, open, leave));
+                }
+            }
+        }
+        for trace in &out {
+            let payloads = inner.leaving.entry(trace.trace_id).or_default();
+            payloads.extend(trace.spans.iter().map(|span| span.span.payload.clone()));
+            inner.leaving_spans += trace.spans.len();
+        }
+        out
+    }
+
+    /// Remember a trace's decision (for its late spans and for the join).
+    pub fn decide(&self, trace_id: TraceId, decision: Decision) {
+        lock(&self.decisions).insert(trace_id, decision);
+    }
+
+    /// The decision taken for a trace, while the cache remembers it.
+    pub fn decision(&self, trace_id: &TraceId) -> Option<Decision> {
+        lock(&self.decisions).get(trace_id)
+    }
+
+    /// A leaving trace was dropped: it is no longer served. Returns the spans let go.
+    pub fn dropped(&self, trace_id: &TraceId) -> usize {
+        let mut inner = lock(&self.inner);
+        let released = inner
+            .leaving
+            .remove(trace_id)
+            .map_or(0, |payloads| payloads.len());
+        inner.leaving_spans -= released;
+        inner.spans -= released;
+        released
+    }
+
+    /// A commit now holds (and searches see) every leaving trace that was kept; they leave
+    /// the head. Call only after every leaving trace had its decision. Returns the spans
+    /// let go.
+    pub fn committed(&self) -> usize {
+        let mut inner = lock(&self.inner);
+        let released = inner.leaving_spans;
+        inner.leaving.clear();
+        inner.leaving_spans = 0;
+        inner.spans -= released;
+        released
+    }
+
+    /// The WAL position replay must start from to rebuild what is still assembling: the
+    /// lowest record start of an open or full trace's span, or, when there is none, the
+    /// end of the last record inserted. Leaving traces are not counted: call it when
+    /// every one of them is decided and the kept ones are in the writer.
+    pub fn replay_from(&self) -> u64 {
+        let inner = lock(&self.inner);
+        let open = inner
+            .open
+            .values()
+            .flat_map(|trace| trace.spans.first())
+            .map(|span| span.wal_start);
+        let full = inner
+            .full
+            .iter()
+            .flat_map(|trace| trace.spans.first())
+            .map(|span| span.wal_start);
+        open.chain(full).min().unwrap_or(inner.received_through)
+    }
+
+    /// Raise the replay start on an empty head: a replay that found nothing to assemble
+    /// must not start from 0 next time.
+    pub fn received_through(&self, wal_end: u64) {
+        let mut inner = lock(&self.inner);
+        inner.received_through = inner.received_through.max(wal_end);
+    }
+
+    /// Payloads of every span of a trace the head holds (assembling or leaving).
+    pub fn trace_payloads(&self, trace_id: &TraceId) -> Vec<Bytes> {
+        let inner = lock(&self.inner);
+        let mut payloads: Vec<Bytes> = inner.leaving.get(trace_id).cloned().unwrap_or_default();
+        if let Some(open) = inner.open.get(trace_id) {
+            payloads.extend(open.spans.iter().map(|span| span.span.payload.clone()));
+        }
+        for full in inner.full.iter().filter(|full| full.trace_id == *trace_id) {
+            payloads.extend(full.spans.iter().map(|span| span.span.payload.clone()));
+        }
+        payloads
+    }
+
+    /// Payloads of assembling spans of `service` that started in `[from, to]`, newest
+    /// first, at most `limit`: the head's share of the candidates for a log record
+    /// without trace id (traces that already left are in the index, or in it at the next
+    /// commit).
+    pub fn service_spans_between(
+        &self,
+        service: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Vec<Bytes> {
+        let inner = lock(&self.inner);
+        let mut found: Vec<(u64, Bytes)> = inner
+            .open
+            .values()
+            .flat_map(|trace| trace.spans.iter())
+            .map(|held| &held.span)
+            .filter(|span| {
+                span.service == service && (from..=to).contains(&span.start_time_unix_nano)
+            })
+            .map(|span| (span.start_time_unix_nano, span.payload.clone()))
+            .collect();
+        drop(inner);
+        found.sort_by_key(|(start, _)| Reverse(*start));
+        found.truncate(limit);
+        found.into_iter().map(|(_, payload)| payload).collect()
+    }
+
+    /// Spans held, assembling and leaving.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Traces assembling.
+    pub fn open_traces(&self) -> usize {
+        lock(&self.inner).open.len()
+    }
+}
+
+fn leaving(trace_id: TraceId, trace: OpenTrace, leave: Leave) -> LeavingTrace {
+    LeavingTrace {
+        trace_id,
+        spans: trace.spans,
+        exemplars: trace.exemplars,
+        decided: trace.decided,
+        leave,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sample::Reason;
+    use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+    fn span(trace: u8, id: u8) -> Span {
+        let otlp = OtlpSpan {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            ..Default::default()
+        };
+        Span::from_otlp(None, "", None, "", otlp).unwrap()
+    }
+
+    fn head(max_spans: usize) -> Head {
+        Head::new(HeadLimits {
+            trace_idle: Duration::from_secs(5),
+            trace_max_age: Duration::from_secs(30),
+            max_spans_per_trace: max_spans,
+            max_bytes_per_trace: usize::MAX,
+            decision_cache_size: 100,
+        })
+    }
+
+    const KEEP: Decision = Decision {
+        keep: true,
+        reason: Reason::Fraction,
+    };
+    const DROP: Decision = Decision {
+        keep: false,
+        reason: Reason::NotSampled,
+    };
+
+    #[test]
+    fn a_trace_leaves_when_idle_and_is_served_until_committed() {
+        let head = head(100);
+        let start = Instant::now();
+        head.insert(0, 10, vec![span(1, 1), span(2, 2)], Vec::new(), start);
+        head.insert(
+            10,
+            20,
+            vec![span(1, 3)],
+            Vec::new(),
+            start + Duration::from_secs(3),
+        );
+        assert_eq!(head.replay_from(), 0);
+        let due = head.take_leaving(start + Duration::from_secs(5), false);
+        assert_eq!(due.len(), 1, "trace 1 had a span 3 s later");
+        assert_eq!(due[0].trace_id, TraceId([2; 16]));
+        assert_eq!(due[0].leave, Leave::Idle);
+        assert_eq!(head.trace_payloads(&TraceId([2; 16])).len(), 1);
+        let due = head.take_leaving(start + Duration::from_secs(8), false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].spans.len(), 2);
+        assert_eq!(
+            head.replay_from(),
+            20,
+            "nothing assembles: replay from the end"
+        );
+        assert_eq!(head.trace_payloads(&TraceId([1; 16])).len(), 2);
+        assert_eq!(head.committed(), 3);
+        assert!(head.is_empty());
+        assert!(head.trace_payloads(&TraceId([1; 16])).is_empty());
+    }
+
+    #[test]
+    fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
+        let head = head(3);
+        let start = Instant::now();
+        for second in 0..35u64 {
+            head.insert(
+                second * 10,
+                second * 10 + 10,
+                vec![span(1, (second % 2) as u8 + 1)],
+                Vec::new(),
+                start + Duration::from_secs(second),
+            );
+        }
+        // Every third span fills the trace: it leaves at once, as a fragment.
+        let due = head.take_leaving(start + Duration::from_secs(34), false);
+        assert_eq!(due.len(), 11);
+        assert!(due.iter().all(|trace| trace.leave == Leave::Full));
+        assert_eq!(head.replay_from(), 330);
+        let head = head_with_age(10);
+        for second in 0..12u64 {
+            head.insert(
+                second,
+                second + 1,
+                vec![span(1, 1)],
+                Vec::new(),
+                start + Duration::from_secs(second),
+            );
+        }
+        let due = head.take_leaving(start + Duration::from_secs(11), false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].leave, Leave::MaxAge, "a span came every second");
+        assert_eq!(due[0].spans.len(), 12);
+    }
+
+    fn head_with_age(seconds: u64) -> Head {
+        Head::new(HeadLimits {
+            trace_idle: Duration::from_secs(5),
+            trace_max_age: Duration::from_secs(seconds),
+            max_spans_per_trace: 1000,
+            max_bytes_per_trace: usize::MAX,
+            decision_cache_size: 100,
+        })
+    }
+
+    #[test]
+    fn late_spans_follow_the_decision() {
+        let head = head(100);
+        let start = Instant::now();
+        head.decide(TraceId([1; 16]), DROP);
+        head.decide(TraceId([2; 16]), KEEP);
+        let inserted = head.insert(
+            0,
+            10,
+            vec![span(1, 1), span(2, 2), span(1, 3)],
+            Vec::new(),
+            start,
+        );
+        assert_eq!(inserted.late_dropped, 2);
+        assert_eq!(inserted.discarded, 2);
+        assert_eq!(inserted.late_kept, 1);
+        assert!(head.trace_payloads(&TraceId([1; 16])).is_empty());
+        let due = head.take_leaving(start, true);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].decided, Some(KEEP));
+        assert_eq!(due[0].leave, Leave::Shutdown);
+        assert_eq!(head.dropped(&TraceId([2; 16])), 1);
+        assert!(head.is_empty());
+    }
+}

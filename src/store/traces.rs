@@ -1,0 +1,396 @@
+//! The traces index: one tantivy document per trace fragment, found by trace id.
+//!
+//! Written only by the pipeline's indexer thread (through the `IndexWriter` this module
+//! opens), one document for each trace, or later fragment of a trace, that tail sampling
+//! kept; read by query handlers on blocking threads. The stored `payload` holds the
+//! fragment's spans, each a one-span `ResourceSpans` protobuf prefixed by its length (u32
+//! LE), in the zstd-compressed doc store, so that the resource and scope repeated per span
+//! cost little on disk. The indexed fields are what trace by id, Datadog's 64-bit ids,
+//! search and replay need: trace id and its low 64 bits, start and end, root service and
+//! name, and the distinct services, span names, statuses and kinds of its spans.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use bytes::Bytes;
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Searcher, TantivyDocument, Term};
+
+use super::{open_index, CommitPayload, StoreError};
+use crate::model::{SpanId, TraceId};
+use crate::pipeline::head::HeadSpan;
+
+/// Field handles of the traces schema.
+#[derive(Clone, Copy)]
+struct TraceFields {
+    trace_id: Field,
+    trace_low64: Field,
+    start_time: Field,
+    end_time: Field,
+    root_service: Field,
+    root_name: Field,
+    service: Field,
+    name: Field,
+    status_code: Field,
+    kind: Field,
+    span_count: Field,
+    wal_last: Field,
+    payload: Field,
+}
+
+impl TraceFields {
+    fn schema() -> (Schema, TraceFields) {
+        let mut builder = Schema::builder();
+        let fields = TraceFields {
+            trace_id: builder.add_bytes_field("trace_id", INDEXED | FAST | STORED),
+            trace_low64: builder.add_u64_field("trace_low64", INDEXED),
+            start_time: builder.add_u64_field("start_time_unix_nano", INDEXED | FAST),
+            end_time: builder.add_u64_field("end_time_unix_nano", FAST),
+            root_service: builder.add_text_field("root_service", STRING),
+            root_name: builder.add_text_field("root_name", STRING),
+            service: builder.add_text_field("service", STRING),
+            name: builder.add_text_field("name", STRING),
+            status_code: builder.add_u64_field("status_code", INDEXED),
+            kind: builder.add_u64_field("kind", INDEXED),
+            span_count: builder.add_u64_field("span_count", FAST),
+            wal_last: builder.add_u64_field("wal_last", INDEXED),
+            payload: builder.add_bytes_field("payload", STORED),
+        };
+        (builder.build(), fields)
+    }
+}
+
+/// Split a stored fragment payload into its spans' payloads.
+pub fn split_payload(stored: &[u8]) -> Vec<Bytes> {
+    let shared = Bytes::copy_from_slice(stored);
+    let mut spans = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= shared.len() {
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&shared[offset..offset + 4]);
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        offset += 4;
+        if offset + len > shared.len() {
+            tracing::error!("stored trace fragment is cut short");
+            break;
+        }
+        spans.push(shared.slice(offset..offset + len));
+        offset += len;
+    }
+    spans
+}
+
+/// The committed trace fragments, and the means to add more.
+pub struct TraceIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: TraceFields,
+}
+
+impl TraceIndex {
+    pub fn open(dir: &Path) -> Result<TraceIndex, StoreError> {
+        let (schema, fields) = TraceFields::schema();
+        let (index, reader) = open_index(dir, schema)?;
+        Ok(TraceIndex {
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    /// The WAL position replay starts from, as of the last commit (0 for a new index).
+    pub fn committed_wal_position(&self) -> Result<u64, StoreError> {
+        let metas = self.index.load_metas()?;
+        Ok(CommitPayload::parse(metas.payload.as_deref())?.wal_position)
+    }
+
+    pub fn writer(&self, memory_bytes: usize) -> Result<IndexWriter, StoreError> {
+        Ok(self.index.writer_with_num_threads(1, memory_bytes)?)
+    }
+
+    /// One document for the spans of a trace fragment (all of one trace, not empty).
+    /// `payload` is a scratch buffer reused across calls.
+    pub fn document(&self, spans: &[HeadSpan], payload: &mut Vec<u8>) -> TantivyDocument {
+        let fields = &self.fields;
+        let mut document = TantivyDocument::new();
+        let Some(first) = spans.first() else {
+            return document;
+        };
+        let trace_id = first.span.trace_id;
+        document.add_bytes(fields.trace_id, trace_id.0.as_slice());
+        document.add_u64(fields.trace_low64, trace_id.low_u64());
+        let mut start = u64::MAX;
+        let mut end = 0u64;
+        let mut wal_last = 0u64;
+        let mut services = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        let mut statuses = 0u8;
+        let mut kinds = 0u8;
+        let mut root = None;
+        payload.clear();
+        for head_span in spans {
+            let span = &head_span.span;
+            start = start.min(span.start_time_unix_nano);
+            end = end.max(
+                span.start_time_unix_nano
+                    .saturating_add(span.duration_nanos),
+            );
+            wal_last = wal_last.max(head_span.wal_start);
+            services.insert(span.service.as_str());
+            names.insert(span.name.as_str());
+            statuses |= 1 << span.status_code.clamp(0, 7);
+            kinds |= 1 << span.kind.clamp(0, 7);
+            if span.parent_span_id.is_none()
+                && root.is_none_or(|(earliest, _, _)| span.start_time_unix_nano < earliest)
+            {
+                root = Some((
+                    span.start_time_unix_nano,
+                    span.service.as_str(),
+                    span.name.as_str(),
+                ));
+            }
+            payload.extend_from_slice(&(span.payload.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&span.payload);
+        }
+        document.add_u64(fields.start_time, start);
+        document.add_u64(fields.end_time, end);
+        if let Some((_, service, name)) = root {
+            document.add_text(fields.root_service, service);
+            document.add_text(fields.root_name, name);
+        }
+        for service in services {
+            document.add_text(fields.service, service);
+        }
+        for name in names {
+            document.add_text(fields.name, name);
+        }
+        for bit in 0..8u64 {
+            if statuses & (1 << bit) != 0 {
+                document.add_u64(fields.status_code, bit);
+            }
+            if kinds & (1 << bit) != 0 {
+                document.add_u64(fields.kind, bit);
+            }
+        }
+        document.add_u64(fields.span_count, spans.len() as u64);
+        document.add_u64(fields.wal_last, wal_last);
+        document.add_bytes(fields.payload, payload.as_slice());
+        document
+    }
+
+    /// Commit what the writer holds, recording the WAL position replay must start from,
+    /// and make it visible to searches before returning.
+    pub fn commit(&self, writer: &mut IndexWriter, wal_position: u64) -> Result<(), StoreError> {
+        let mut prepared = writer.prepare_commit()?;
+        let payload = CommitPayload {
+            wal_position,
+            ..CommitPayload::default()
+        };
+        prepared.set_payload(&payload.render());
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn stored_spans(
+        &self,
+        searcher: &Searcher,
+        address: DocAddress,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let document: TantivyDocument = searcher.doc(address)?;
+        Ok(document
+            .get_first(self.fields.payload)
+            .and_then(|value| value.as_bytes())
+            .map(split_payload)
+            .unwrap_or_default())
+    }
+
+    /// Span payloads of every committed fragment of a trace, duplicates included.
+    pub fn trace_payloads(&self, trace_id: &TraceId) -> Result<Vec<Bytes>, StoreError> {
+        let searcher = self.reader.searcher();
+        let term = Term::from_field_bytes(self.fields.trace_id, &trace_id.0);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let addresses: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
+        let mut addresses: Vec<DocAddress> = addresses.into_iter().collect();
+        addresses.sort();
+        let mut payloads = Vec::new();
+        for address in addresses {
+            payloads.extend(self.stored_spans(&searcher, address)?);
+        }
+        Ok(payloads)
+    }
+
+    /// Fragments of a trace in the index.
+    pub fn fragments(&self, trace_id: &TraceId) -> Result<usize, StoreError> {
+        let searcher = self.reader.searcher();
+        let term = Term::from_field_bytes(self.fields.trace_id, &trace_id.0);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        Ok(searcher.search(&query, &tantivy::collector::Count)?)
+    }
+
+    /// Full ids of the stored traces whose low 64 bits are `low` (a Datadog id).
+    pub fn trace_ids_with_low64(&self, low: u64) -> Result<Vec<TraceId>, StoreError> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_u64(self.fields.trace_low64, low),
+            IndexRecordOption::Basic,
+        );
+        let addresses: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
+        let mut ids = BTreeSet::new();
+        for address in addresses.into_iter().take(64) {
+            let document: TantivyDocument = searcher.doc(address)?;
+            if let Some(bytes) = document
+                .get_first(self.fields.trace_id)
+                .and_then(|value| value.as_bytes())
+            {
+                if let Ok(trace_id) = TraceId::from_bytes(bytes) {
+                    ids.insert(trace_id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Span payloads of fragments that hold a span of `service` and started in
+    /// `[from, to]`, newest fragments first, at most `limit` fragments: the candidates for
+    /// a log record that carries no trace id. Callers check each span.
+    pub fn service_fragments_between(
+        &self,
+        service: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let searcher = self.reader.searcher();
+        let query = BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.fields.service, service),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>,
+            ),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, from)),
+                    std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, to)),
+                )),
+            ),
+        ]);
+        let top = searcher.search(
+            &query,
+            &TopDocs::with_limit(limit.max(1))
+                .order_by_u64_field("start_time_unix_nano", tantivy::Order::Desc),
+        )?;
+        let mut payloads = Vec::new();
+        for (_, address) in top {
+            payloads.extend(self.stored_spans(&searcher, address)?);
+        }
+        Ok(payloads)
+    }
+
+    /// (trace id, span id) of every span in fragments holding a span whose WAL record
+    /// starts at or after `wal_position`: what a replay from there must not index again.
+    pub fn spans_from_wal(
+        &self,
+        wal_position: u64,
+    ) -> Result<HashSet<(TraceId, SpanId)>, StoreError> {
+        let searcher = self.reader.searcher();
+        let query = RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_u64(self.fields.wal_last, wal_position)),
+            std::ops::Bound::Unbounded,
+        );
+        let addresses: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
+        let mut seen = HashSet::new();
+        for address in addresses {
+            for payload in self.stored_spans(&searcher, address)? {
+                let Ok(decoded) = crate::model::Span::decode_payload(&payload) else {
+                    continue;
+                };
+                for span in decoded.scope_spans.iter().flat_map(|scope| &scope.spans) {
+                    if let (Ok(trace_id), Ok(span_id)) = (
+                        TraceId::from_bytes(&span.trace_id),
+                        SpanId::from_bytes(&span.span_id),
+                    ) {
+                        seen.insert((trace_id, span_id));
+                    }
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Fragments stored.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Span;
+    use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+    fn span(trace: u8, id: u8, wal_start: u64) -> HeadSpan {
+        let otlp = OtlpSpan {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            name: format!("op-{id}"),
+            start_time_unix_nano: u64::from(id),
+            end_time_unix_nano: u64::from(id) + 10,
+            ..Default::default()
+        };
+        HeadSpan {
+            wal_start,
+            span: Span::from_otlp(None, "", None, "", otlp).unwrap(),
+        }
+    }
+
+    #[test]
+    fn fragments_are_found_by_trace_id_low_bits_and_wal_position_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = Vec::new();
+        {
+            let index = TraceIndex::open(dir.path()).unwrap();
+            assert_eq!(index.committed_wal_position().unwrap(), 0);
+            let mut writer = index.writer(16 << 20).unwrap();
+            let first = [span(1, 1, 0), span(1, 2, 10)];
+            writer
+                .add_document(index.document(&first, &mut scratch))
+                .unwrap();
+            writer
+                .add_document(index.document(&[span(2, 3, 20)], &mut scratch))
+                .unwrap();
+            writer
+                .add_document(index.document(&[span(1, 4, 30)], &mut scratch))
+                .unwrap();
+            index.commit(&mut writer, 4242).unwrap();
+            let payloads = index.trace_payloads(&TraceId([1; 16])).unwrap();
+            assert_eq!(payloads.len(), 3);
+            assert_eq!(payloads[0], first[0].span.payload);
+            assert_eq!(index.fragments(&TraceId([1; 16])).unwrap(), 2);
+        }
+        let index = TraceIndex::open(dir.path()).unwrap();
+        assert_eq!(index.committed_wal_position().unwrap(), 4242);
+        assert_eq!(index.trace_payloads(&TraceId([2; 16])).unwrap().len(), 1);
+        assert!(index.trace_payloads(&TraceId([3; 16])).unwrap().is_empty());
+        assert_eq!(
+            index
+                .trace_ids_with_low64(TraceId([2; 16]).low_u64())
+                .unwrap(),
+            vec![TraceId([2; 16])]
+        );
+        let replayed = index.spans_from_wal(20).unwrap();
+        assert_eq!(
+            replayed.len(),
+            2,
+            "trace 2's span and trace 1's second fragment"
+        );
+        assert!(replayed.contains(&(TraceId([1; 16]), SpanId([4; 8]))));
+        assert!(!replayed.contains(&(TraceId([1; 16]), SpanId([1; 8]))));
+    }
+}
