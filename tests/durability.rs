@@ -20,11 +20,30 @@ use tracelink::model::TraceId;
 
 const SPANS_PER_BATCH: usize = 20;
 
-/// One batch is one trace: trace id = the batch number.
-fn batch(number: u64) -> Vec<u8> {
+/// The low half of the trace id of batch `number`: a bijective mix (splitmix64's
+/// finaliser), so that the sampling randomness (the low 56 bits) is spread out.
+fn trace_low(number: u64) -> u64 {
+    let mut z = number.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn trace_bytes(number: u64) -> [u8; 16] {
     let mut trace_id = [0u8; 16];
-    trace_id[8..].copy_from_slice(&number.to_be_bytes());
+    trace_id[8..].copy_from_slice(&trace_low(number).to_be_bytes());
     trace_id[0] = 0xab;
+    trace_id
+}
+
+/// Long traces get one span from every batch a sender sends; they are numbered from here.
+const LONG_BASE: u64 = 1 << 40;
+
+/// One batch is one trace, numbered, plus one span of the sender's long trace `long`,
+/// which stays in the head while the sender sends: so traces that leave and are committed
+/// lie in WAL records after the oldest span still assembling.
+fn batch(number: u64, long: u64) -> Vec<u8> {
+    let trace_id = trace_bytes(number);
     let spans = (0..SPANS_PER_BATCH)
         .map(|index| OtlpSpan {
             trace_id: trace_id.to_vec(),
@@ -39,6 +58,14 @@ fn batch(number: u64) -> Vec<u8> {
             end_time_unix_nano: 1_700_000_000_100_000_000 + index as u64,
             ..Default::default()
         })
+        .chain(std::iter::once(OtlpSpan {
+            trace_id: trace_bytes(long).to_vec(),
+            span_id: (number + 1).to_be_bytes().to_vec(),
+            name: "long-step".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000 + number,
+            end_time_unix_nano: 1_700_000_000_000_000_100 + number,
+            ..Default::default()
+        }))
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -54,10 +81,12 @@ fn batch(number: u64) -> Vec<u8> {
 }
 
 fn trace_hex(number: u64) -> String {
-    let mut trace_id = [0u8; 16];
-    trace_id[8..].copy_from_slice(&number.to_be_bytes());
-    trace_id[0] = 0xab;
-    TraceId(trace_id).to_hex()
+    TraceId(trace_bytes(number)).to_hex()
+}
+
+/// The long trace the sender of batch `number` (in a run that started at `first`) feeds.
+fn long_of(first: u64, number: u64) -> u64 {
+    LONG_BASE + first + (number - first) % 4
 }
 
 /// Send batches from 4 concurrent clients until `stop`; return the acked batch numbers.
@@ -78,7 +107,7 @@ async fn send_until(
                 let sent = client
                     .post(format!("http://{otlp_http}/v1/traces"))
                     .header("content-type", "application/x-protobuf")
-                    .body(batch(number))
+                    .body(batch(number, long_of(first, number)))
                     .send()
                     .await;
                 match sent {
@@ -106,22 +135,27 @@ fn indexed_copies(data_dir: &Path, number: u64) -> usize {
     index.trace_payloads(&trace_id).unwrap().len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_ingest_loses_no_acked_span_and_indexes_none_twice() {
+/// Three SIGKILLs mid-ingest with `env`, then a restart: every acked batch that `kept`
+/// says sampling keeps is served whole and indexed once, every other one is absent, and
+/// no batch is ever indexed twice.
+async fn crash_three_times_and_check(env: &[(&str, &str)], kept: impl Fn(u64) -> bool) {
     let dir = common::temp_dir();
     let data = common::data_path(&dir);
-    let env = [("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "150")];
     let mut all_acked = Vec::new();
+    // Acked steps per long trace.
+    let mut long_steps: std::collections::BTreeMap<u64, usize> = Default::default();
     let mut next_batch = 1u64;
     // Three crashes at different moments: early, mid-stream, right after a commit window.
     for (round, run_for) in [(0, 300u64), (1, 900), (2, 1400)] {
-        let process = common::spawn_binary(dir.path(), &data, &env);
+        let process = common::spawn_binary(dir.path(), &data, env);
         common::wait_ready(process.http).await;
         // Every batch acked before this crash is readable right after the restart.
         for number in all_acked.iter().rev().take(50) {
-            let spans = common::fetch_trace(process.http, &trace_hex(*number))
-                .await
-                .unwrap_or_else(|| panic!("round {round}: acked trace {number} lost"));
+            let spans = common::fetch_trace(process.http, &trace_hex(*number)).await;
+            if !kept(*number) {
+                continue; // dropped traces may still be assembling, or gone
+            }
+            let spans = spans.unwrap_or_else(|| panic!("round {round}: acked trace {number} lost"));
             assert_eq!(common::flatten(&spans).len(), SPANS_PER_BATCH);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -131,14 +165,17 @@ async fn sigkill_during_ingest_loses_no_acked_span_and_indexes_none_twice() {
         stop.store(true, Ordering::SeqCst);
         let acked = sending.await.unwrap();
         assert!(!acked.is_empty(), "round {round}: nothing was acked");
+        for number in &acked {
+            *long_steps.entry(long_of(next_batch, *number)).or_default() += 1;
+        }
         next_batch = acked.iter().max().unwrap() + 100;
         all_acked.extend(acked);
     }
 
     // Restart, let replay finish, then stop gracefully so everything is committed.
-    let process = common::spawn_binary(dir.path(), &data, &env);
+    let process = common::spawn_binary(dir.path(), &data, env);
     common::wait_ready(process.http).await;
-    for number in &all_acked {
+    for number in all_acked.iter().filter(|number| kept(**number)) {
         let spans = common::fetch_trace(process.http, &trace_hex(*number))
             .await
             .unwrap_or_else(|| panic!("acked trace {number} lost"));
@@ -148,23 +185,74 @@ async fn sigkill_during_ingest_loses_no_acked_span_and_indexes_none_twice() {
             "trace {number}"
         );
     }
+    let mut long_served = std::collections::BTreeMap::new();
+    for (long, acked_steps) in &long_steps {
+        let served = common::fetch_trace(process.http, &trace_hex(*long))
+            .await
+            .map_or(0, |spans| common::flatten(&spans).len());
+        if kept(*long) {
+            // One step per sender may have been in flight at the crash: stored or not.
+            assert!(
+                served == *acked_steps || served == acked_steps + 1,
+                "long trace {long}: {served} steps served, {acked_steps} acked"
+            );
+        } else {
+            assert_eq!(served, 0, "long trace {long} is dropped");
+        }
+        long_served.insert(*long, served);
+    }
     let status = process.terminate();
     assert!(status.success(), "{status:?}");
+    for (long, served) in &long_served {
+        assert_eq!(
+            indexed_copies(&data, *long),
+            *served,
+            "long trace {long}: no step twice"
+        );
+    }
+    let kept_count = all_acked.iter().filter(|number| kept(**number)).count();
+    assert!(kept_count > 0, "some acked traces are kept");
     for number in &all_acked {
+        let expected = if kept(*number) { SPANS_PER_BATCH } else { 0 };
         assert_eq!(
             indexed_copies(&data, *number),
-            SPANS_PER_BATCH,
-            "trace {number} indexed once"
+            expected,
+            "trace {number} indexed once if kept, never if dropped"
         );
     }
     // Batches in flight at a crash may be stored or not, but never twice.
     for number in 1..next_batch {
         let copies = indexed_copies(&data, number);
         assert!(
-            copies == 0 || copies == SPANS_PER_BATCH,
+            copies == 0 || (copies == SPANS_PER_BATCH && kept(number)),
             "batch {number}: {copies} copies"
         );
     }
+}
+
+/// With the default `trace_idle_ms` (5 s) every trace is still assembling in the head
+/// at each crash: replay must rebuild the head from the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_loses_no_acked_span_and_indexes_none_twice() {
+    let env = [("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "150")];
+    crash_three_times_and_check(&env, |_| true).await;
+}
+
+/// Traces leave the head quickly, so at each crash some are committed (and their WAL
+/// records still replayed, since older traces assemble), some assemble, some are
+/// dropped by a 50 % consistent fraction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_tail_sampling_keeps_exactly_the_sampled_traces_once() {
+    let env = [
+        ("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "150"),
+        ("TRACELINK_STORAGE_TRACE_IDLE_MS", "250"),
+        ("TRACELINK_SAMPLING_FRACTION", "0.5"),
+    ];
+    let threshold = 1u64 << 55; // round((1 - 0.5) * 2^56)
+    crash_three_times_and_check(&env, |number| {
+        trace_low(number) & ((1 << 56) - 1) >= threshold
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +323,7 @@ async fn ready_is_503_and_ingest_refused_until_the_wal_is_replayed() {
     let ingest = || {
         Request::post("/v1/traces")
             .header("content-type", "application/x-protobuf")
-            .body(Body::from(batch(1)))
+            .body(Body::from(batch(1, LONG_BASE)))
             .unwrap()
     };
     let response = app.clone().oneshot(ready()).await.unwrap();

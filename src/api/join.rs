@@ -115,7 +115,8 @@ fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, Api
             if let std::collections::hash_map::Entry::Vacant(entry) =
                 stats.entry(operation_key(span))
             {
-                if let Some(window) = latency.stats(entry.key(), Some(WINDOW_MINUTES), now) {
+                if let Some(mut window) = latency.stats(entry.key(), Some(WINDOW_MINUTES), now) {
+                    window.forget_samples(|trace_id| state.storage.head.is_dropped(trace_id));
                     entry.insert(window);
                 }
             }
@@ -197,6 +198,18 @@ fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, Api
     })))
 }
 
+/// `{"decision": "drop", "reason": …}` for a trace tail sampling dropped, while the
+/// decision cache remembers it.
+fn sampling_json(state: &AppState, trace_id: &TraceId) -> Option<Value> {
+    let decision = state.storage.head.decision(trace_id)?;
+    (!decision.keep).then(|| {
+        json!({
+            "decision": "drop",
+            "reason": state.pipeline.sampler.reason_name(decision.reason),
+        })
+    })
+}
+
 /// A trace id given with only its low 64 bits: the full id a log record of it carries,
 /// else the 64-bit id itself.
 fn resolve_trace_id(
@@ -206,6 +219,14 @@ fn resolve_trace_id(
 ) -> Result<TraceId, ApiError> {
     if !low_only {
         return Ok(trace_id);
+    }
+    if let Some(stored) = storage
+        .traces
+        .trace_ids_with_low64(trace_id.low_u64())?
+        .into_iter()
+        .next()
+    {
+        return Ok(stored);
     }
     let found = storage.logs.search(&LogQuery {
         trace_id: Some(trace_id),
@@ -227,8 +248,15 @@ pub async fn by_trace(
     let (trace_id, low_only) = parse_query_trace_id(&raw_id)?;
     tokio::task::spawn_blocking(move || {
         let trace_id = resolve_trace_id(&state.storage, trace_id, low_only)?;
-        let joined = join_trace(&state, &trace_id)?
-            .ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} not found")))?;
+        let joined = join_trace(&state, &trace_id)?.ok_or_else(|| {
+            ApiError::NotFound(match sampling_json(&state, &trace_id) {
+                Some(sampling) => format!(
+                    "trace {trace_id} was dropped by tail sampling ({})",
+                    sampling["reason"].as_str().unwrap_or("")
+                ),
+                None => format!("trace {trace_id} not found"),
+            })
+        })?;
         Ok(Json(joined))
     })
     .await
@@ -281,11 +309,21 @@ pub async fn by_log(
         if let Some(trace_id) = record.trace_id {
             let trace_id = resolve_trace_id(&state.storage, trace_id, record.trace_id_low64_only)?;
             let mut joined = join_trace(&state, &trace_id)?.unwrap_or_else(|| {
-                json!({"trace": null, "logs": [], "metrics": [], "findings": [{
-                    "kind": "trace_not_stored",
-                    "span_ids": [],
-                    "message": format!("the record names trace {trace_id}, which tracelink has not received"),
-                }]})
+                match sampling_json(&state, &trace_id) {
+                    Some(sampling) => json!({"trace": null, "logs": [], "metrics": [], "sampling": sampling, "findings": [{
+                        "kind": "trace_dropped_by_sampling",
+                        "span_ids": [],
+                        "message": format!(
+                            "the record names trace {trace_id}, which tail sampling dropped ({}); its spans are counted in the metrics but not stored",
+                            sampling["reason"].as_str().unwrap_or("")
+                        ),
+                    }]}),
+                    None => json!({"trace": null, "logs": [], "metrics": [], "findings": [{
+                        "kind": "trace_not_stored",
+                        "span_ids": [],
+                        "message": format!("the record names trace {trace_id}, which tracelink has not received"),
+                    }]}),
+                }
             });
             joined["log"] = serde_json::to_value(&record).unwrap_or(Value::Null);
             joined["join"] = json!("trace_id");

@@ -119,7 +119,8 @@ pub async fn latency(
     let operations: Vec<Value> = keys
         .iter()
         .filter_map(|key| {
-            let stats = histograms.stats(key, window, now)?;
+            let mut stats = histograms.stats(key, window, now)?;
+            stats.forget_samples(|trace_id| state.storage.head.is_dropped(trace_id));
             let mut value = stats_json(&stats, window);
             value["span_name"] = json!(key.span_name);
             value["span_kind"] = json!(format!("{:?}", SpanKindLabel::from_otlp(key.span_kind)));

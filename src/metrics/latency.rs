@@ -129,6 +129,14 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// Forget the sampled traces that are not stored (dropped by tail sampling), so that
+    /// every trace named opens.
+    pub fn forget_samples(&mut self, not_stored: impl Fn(&TraceId) -> bool) {
+        self.slowest = self.slowest.filter(|sample| !not_stored(&sample.trace_id));
+        self.band_samples
+            .retain(|sample| !not_stored(&sample.trace_id));
+    }
+
     /// Share of the window's spans at or below `duration_us` (0–100).
     pub fn percentile_rank(&self, duration_us: u64) -> f64 {
         if self.count == 0 {

@@ -268,6 +268,12 @@ impl Head {
         lock(&self.decisions).get(trace_id)
     }
 
+    /// Tail sampling dropped this trace (as far as the decision cache remembers).
+    pub fn is_dropped(&self, trace_id: &TraceId) -> bool {
+        self.decision(trace_id)
+            .is_some_and(|decision| !decision.keep)
+    }
+
     /// A leaving trace was dropped: it is no longer served. Returns the spans let go.
     pub fn dropped(&self, trace_id: &TraceId) -> usize {
         let mut inner = lock(&self.inner);
