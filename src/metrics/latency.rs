@@ -651,6 +651,27 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_restores_every_window_and_the_observed_position() {
+        let mut histograms = LatencyHistograms::default();
+        let now = 1_000;
+        for (index, duration_us) in (1..=3_000u64).map(|n| n * 97 % 1_200_000).enumerate() {
+            let minute = now - (index as u64 % 70);
+            histograms.record(&key(), &observation(duration_us.max(1), minute), now);
+        }
+        histograms.observed_through(4242);
+        let restored = LatencyHistograms::restore(&histograms.snapshot()).unwrap();
+        assert_eq!(restored.observed_position(), 4242);
+        for window in [Some(1), Some(5), Some(60), None] {
+            assert_eq!(
+                restored.stats(&key(), window, now),
+                histograms.stats(&key(), window, now),
+                "window {window:?}"
+            );
+        }
+        assert!(LatencyHistograms::restore(b"{not json").is_err());
+    }
+
+    #[test]
     fn windows_expire_as_minutes_pass() {
         let mut histograms = LatencyHistograms::default();
         let now = 1_000_000;
