@@ -28,6 +28,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -147,7 +148,7 @@ impl Server {
         {
             let token = token.clone();
             let app = api::router(state.clone());
-            let listener = self.http;
+            let listener = self.http.tap_io(no_delay);
             servers.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
@@ -160,7 +161,7 @@ impl Server {
         {
             let token = token.clone();
             let app = api::otlp_router(state.clone());
-            let listener = self.otlp_http;
+            let listener = self.otlp_http.tap_io(no_delay);
             servers.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
@@ -172,7 +173,10 @@ impl Server {
         }
         {
             let token = token.clone();
-            let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc);
+            // Small answers (an export's ack) go out at once, not after the peer's
+            // delayed ACK (~40 ms with Nagle's algorithm on).
+            let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc)
+                .with_nodelay(Some(true));
             let traces = grpc::trace_service(state.clone());
             let logs = grpc::logs_service(state.clone());
             servers.spawn(async move {
@@ -255,6 +259,14 @@ impl Server {
         } else {
             tracing::info!("stopped");
         }
+    }
+}
+
+/// TCP_NODELAY on every accepted HTTP connection: responses are written whole, so
+/// Nagle's algorithm only adds the peer's delayed-ACK wait.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
 }
 

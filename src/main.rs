@@ -65,6 +65,12 @@ enum BenchTarget {
         /// Turn span metrics off, to measure what they cost.
         #[arg(long)]
         no_span_metrics: bool,
+        /// Skip measuring the decode-and-drop null sink under the same load first.
+        #[arg(long)]
+        no_null_sink: bool,
+        /// The server's sampling.fraction (default 1.0: keep every trace).
+        #[arg(long)]
+        sampling_fraction: Option<f64>,
         /// How long to measure trace-by-id latency.
         #[arg(long, default_value_t = 10)]
         query_seconds: u64,
@@ -84,6 +90,9 @@ enum BenchTarget {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// The decode-and-drop OTLP/gRPC sink `bench spans` compares with (serves until SIGTERM).
+    #[command(hide = true)]
+    NullSink,
     /// Span metrics in memory: record cost per span, /metrics render time, memory per operation.
     Metrics {
         /// Distinct label sets.
@@ -115,6 +124,11 @@ enum BenchTarget {
         data_dir: Option<PathBuf>,
     },
 }
+
+/// mimalloc instead of glibc's malloc: ingest allocates and frees many small buffers
+/// across threads, where glibc spent over a third of the CPU (see the README's figures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EX_USAGE: u8 = 64;
 
@@ -186,6 +200,8 @@ fn bench(target: BenchTarget) -> ExitCode {
                         batch,
                         senders,
                         no_span_metrics,
+                        no_null_sink,
+                        sampling_fraction,
                         query_seconds,
                         data_dir,
                     } => {
@@ -196,9 +212,12 @@ fn bench(target: BenchTarget) -> ExitCode {
                             query_seconds,
                             data_dir,
                             span_metrics: !no_span_metrics,
+                            null_sink: !no_null_sink,
+                            sampling_fraction,
                         })
                         .await
                     }
+                    BenchTarget::NullSink => tracelink::bench::child::run_null_sink().await,
                     BenchTarget::Join {
                         spans,
                         query_seconds,

@@ -2,6 +2,7 @@
 //! and files. Nothing is asserted; figures are printed. `spans` measures OTLP ingest and
 //! trace-by-id latency, `logs` measures tailing throughput, idle cost and log queries.
 
+pub mod child;
 pub mod join;
 pub mod logs;
 pub mod metrics;

@@ -1,12 +1,16 @@
-//! `tracelink bench spans`: ingest throughput and trace-by-id latency.
+//! `tracelink bench spans`: ingest throughput against a null sink, trace-by-id latency,
+//! disk, memory and start-up time.
 //!
-//! Phase 1 (ingest): `senders` gRPC clients send OTLP batches of `batch` spans (~300 bytes,
-//! 8 attributes, 10 spans per trace) as fast as they are acked; reports acked spans per
-//! second and per CPU-second of the whole process (server and clients together), with
-//! overload refusals counted and retried. Phase 2 (query): while ingest runs at half the
-//! measured rate, `GET /api/v2/traces/{id}` over HTTP for random stored traces; reports
-//! latency percentiles. Then: disk bytes per span of the committed index and resident
-//! memory. Nothing here is asserted; the figures are printed.
+//! The servers run as child processes (`tracelink serve`, and `tracelink bench null-sink`,
+//! which decodes each request and drops it), so their CPU time and peak memory are read
+//! from `/proc` apart from the load generator's. Phase 0: the null sink under the load.
+//! Phase 1 (ingest): `senders` gRPC clients send OTLP batches of `batch` spans (~300
+//! bytes, 8 attributes, 10 spans per trace) as fast as they are acked; reports acked spans
+//! per second, per CPU-second of the server, ack latency, the ratio to the null sink and
+//! the peak resident memory. Phase 2 (query): while ingest runs at half the measured rate,
+//! `GET /api/v2/traces/{id}` over HTTP for random stored traces; reports latency
+//! percentiles. Then disk bytes per span, and the time to `/ready` of a restart on what is
+//! stored. Nothing here is asserted; the figures are printed.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +23,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 
-use super::{cpu_seconds, dir_bytes, latency_summary, resident_mib, scratch_dir, BenchServer};
+use super::child::ChildServer;
+use super::{cpu_seconds, dir_bytes, latency_summary, scratch_dir};
 
 pub struct BenchOptions {
     pub spans: u64,
@@ -29,6 +34,10 @@ pub struct BenchOptions {
     pub data_dir: Option<PathBuf>,
     /// Span metrics on (the default) or off, to measure what they cost.
     pub span_metrics: bool,
+    /// Measure the decode-and-drop sink first, with the same load.
+    pub null_sink: bool,
+    /// `sampling.fraction` for the server (its default, 1.0, keeps everything).
+    pub sampling_fraction: Option<f64>,
 }
 
 const SPANS_PER_TRACE: u64 = 10;
@@ -130,6 +139,14 @@ struct Sender {
 }
 
 impl Sender {
+    async fn connect(endpoint: &str, refusals: Arc<AtomicU64>) -> anyhow::Result<Sender> {
+        let client = TraceServiceClient::connect(endpoint.to_owned())
+            .await?
+            .max_encoding_message_size(256 << 20);
+        Ok(Sender { client, refusals })
+    }
+
+    /// Send until acked; refusals (the queue is full) are counted and retried.
     async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<(), tonic::Status> {
         loop {
             match self.client.export(request.clone()).await {
@@ -144,74 +161,165 @@ impl Sender {
     }
 }
 
+/// What one full-speed ingest phase measured.
+struct Ingest {
+    spans: u64,
+    seconds: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+    ack_latencies: Vec<Duration>,
+    refusals: u64,
+}
+
+impl Ingest {
+    fn rate(&self) -> f64 {
+        self.spans as f64 / self.seconds
+    }
+
+    fn report(&mut self, what: &str) {
+        println!(
+            "{what}: {:.0} spans/s acked (wall); {:.0} spans per CPU-second of the server process ({:.2} cores busy), {:.0} µs of server CPU per span; load generator {:.2} cores; {} overload refusals retried",
+            self.rate(),
+            self.spans as f64 / self.server_cpu,
+            self.server_cpu / self.seconds,
+            self.server_cpu / self.spans as f64 * 1e6,
+            self.client_cpu / self.seconds,
+            self.refusals
+        );
+        println!(
+            "{what}: ack latency per batch {}",
+            latency_summary(&mut self.ack_latencies)
+        );
+    }
+}
+
+/// `senders` gRPC clients send `batches` batches as fast as they are acked.
+async fn ingest(
+    server: &ChildServer,
+    options: &BenchOptions,
+    run_tag: u64,
+    batches: u64,
+) -> anyhow::Result<Ingest> {
+    let endpoint = format!("http://{}", server.otlp_grpc);
+    let refusals = Arc::new(AtomicU64::new(0));
+    let next_batch = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..options.senders {
+        senders.push(Sender::connect(&endpoint, refusals.clone()).await?);
+    }
+    let server_cpu_before = server.cpu_seconds();
+    let client_cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let next_batch = next_batch.clone();
+        let batch = options.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let number = next_batch.fetch_add(1, Ordering::Relaxed);
+                if number >= batches {
+                    return Ok::<Vec<Duration>, tonic::Status>(latencies);
+                }
+                let request = make_batch(run_tag, number * batch as u64, batch);
+                let sent = Instant::now();
+                sender.send(request).await?;
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut ack_latencies = Vec::new();
+    for task in tasks {
+        ack_latencies.extend(task.await??);
+    }
+    Ok(Ingest {
+        spans: batches * options.batch as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        server_cpu: server.cpu_seconds() - server_cpu_before,
+        client_cpu: cpu_seconds() - client_cpu_before,
+        ack_latencies,
+        refusals: refusals.load(Ordering::Relaxed),
+    })
+}
+
+async fn wait_ready(http: std::net::SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    loop {
+        let ready = client
+            .get(format!("http://{http}/ready"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200);
+        if ready {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = scratch_dir(options.data_dir.clone())?;
-    let span_metrics = options.span_metrics;
-    let server =
-        BenchServer::start(&scratch, |raw| raw.metrics.span_metrics = span_metrics).await?;
-    println!("span metrics: {}", if span_metrics { "on" } else { "off" });
-    let grpc_endpoint = format!("http://{}", server.otlp_grpc);
-    let http = server.http;
-    let client = reqwest::Client::new();
     let run_tag = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(1);
-    let refusals = Arc::new(AtomicU64::new(0));
+    let batches = options.spans.div_ceil(options.batch as u64);
+    println!(
+        "ingest: {} spans in batches of {} (10 spans a trace, 8 attributes a span, ~300 bytes) from {} gRPC senders; servers are child processes, measured from /proc",
+        batches * options.batch as u64,
+        options.batch,
+        options.senders
+    );
+
+    // === phase 0: the same load against a sink that decodes and drops ===
+    let null_rate = if options.null_sink {
+        let sink = ChildServer::null_sink()?;
+        let mut measured = ingest(&sink, &options, run_tag ^ 0x5eed, batches).await?;
+        measured.report("null sink");
+        sink.terminate()?;
+        Some(measured.rate())
+    } else {
+        None
+    };
 
     // === phase 1: ingest at full speed ===
-    let batches = options.spans.div_ceil(options.batch as u64);
-    let next_batch = Arc::new(AtomicU64::new(0));
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..options.senders {
-        let mut sender = Sender {
-            client: TraceServiceClient::connect(grpc_endpoint.clone())
-                .await?
-                .max_encoding_message_size(256 << 20),
-            refusals: refusals.clone(),
-        };
-        let next_batch = next_batch.clone();
-        let batch = options.batch;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let number = next_batch.fetch_add(1, Ordering::Relaxed);
-                if number >= batches {
-                    return Ok::<(), tonic::Status>(());
-                }
-                sender
-                    .send(make_batch(run_tag, number * batch as u64, batch))
-                    .await?;
-            }
-        }));
+    let mut env = vec![(
+        "TRACELINK_METRICS_SPAN_METRICS",
+        options.span_metrics.to_string(),
+    )];
+    if let Some(fraction) = options.sampling_fraction {
+        env.push(("TRACELINK_SAMPLING_FRACTION", fraction.to_string()));
     }
-    for task in tasks {
-        task.await??;
+    let server = ChildServer::serve(&scratch, &env)?;
+    let http = server
+        .http
+        .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;
+    wait_ready(http).await?;
+    println!(
+        "tracelink: span metrics {}, sampling fraction {}",
+        if options.span_metrics { "on" } else { "off" },
+        options.sampling_fraction.unwrap_or(1.0)
+    );
+    let mut measured = ingest(&server, &options, run_tag, batches).await?;
+    measured.report("tracelink");
+    if let Some(null_rate) = null_rate {
+        println!(
+            "tracelink: {:.2} × the null sink's rate, same load generator, same run",
+            measured.rate() / null_rate
+        );
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    let ingested = batches * options.batch as u64;
-    let rate = ingested as f64 / elapsed;
-    println!(
-        "ingest: {ingested} spans in batches of {} from {} gRPC senders",
-        options.batch, options.senders
-    );
-    println!(
-        "ingest: {:.0} spans/s acked (wall), {:.0} spans per CPU-second (process, clients included), {} overload refusals retried",
-        rate,
-        ingested as f64 / cpu,
-        refusals.load(Ordering::Relaxed)
-    );
+    let (peak_mib, _) = server.memory_mib();
+    println!("memory: peak resident {peak_mib:.0} MiB during full-rate ingest (VmHWM)");
+    let ingested = measured.spans;
+    let rate = measured.rate();
 
     // === phase 2: trace by id over HTTP while ingest runs at half load ===
+    let refusals = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let background = {
         let stop = stop.clone();
-        let mut sender = Sender {
-            client: TraceServiceClient::connect(grpc_endpoint.clone()).await?,
-            refusals: refusals.clone(),
-        };
+        let mut sender =
+            Sender::connect(&format!("http://{}", server.otlp_grpc), refusals.clone()).await?;
         let batch = options.batch;
         let interval = Duration::from_secs_f64(batch as f64 / (rate / 2.0).max(1.0));
         let first = batches;
@@ -234,6 +342,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             sent
         })
     };
+    let client = reqwest::Client::new();
     let traces = ingested / SPANS_PER_TRACE;
     let mut latencies = Vec::new();
     let mut state = run_tag | 1;
@@ -260,26 +369,38 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let background_spans = background.await?;
+    let stored = ingested + background_spans;
     println!(
-        "query: {} trace-by-id requests over HTTP (10 spans each) with {} spans stored, ingest at half load ({} spans sent meanwhile)",
+        "query: {} trace-by-id requests over HTTP (10 spans each) with {stored} spans stored, ingest at half load ({background_spans} spans sent meanwhile)",
         latencies.len(),
-        ingested,
-        background_spans
     );
     println!("query: {}", latency_summary(&mut latencies));
-
-    server.stop().await?;
-    let stored = ingested + background_spans;
-    let index_bytes = dir_bytes(&scratch.join("spans"));
+    let (_, resident_mib) = server.memory_mib();
     println!(
-        "disk: spans index {:.1} MiB, {:.1} bytes per span (after the final commit; merges may still shrink it)",
+        "memory: {resident_mib:.0} MiB resident after the query phase, {:.1} MiB per million spans stored",
+        resident_mib / (stored as f64 / 1e6)
+    );
+    server.terminate()?;
+    let index_bytes = dir_bytes(&scratch.join("traces"));
+    println!(
+        "disk: traces index {:.1} MiB, {:.1} bytes per span (after the final commit)",
         index_bytes as f64 / (1 << 20) as f64,
         index_bytes as f64 / stored as f64
     );
+
+    // === phase 3: start again on what is stored ===
+    let started = Instant::now();
+    let server = ChildServer::serve(&scratch, &env)?;
+    let http = server
+        .http
+        .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;
+    wait_ready(http).await?;
+    let (_, resident_mib) = server.memory_mib();
     println!(
-        "memory: {:.0} MiB resident at the end (server and bench clients in one process)",
-        resident_mib()
+        "startup: /ready {:.2} s after the process started, with {stored} spans stored; {resident_mib:.0} MiB resident",
+        started.elapsed().as_secs_f64()
     );
+    server.terminate()?;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

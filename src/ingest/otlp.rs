@@ -15,7 +15,7 @@ use prost::Message;
 use serde::{Deserialize, Deserializer};
 
 use super::{DecodedSpans, IngestError};
-use crate::model::{RejectedSpan, Span};
+use crate::model::{Envelope, RejectedSpan, Span};
 
 pub fn decode_protobuf(body: &[u8]) -> Result<DecodedSpans, IngestError> {
     let request = ExportTraceServiceRequest::decode(body).map_err(|error| {
@@ -32,14 +32,15 @@ pub fn from_request(request: ExportTraceServiceRequest) -> DecodedSpans {
     for resource_spans in request.resource_spans {
         let resource = resource_spans.resource.as_ref();
         for scope_spans in resource_spans.scope_spans {
+            let envelope = Envelope::new(
+                resource,
+                &resource_spans.schema_url,
+                scope_spans.scope.as_ref(),
+                &scope_spans.schema_url,
+            );
+            decoded.spans.reserve(scope_spans.spans.len());
             for span in scope_spans.spans {
-                match Span::from_otlp(
-                    resource,
-                    &resource_spans.schema_url,
-                    scope_spans.scope.as_ref(),
-                    &scope_spans.schema_url,
-                    span,
-                ) {
+                match Span::from_otlp_in(&envelope, span) {
                     Ok(span) => decoded.spans.push(span),
                     Err(rejected) => decoded.rejected.push(rejected),
                 }

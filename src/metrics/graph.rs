@@ -42,6 +42,9 @@ pub struct ServiceGraph {
 impl ServiceGraph {
     /// Feed one span; returns the edge it completes, if any.
     pub fn observe(&mut self, span: &Span, now: Instant) -> Option<Edge> {
+        if !matches!(span.kind, 2..=5) {
+            return None;
+        }
         let half = Half {
             service: span.service.clone(),
             failed: span.status_code == 2,

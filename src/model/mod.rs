@@ -15,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan};
 use prost::Message;
 
 pub use level::Level;
@@ -219,6 +219,82 @@ pub struct Span {
     pub payload: Bytes,
 }
 
+/// The resource and scope of a group of spans, encoded once: a span's stored payload
+/// (a one-span `ResourceSpans`) is these bytes around the span's own encoding, exactly as
+/// prost would encode the whole, without cloning or re-encoding the resource per span.
+pub struct Envelope {
+    service: String,
+    /// `ResourceSpans` field 1 (resource), before `scope_spans`.
+    resource_head: Vec<u8>,
+    /// `ResourceSpans` field 3 (schema_url), after `scope_spans`.
+    resource_tail: Vec<u8>,
+    /// `ScopeSpans` field 1 (scope), before `spans`.
+    scope_head: Vec<u8>,
+    /// `ScopeSpans` field 3 (schema_url), after `spans`.
+    scope_tail: Vec<u8>,
+}
+
+impl Envelope {
+    pub fn new(
+        resource: Option<&Resource>,
+        resource_schema_url: &str,
+        scope: Option<&InstrumentationScope>,
+        scope_schema_url: &str,
+    ) -> Envelope {
+        use prost::encoding::{message, string};
+        let mut resource_head = Vec::new();
+        if let Some(resource) = resource {
+            message::encode(1, resource, &mut resource_head);
+        }
+        let mut resource_tail = Vec::new();
+        if !resource_schema_url.is_empty() {
+            string::encode(3, &resource_schema_url.to_owned(), &mut resource_tail);
+        }
+        let mut scope_head = Vec::new();
+        if let Some(scope) = scope {
+            message::encode(1, scope, &mut scope_head);
+        }
+        let mut scope_tail = Vec::new();
+        if !scope_schema_url.is_empty() {
+            string::encode(3, &scope_schema_url.to_owned(), &mut scope_tail);
+        }
+        Envelope {
+            service: service_name(resource).to_owned(),
+            resource_head,
+            resource_tail,
+            scope_head,
+            scope_tail,
+        }
+    }
+
+    /// The one-span `ResourceSpans` protobuf of `span` in this envelope.
+    fn payload_of(&self, span: &OtlpSpan) -> Bytes {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+        let span_len = span.encoded_len();
+        let scope_len = self.scope_head.len()
+            + 1
+            + encoded_len_varint(span_len as u64)
+            + span_len
+            + self.scope_tail.len();
+        let total = self.resource_head.len()
+            + 1
+            + encoded_len_varint(scope_len as u64)
+            + scope_len
+            + self.resource_tail.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&self.resource_head);
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(scope_len as u64, &mut out);
+        out.extend_from_slice(&self.scope_head);
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(span_len as u64, &mut out);
+        span.encode_raw(&mut out);
+        out.extend_from_slice(&self.scope_tail);
+        out.extend_from_slice(&self.resource_tail);
+        Bytes::from(out)
+    }
+}
+
 /// The `rv` value of the `ot` entry of a W3C tracestate (`ot=th:0;rv:0123456789abcd`):
 /// 14 lowercase hex digits.
 fn tracestate_randomness(trace_state: &str) -> Option<u64> {
@@ -251,8 +327,15 @@ impl Span {
         resource_schema_url: &str,
         scope: Option<&InstrumentationScope>,
         scope_schema_url: &str,
-        mut span: OtlpSpan,
+        span: OtlpSpan,
     ) -> Result<Span, RejectedSpan> {
+        let envelope = Envelope::new(resource, resource_schema_url, scope, scope_schema_url);
+        Span::from_otlp_in(&envelope, span)
+    }
+
+    /// [`Span::from_otlp`] for a span of a scope whose [`Envelope`] is encoded already:
+    /// only the span itself is encoded, the resource and scope bytes are copied.
+    pub fn from_otlp_in(envelope: &Envelope, mut span: OtlpSpan) -> Result<Span, RejectedSpan> {
         let trace_id = TraceId::from_bytes(&span.trace_id).map_err(|error| RejectedSpan {
             reason: format!("span {:?}: trace id: {error}", span.name),
         })?;
@@ -268,12 +351,12 @@ impl Span {
                 })
             }
         }
-        let record = Span {
+        let payload = envelope.payload_of(&span);
+        Ok(Span {
             trace_id,
             span_id,
             parent_span_id: SpanId::from_bytes(&span.parent_span_id).ok(),
-            service: service_name(resource).to_owned(),
-            name: span.name.clone(),
+            service: envelope.service.clone(),
             kind: span.kind,
             status_code: span.status.as_ref().map_or(0, |status| status.code),
             start_time_unix_nano: span.start_time_unix_nano,
@@ -282,20 +365,8 @@ impl Span {
                 .saturating_sub(span.start_time_unix_nano),
             has_exception: span.events.iter().any(|event| event.name == "exception"),
             randomness: tracestate_randomness(&span.trace_state),
-            payload: Bytes::new(),
-        };
-        let single = ResourceSpans {
-            resource: resource.cloned(),
-            scope_spans: vec![ScopeSpans {
-                scope: scope.cloned(),
-                spans: vec![span],
-                schema_url: scope_schema_url.to_owned(),
-            }],
-            schema_url: resource_schema_url.to_owned(),
-        };
-        Ok(Span {
-            payload: Bytes::from(single.encode_to_vec()),
-            ..record
+            name: span.name,
+            payload,
         })
     }
 
@@ -334,6 +405,7 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
 
     #[test]
     fn trace_ids_parse_in_every_accepted_spelling() {
@@ -381,6 +453,59 @@ mod tests {
             id.to_hex(),
             "000000010203040506070809 0a0b0c0d".replace(' ', "")
         );
+    }
+
+    #[test]
+    fn the_envelope_encodes_exactly_as_prost_encodes_the_whole() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("orders".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "lib".into(),
+            version: "1.2".into(),
+            ..Default::default()
+        };
+        let span = OtlpSpan {
+            trace_id: vec![7; 16],
+            span_id: vec![9; 8],
+            name: "GET /orders".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 35,
+            ..Default::default()
+        };
+        for (resource, resource_schema, scope, scope_schema) in [
+            (
+                Some(&resource),
+                "https://opentelemetry.io/schemas/1.24.0",
+                Some(&scope),
+                "s",
+            ),
+            (None, "", None, ""),
+            (Some(&resource), "", None, "x"),
+        ] {
+            let expected = ResourceSpans {
+                resource: resource.cloned(),
+                scope_spans: vec![ScopeSpans {
+                    scope: scope.cloned(),
+                    spans: vec![span.clone()],
+                    schema_url: scope_schema.into(),
+                }],
+                schema_url: resource_schema.into(),
+            }
+            .encode_to_vec();
+            let record =
+                Span::from_otlp(resource, resource_schema, scope, scope_schema, span.clone())
+                    .unwrap();
+            assert_eq!(record.payload.as_ref(), expected.as_slice());
+        }
     }
 
     #[test]
