@@ -43,6 +43,7 @@ impl ServiceGraph {
     /// Feed one span; returns the edge it completes, if any.
     pub fn observe(&mut self, span: &Span, now: Instant) -> Option<Edge> {
         if !matches!(span.kind, 2..=5) {
+            self.expire(now);
             return None;
         }
         let half = Half {
