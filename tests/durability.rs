@@ -20,13 +20,10 @@ use tracelink::model::TraceId;
 
 const SPANS_PER_BATCH: usize = 20;
 
-/// The low half of the trace id of batch `number`: a bijective mix (splitmix64's
-/// finaliser), so that the sampling randomness (the low 56 bits) is spread out.
+/// The low half of the trace id of batch `number`, mixed so that the sampling randomness
+/// (the low 56 bits) is spread out.
 fn trace_low(number: u64) -> u64 {
-    let mut z = number.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    common::mix(number)
 }
 
 fn trace_bytes(number: u64) -> [u8; 16] {

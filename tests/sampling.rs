@@ -24,13 +24,7 @@ fn now_nanos() -> u64 {
         .as_nanos() as u64
 }
 
-/// splitmix64: reproducible, well-spread trace ids without a random number crate.
-fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use common::mix;
 
 fn trace_id(number: u64) -> [u8; 16] {
     let mut id = [0u8; 16];

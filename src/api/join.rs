@@ -85,7 +85,7 @@ fn spans_of(batches: &[ResourceSpans]) -> Vec<SpanInput> {
 
 fn operation_key(span: &SpanInput) -> OperationKey {
     OperationKey {
-        service: span.service.clone(),
+        service: span.service.to_string(),
         span_name: normalise_span_name(&span.name),
         span_kind: span.kind,
     }
@@ -280,7 +280,7 @@ fn infer_candidates(storage: &Storage, record: &LogRecord) -> Result<Vec<Span>, 
         .into_iter()
         .filter_map(|payload| Span::from_payload(payload).ok())
         .filter(|span| {
-            span.service == record.service
+            *span.service == *record.service
                 && span.start_time_unix_nano <= time
                 && time <= span.start_time_unix_nano + span.duration_nanos
         })

@@ -100,8 +100,9 @@ impl ChildServer {
         proc_cpu_seconds(&format!("/proc/{}/stat", self.pid()))
     }
 
-    /// Peak resident memory (VmHWM) and current resident memory (VmRSS), MiB.
-    pub fn memory_mib(&self) -> (f64, f64) {
+    /// Peak resident memory (VmHWM), current resident memory (VmRSS) and its anonymous
+    /// part (RssAnon: the heap, without the mapped index files the page cache holds), MiB.
+    pub fn memory_mib(&self) -> (f64, f64, f64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
@@ -112,7 +113,7 @@ impl ChildServer {
                 .and_then(|kib| kib.parse::<f64>().ok())
                 .map_or(f64::NAN, |kib| kib / 1024.0)
         };
-        (field("VmHWM:"), field("VmRSS:"))
+        (field("VmHWM:"), field("VmRSS:"), field("RssAnon:"))
     }
 
     /// SIGTERM (drain, final commit) and wait for the exit.

@@ -26,7 +26,7 @@ fn span(number: usize, series: usize) -> Span {
     };
     let mut span = Span::from_otlp(None, "", None, "", otlp)
         .unwrap_or_else(|rejected| panic!("bench span is valid: {}", rejected.reason));
-    span.service = format!("service-{}", (number % series) % 50);
+    span.service = format!("service-{}", (number % series) % 50).into();
     span
 }
 

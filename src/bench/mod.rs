@@ -74,19 +74,7 @@ impl BenchServer {
 
 /// Process CPU time (user + system) from /proc, in seconds; Linux's clock tick is 100 Hz.
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    child::proc_cpu_seconds("/proc/self/stat")
 }
 
 pub fn resident_mib() -> f64 {

@@ -308,7 +308,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             measured.rate() / null_rate
         );
     }
-    let (peak_mib, _) = server.memory_mib();
+    let (peak_mib, _, _) = server.memory_mib();
     println!("memory: peak resident {peak_mib:.0} MiB during full-rate ingest (VmHWM)");
     let ingested = measured.spans;
     let rate = measured.rate();
@@ -375,9 +375,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         latencies.len(),
     );
     println!("query: {}", latency_summary(&mut latencies));
-    let (_, resident_mib) = server.memory_mib();
+    let (_, resident_mib, anonymous_mib) = server.memory_mib();
     println!(
-        "memory: {resident_mib:.0} MiB resident after the query phase, {:.1} MiB per million spans stored",
+        "memory: {resident_mib:.0} MiB resident after the query phase ({anonymous_mib:.0} MiB of it anonymous, the rest mapped index pages), {:.1} MiB per million spans stored",
         resident_mib / (stored as f64 / 1e6)
     );
     server.terminate()?;
@@ -395,7 +395,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         .http
         .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;
     wait_ready(http).await?;
-    let (_, resident_mib) = server.memory_mib();
+    let (_, resident_mib, _) = server.memory_mib();
     println!(
         "startup: /ready {:.2} s after the process started, with {stored} spans stored; {resident_mib:.0} MiB resident",
         started.elapsed().as_secs_f64()

@@ -316,7 +316,7 @@ mod tests {
         assert!(decoded.rejected.is_empty());
         let span = &decoded.spans[0];
         assert_eq!(span.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");
-        assert_eq!(span.service, "orders");
+        assert_eq!(&*span.service, "orders");
         assert_eq!(span.kind, 2);
         assert_eq!(span.status_code, 2);
         assert_eq!(span.duration_nanos, 1_000_000_000);

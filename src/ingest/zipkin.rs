@@ -215,7 +215,7 @@ mod tests {
         let decoded = decode_json(body.as_bytes()).unwrap();
         let span = &decoded.spans[0];
         assert_eq!(span.trace_id.to_hex(), "0000000000000000a3ce929d0e0e4736");
-        assert_eq!(span.service, "frontend");
+        assert_eq!(&*span.service, "frontend");
         assert_eq!(span.kind, 3);
         assert_eq!(span.status_code, 2);
         assert_eq!(span.duration_nanos, 1_500_000);

@@ -47,7 +47,7 @@ impl ServiceGraph {
             return None;
         }
         let half = Half {
-            service: span.service.clone(),
+            service: span.service.to_string(),
             failed: span.status_code == 2,
             seconds: span.duration_nanos as f64 / 1e9,
         };

@@ -342,14 +342,14 @@ impl Metrics {
             }
             let group = groups
                 .entry((
-                    span.service.as_str(),
+                    &*span.service,
                     span.name.as_str(),
                     span.kind,
                     span.status_code,
                 ))
                 .or_insert_with(|| {
                     let mut labels = SpanLabels {
-                        service: span.service.clone(),
+                        service: span.service.to_string(),
                         span_name: names::normalise_span_name(&span.name),
                         span_kind: SpanKindLabel::from_otlp(span.kind),
                         status_code: StatusLabel::from_otlp(span.status_code),
@@ -460,7 +460,7 @@ impl Metrics {
         let mut latency = lock(&self.latency);
         for span in spans {
             let key = OperationKey {
-                service: span.service.clone(),
+                service: span.service.to_string(),
                 span_name: names::normalise_span_name(&span.name),
                 span_kind: span.kind,
             };

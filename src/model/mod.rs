@@ -10,6 +10,7 @@ pub mod level;
 pub mod log;
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -206,7 +207,8 @@ pub struct Span {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
-    pub service: String,
+    /// Shared by every span of one resource in a request.
+    pub service: Arc<str>,
     pub name: String,
     pub kind: i32,
     pub status_code: i32,
@@ -223,7 +225,7 @@ pub struct Span {
 /// (a one-span `ResourceSpans`) is these bytes around the span's own encoding, exactly as
 /// prost would encode the whole, without cloning or re-encoding the resource per span.
 pub struct Envelope {
-    service: String,
+    service: Arc<str>,
     /// `ResourceSpans` field 1 (resource), before `scope_spans`.
     resource_head: Vec<u8>,
     /// `ResourceSpans` field 3 (schema_url), after `scope_spans`.
@@ -259,7 +261,7 @@ impl Envelope {
             string::encode(3, &scope_schema_url.to_owned(), &mut scope_tail);
         }
         Envelope {
-            service: service_name(resource).to_owned(),
+            service: Arc::from(service_name(resource)),
             resource_head,
             resource_tail,
             scope_head,
@@ -531,7 +533,7 @@ mod tests {
             ..Default::default()
         };
         let record = Span::from_otlp(None, "", None, "", span).unwrap();
-        assert_eq!(record.service, UNKNOWN_SERVICE);
+        assert_eq!(&*record.service, UNKNOWN_SERVICE);
         assert_eq!(record.duration_nanos, 25);
         let again = Span::from_payload(record.payload.clone()).unwrap();
         assert_eq!(again, record);

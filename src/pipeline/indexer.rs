@@ -193,7 +193,10 @@ impl Indexer {
     fn cycle(&mut self, everything: bool) {
         let leaving = self.storage.head.take_leaving(Instant::now(), everything);
         if let Err(error) = self.seal(leaving) {
-            tracing::error!(%error, "tantivy refused a trace; it stays in the WAL for replay");
+            // Without a commit the replay position stays where it was, so the WAL keeps
+            // every trace not yet committed for the next start.
+            tracing::error!(%error, "tantivy refused a trace; nothing is committed, the WAL keeps it for replay");
+            return;
         }
         self.commit();
         if everything || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
@@ -211,10 +214,10 @@ impl Indexer {
         let mut p99_cache: HashMap<(String, String, i32), Option<u64>> = HashMap::new();
         let mut p99_us = |span: &Span| {
             *p99_cache
-                .entry((span.service.clone(), span.name.clone(), span.kind))
+                .entry((span.service.to_string(), span.name.clone(), span.kind))
                 .or_insert_with(|| {
                     let key = OperationKey {
-                        service: span.service.clone(),
+                        service: span.service.to_string(),
                         span_name: normalise_span_name(&span.name),
                         span_kind: span.kind,
                     };

@@ -138,7 +138,7 @@ impl TraceIndex {
                     .saturating_add(span.duration_nanos),
             );
             wal_last = wal_last.max(head_span.wal_start);
-            services.insert(span.service.as_str());
+            services.insert(&*span.service);
             names.insert(span.name.as_str());
             statuses |= 1 << span.status_code.clamp(0, 7);
             kinds |= 1 << span.kind.clamp(0, 7);
@@ -147,7 +147,7 @@ impl TraceIndex {
             {
                 root = Some((
                     span.start_time_unix_nano,
-                    span.service.as_str(),
+                    &*span.service,
                     span.name.as_str(),
                 ));
             }

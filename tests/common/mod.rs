@@ -299,3 +299,12 @@ pub fn write_tail_config(dir: &Path, glob: &Path, poll_interval_ms: u64) -> Stri
     .unwrap();
     config.display().to_string()
 }
+
+/// splitmix64's finaliser: a bijective mix, for reproducible, well-spread trace ids (the
+/// sampling randomness is their low 56 bits) without a random number crate.
+pub fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
