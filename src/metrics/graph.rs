@@ -5,6 +5,7 @@
 //! `_failed_total` when either half failed) and observes both durations.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{Span, SpanId, TraceId};
@@ -25,7 +26,8 @@ pub struct Edge {
 
 #[derive(Clone)]
 struct Half {
-    service: String,
+    /// Shared with the span (no allocation per waiting half).
+    service: Arc<str>,
     failed: bool,
     seconds: f64,
 }
@@ -47,7 +49,7 @@ impl ServiceGraph {
             return None;
         }
         let half = Half {
-            service: span.service.to_string(),
+            service: span.service.clone(),
             failed: span.status_code == 2,
             seconds: span.duration_nanos as f64 / 1e9,
         };
@@ -101,8 +103,8 @@ impl ServiceGraph {
 fn edge(client: Half, server: Half) -> Edge {
     Edge {
         failed: client.failed || server.failed,
-        client: client.service,
-        server: server.service,
+        client: client.service.to_string(),
+        server: server.service.to_string(),
         client_seconds: client.seconds,
         server_seconds: server.seconds,
     }

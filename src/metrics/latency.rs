@@ -593,6 +593,25 @@ impl LatencyHistograms {
         self.operations.insert(key.clone(), operation);
     }
 
+    /// [`LatencyHistograms::record`] for many spans of one operation: one lookup.
+    pub fn record_all(
+        &mut self,
+        key: &OperationKey,
+        observations: &[Observation],
+        now_minute: u64,
+    ) {
+        let operation = match self.operations.get_mut(key) {
+            Some(operation) => operation,
+            None => self
+                .operations
+                .entry(key.clone())
+                .or_insert_with(Operation::new),
+        };
+        for observation in observations {
+            operation.record(observation, now_minute);
+        }
+    }
+
     pub fn stats(
         &self,
         key: &OperationKey,

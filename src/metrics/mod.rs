@@ -320,6 +320,11 @@ impl Metrics {
             labels: SpanLabels,
             key: OperationKey,
             buckets_with_exemplar: u64,
+            /// The series' metrics, looked up once per batch (clones share the series).
+            histogram: HistogramWithExemplars<TraceExemplar>,
+            calls: CounterWithExemplar<TraceExemplar>,
+            spans: u64,
+            observations: Vec<Observation>,
         }
         let mut groups: std::collections::HashMap<(&str, &str, i32, i32), Group> =
             std::collections::HashMap::new();
@@ -364,10 +369,16 @@ impl Metrics {
                         span_name: labels.span_name.clone(),
                         span_kind: span.kind,
                     };
+                    let histogram = self.latency_family.get_or_create(&labels).clone();
+                    let calls = self.calls.get_or_create(&labels).clone();
                     Group {
                         labels,
                         key,
                         buckets_with_exemplar: 0,
+                        histogram,
+                        calls,
+                        spans: 0,
+                        observations: Vec::new(),
                     }
                 });
             let seconds = span.duration_nanos as f64 / 1e9;
@@ -375,9 +386,7 @@ impl Metrics {
                 .buckets
                 .partition_point(|bound| *bound < seconds)
                 .min(63);
-            self.calls
-                .get_or_create(&group.labels)
-                .inc_by(1, None, None);
+            group.spans += 1;
             if group.buckets_with_exemplar & (1 << bucket) == 0 {
                 group.buckets_with_exemplar |= 1 << bucket;
                 pending.push(PendingExemplar {
@@ -388,17 +397,18 @@ impl Metrics {
                     at: now,
                 });
             } else {
-                self.latency_family
-                    .get_or_create(&group.labels)
-                    .observe(seconds, None, None);
+                group.histogram.observe(seconds, None, None);
             }
-            let observation = Observation::of(
+            group.observations.push(Observation::of(
                 span.trace_id,
                 span.start_time_unix_nano,
                 span.duration_nanos,
                 span.status_code,
-            );
-            latency.record(&group.key, &observation, now_minute);
+            ));
+        }
+        for group in groups.into_values() {
+            group.calls.inc_by(group.spans, None, None);
+            latency.record_all(&group.key, &group.observations, now_minute);
         }
         latency.observed_through(wal_end);
         pending
