@@ -182,6 +182,7 @@ pub struct RawStorage {
     pub index_memory_mb: u64,
     pub wal_segment_bytes: u64,
     pub trace_idle_ms: u64,
+    pub trace_idle_after_root_ms: u64,
     pub trace_max_age_ms: u64,
 }
 
@@ -215,6 +216,7 @@ impl Default for RawStorage {
             index_memory_mb: 128,
             wal_segment_bytes: 64 * 1024 * 1024,
             trace_idle_ms: 5000,
+            trace_idle_after_root_ms: 5000,
             trace_max_age_ms: 30_000,
         }
     }
@@ -252,6 +254,9 @@ pub struct Config {
     pub latency_buckets: Vec<f64>,
     pub max_series_per_metric: usize,
     pub trace_idle: Duration,
+    /// Idle time after which a trace whose root span has arrived leaves (at most
+    /// `trace_idle`).
+    pub trace_idle_after_root: Duration,
     pub trace_max_age: Duration,
     pub max_spans_per_trace: usize,
     pub max_bytes_per_trace: usize,
@@ -263,6 +268,7 @@ impl Config {
     pub fn head_limits(&self) -> crate::pipeline::head::HeadLimits {
         crate::pipeline::head::HeadLimits {
             trace_idle: self.trace_idle,
+            trace_idle_after_root: self.trace_idle_after_root,
             trace_max_age: self.trace_max_age,
             max_spans_per_trace: self.max_spans_per_trace,
             max_bytes_per_trace: self.max_bytes_per_trace,
@@ -458,6 +464,13 @@ impl RawConfig {
                 "storage.trace_idle_ms",
                 self.storage.trace_idle_ms,
             )?),
+            trace_idle_after_root: Duration::from_millis(
+                positive(
+                    "storage.trace_idle_after_root_ms",
+                    self.storage.trace_idle_after_root_ms,
+                )?
+                .min(self.storage.trace_idle_ms),
+            ),
             trace_max_age: Duration::from_millis(positive(
                 "storage.trace_max_age_ms",
                 self.storage.trace_max_age_ms,

@@ -73,15 +73,28 @@ pub async fn run(options: JoinBenchOptions) -> anyhow::Result<()> {
     let run_tag = 7;
     let batches = options.spans.div_ceil(BATCH as u64);
     let started = Instant::now();
+    // A full ingest queue (spans wait in the head for their trace to complete) answers
+    // UNAVAILABLE: wait and send again, as an OTLP exporter does.
+    let refused = |status: &tonic::Status| status.code() == tonic::Code::Unavailable;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(20));
     for batch in 0..batches {
-        traces
-            .export(make_batch(run_tag, batch * BATCH as u64, BATCH))
-            .await?;
+        let spans = make_batch(run_tag, batch * BATCH as u64, BATCH);
+        while let Err(status) = traces.export(spans.clone()).await {
+            if !refused(&status) {
+                return Err(status.into());
+            }
+            pause().await;
+        }
         let first = batch * BATCH as u64;
-        logs.export(logs_request(run_tag, first, BATCH as u64, |number| {
+        let records = logs_request(run_tag, first, BATCH as u64, |number| {
             bench_trace_id(run_tag, number / 10)
-        }))
-        .await?;
+        });
+        while let Err(status) = logs.export(records.clone()).await {
+            if !refused(&status) {
+                return Err(status.into());
+            }
+            pause().await;
+        }
     }
     // The trace under test: 50 spans (5 batches' worth of 10-span traces would be
     // different traces, so build it from one trace id) and 200 log lines.

@@ -3,8 +3,8 @@
 //!
 //! Filled by the WAL thread right after each fsync and before the ack (read your writes);
 //! emptied by the indexer thread, which takes the traces that are due to leave (no span
-//! for `trace_idle`, assembling for `trace_max_age`, or past the per-trace limits: those
-//! leave at once), has them sampled, and writes the kept ones as one document per trace
+//! for `trace_idle`, or for `trace_idle_after_root` once the root span is there,
+//! assembling for `trace_max_age`, or past the per-trace limits: those leave at once), has them sampled, and writes the kept ones as one document per trace
 //! fragment. A trace that left stays readable here until the commit that holds it (kept)
 //! or its decision (dropped). Spans of a trace that already has a decision are late: they
 //! follow it (dropped at once, or kept as a further fragment).
@@ -29,6 +29,8 @@ use crate::model::{Span, TraceId};
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
     pub trace_idle: Duration,
+    /// Idle time after which a trace whose root span has arrived leaves.
+    pub trace_idle_after_root: Duration,
     pub trace_max_age: Duration,
     pub max_spans_per_trace: usize,
     pub max_bytes_per_trace: usize,
@@ -84,6 +86,8 @@ struct OpenTrace {
     last_seen: Instant,
     /// Tells this trace's deadline entries from those of an earlier fragment.
     generation: u64,
+    /// A span without parent (the root) has arrived.
+    has_root: bool,
     decided: Option<Decision>,
 }
 
@@ -160,8 +164,13 @@ impl Head {
                 }
                 let generation = inner.next_generation;
                 inner.next_generation += 1;
+                // The shorter idle time: a trace whose root comes in this batch is looked
+                // at then; one without is pushed back to its own deadline.
                 inner.deadlines.push(Reverse((
-                    now + self.limits.trace_idle,
+                    now + self
+                        .limits
+                        .trace_idle_after_root
+                        .min(self.limits.trace_idle),
                     trace_id,
                     generation,
                 )));
@@ -174,6 +183,7 @@ impl Head {
                         first_seen: now,
                         last_seen: now,
                         generation,
+                        has_root: false,
                         decided,
                     },
                 );
@@ -188,6 +198,7 @@ impl Head {
             if open.spans.len() == open.spans.capacity() {
                 open.spans.reserve_exact(run_from[index] as usize);
             }
+            open.has_root |= span.parent_span_id.is_none();
             open.spans.push(HeadSpan { wal_start, span });
             open.bytes += bytes;
             open.last_seen = now;
@@ -245,7 +256,12 @@ impl Head {
                 if open.generation != generation {
                     continue;
                 }
-                let idle_at = open.last_seen + self.limits.trace_idle;
+                let idle = if open.has_root {
+                    self.limits.trace_idle_after_root
+                } else {
+                    self.limits.trace_idle
+                };
+                let idle_at = open.last_seen + idle;
                 let old_at = open.first_seen + self.limits.trace_max_age;
                 let due = idle_at.min(old_at);
                 if due > now {
@@ -420,6 +436,7 @@ mod tests {
     fn head(max_spans: usize) -> Head {
         Head::new(HeadLimits {
             trace_idle: Duration::from_secs(5),
+            trace_idle_after_root: Duration::from_secs(5),
             trace_max_age: Duration::from_secs(30),
             max_spans_per_trace: max_spans,
             max_bytes_per_trace: usize::MAX,
@@ -505,11 +522,59 @@ mod tests {
     fn head_with_age(seconds: u64) -> Head {
         Head::new(HeadLimits {
             trace_idle: Duration::from_secs(5),
+            trace_idle_after_root: Duration::from_secs(5),
             trace_max_age: Duration::from_secs(seconds),
             max_spans_per_trace: 1000,
             max_bytes_per_trace: usize::MAX,
             decision_cache_size: 100,
         })
+    }
+
+    #[test]
+    fn a_trace_with_its_root_leaves_after_the_shorter_idle_time() {
+        let head = Head::new(HeadLimits {
+            trace_idle: Duration::from_secs(5),
+            trace_idle_after_root: Duration::from_secs(1),
+            trace_max_age: Duration::from_secs(30),
+            max_spans_per_trace: 100,
+            max_bytes_per_trace: usize::MAX,
+            decision_cache_size: 100,
+        });
+        let start = Instant::now();
+        let mut child = span(2, 2);
+        child.parent_span_id = Some(crate::model::SpanId([1; 8]));
+        head.insert(0, 10, vec![span(1, 1), child], Vec::new(), start);
+        let due = head.take_leaving(start + Duration::from_secs(2), false);
+        assert_eq!(due.len(), 1, "trace 1 has its root: 1 s idle is enough");
+        assert_eq!(due[0].trace_id, TraceId([1; 16]));
+        assert!(head
+            .take_leaving(start + Duration::from_secs(4), false)
+            .is_empty());
+        let due = head.take_leaving(start + Duration::from_secs(5), false);
+        assert_eq!(due.len(), 1, "trace 2 has no root: it waits the full 5 s");
+        // A rooted trace that keeps growing leaves 1 s after its last span.
+        head.insert(
+            10,
+            20,
+            vec![span(3, 3)],
+            Vec::new(),
+            start + Duration::from_secs(5),
+        );
+        let mut late_child = span(3, 4);
+        late_child.parent_span_id = Some(crate::model::SpanId([3; 8]));
+        head.insert(
+            20,
+            30,
+            vec![late_child],
+            Vec::new(),
+            start + Duration::from_millis(5900),
+        );
+        assert!(head
+            .take_leaving(start + Duration::from_millis(6500), false)
+            .is_empty());
+        let due = head.take_leaving(start + Duration::from_millis(6900), false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].spans.len(), 2);
     }
 
     #[test]
