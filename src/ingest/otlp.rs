@@ -32,12 +32,12 @@ pub fn from_request(request: ExportTraceServiceRequest) -> DecodedSpans {
     for resource_spans in request.resource_spans {
         let resource = resource_spans.resource.as_ref();
         for scope_spans in resource_spans.scope_spans {
-            let envelope = Envelope::new(
+            let envelope = std::sync::Arc::new(Envelope::new(
                 resource,
                 &resource_spans.schema_url,
                 scope_spans.scope.as_ref(),
                 &scope_spans.schema_url,
-            );
+            ));
             decoded.spans.reserve(scope_spans.spans.len());
             for span in scope_spans.spans {
                 match Span::from_otlp_in(&envelope, span) {

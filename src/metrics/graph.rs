@@ -128,6 +128,8 @@ mod tests {
             has_exception: false,
             randomness: None,
             payload: bytes::Bytes::new(),
+            envelope: Arc::new(crate::model::Envelope::new(None, "", None, "")),
+            span_bytes: 0..0,
         }
     }
 

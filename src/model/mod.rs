@@ -219,11 +219,17 @@ pub struct Span {
     /// The explicit sampling randomness `rv` of the `ot` tracestate entry, if any.
     pub randomness: Option<u64>,
     pub payload: Bytes,
+    /// The resource and scope the payload wraps the span in, shared by the spans of one
+    /// scope of a request, and where the span's own bytes lie in `payload`: the head
+    /// keeps only those and the shared envelope.
+    pub envelope: Arc<Envelope>,
+    pub span_bytes: std::ops::Range<usize>,
 }
 
 /// The resource and scope of a group of spans, encoded once: a span's stored payload
 /// (a one-span `ResourceSpans`) is these bytes around the span's own encoding, exactly as
 /// prost would encode the whole, without cloning or re-encoding the resource per span.
+#[derive(Debug, PartialEq)]
 pub struct Envelope {
     service: Arc<str>,
     /// `ResourceSpans` field 1 (resource), before `scope_spans`.
@@ -269,10 +275,35 @@ impl Envelope {
         }
     }
 
-    /// The one-span `ResourceSpans` protobuf of `span` in this envelope.
-    fn payload_of(&self, span: &OtlpSpan) -> Bytes {
+    pub fn service(&self) -> &Arc<str> {
+        &self.service
+    }
+
+    /// The one-span `ResourceSpans` protobuf of `span` in this envelope, and where the
+    /// span's own encoding lies in it.
+    fn payload_of(&self, span: &OtlpSpan) -> (Bytes, std::ops::Range<usize>) {
+        let mut out = Vec::new();
+        let range = self.wrap_with(span.encoded_len(), &mut out, |out| span.encode_raw(out));
+        (Bytes::from(out), range)
+    }
+
+    /// The one-span `ResourceSpans` protobuf around a span's own encoded bytes, and where
+    /// they lie in it.
+    pub fn wrap(&self, span_bytes: &[u8]) -> (Bytes, std::ops::Range<usize>) {
+        let mut out = Vec::new();
+        let range = self.wrap_with(span_bytes.len(), &mut out, |out| {
+            out.extend_from_slice(span_bytes)
+        });
+        (Bytes::from(out), range)
+    }
+
+    fn wrap_with(
+        &self,
+        span_len: usize,
+        out: &mut Vec<u8>,
+        write_span: impl FnOnce(&mut Vec<u8>),
+    ) -> std::ops::Range<usize> {
         use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-        let span_len = span.encoded_len();
         let scope_len = self.scope_head.len()
             + 1
             + encoded_len_varint(span_len as u64)
@@ -283,17 +314,19 @@ impl Envelope {
             + encoded_len_varint(scope_len as u64)
             + scope_len
             + self.resource_tail.len();
-        let mut out = Vec::with_capacity(total);
+        out.reserve(total);
         out.extend_from_slice(&self.resource_head);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(scope_len as u64, &mut out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(scope_len as u64, out);
         out.extend_from_slice(&self.scope_head);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(span_len as u64, &mut out);
-        span.encode_raw(&mut out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(span_len as u64, out);
+        let start = out.len();
+        write_span(out);
+        let range = start..out.len();
         out.extend_from_slice(&self.scope_tail);
         out.extend_from_slice(&self.resource_tail);
-        Bytes::from(out)
+        range
     }
 }
 
@@ -331,13 +364,21 @@ impl Span {
         scope_schema_url: &str,
         span: OtlpSpan,
     ) -> Result<Span, RejectedSpan> {
-        let envelope = Envelope::new(resource, resource_schema_url, scope, scope_schema_url);
+        let envelope = Arc::new(Envelope::new(
+            resource,
+            resource_schema_url,
+            scope,
+            scope_schema_url,
+        ));
         Span::from_otlp_in(&envelope, span)
     }
 
     /// [`Span::from_otlp`] for a span of a scope whose [`Envelope`] is encoded already:
     /// only the span itself is encoded, the resource and scope bytes are copied.
-    pub fn from_otlp_in(envelope: &Envelope, mut span: OtlpSpan) -> Result<Span, RejectedSpan> {
+    pub fn from_otlp_in(
+        envelope: &Arc<Envelope>,
+        mut span: OtlpSpan,
+    ) -> Result<Span, RejectedSpan> {
         let trace_id = TraceId::from_bytes(&span.trace_id).map_err(|error| RejectedSpan {
             reason: format!("span {:?}: trace id: {error}", span.name),
         })?;
@@ -353,7 +394,7 @@ impl Span {
                 })
             }
         }
-        let payload = envelope.payload_of(&span);
+        let (payload, span_bytes) = envelope.payload_of(&span);
         Ok(Span {
             trace_id,
             span_id,
@@ -369,12 +410,16 @@ impl Span {
             randomness: tracestate_randomness(&span.trace_state),
             name: span.name,
             payload,
+            envelope: envelope.clone(),
+            span_bytes,
         })
     }
 
     /// Rebuild the record from its stored payload (WAL replay).
+    /// The payload is encoded again (prost's encoding is canonical, so the bytes are the
+    /// same) to learn where the span lies in it.
     pub fn from_payload(payload: Bytes) -> Result<Span, String> {
-        let decoded = ResourceSpans::decode(payload.clone())
+        let decoded = ResourceSpans::decode(payload)
             .map_err(|error| format!("stored span does not decode: {error}"))?;
         let scope_spans = decoded
             .scope_spans
@@ -386,16 +431,14 @@ impl Span {
             .into_iter()
             .next()
             .ok_or("stored span is empty")?;
-        let mut record = Span::from_otlp(
+        Span::from_otlp(
             decoded.resource.as_ref(),
             &decoded.schema_url,
             scope_spans.scope.as_ref(),
             &scope_spans.schema_url,
             span,
         )
-        .map_err(|rejected| rejected.reason)?;
-        record.payload = payload;
-        Ok(record)
+        .map_err(|rejected| rejected.reason)
     }
 
     /// Decode the stored payload back into OTLP.

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
 use super::sample::{Decision, DecisionCache};
 use crate::lock;
 use crate::metrics::PendingExemplar;
-use crate::model::{Span, TraceId};
+use crate::model::{Envelope, Span, SpanId, TraceId};
 
 /// How long traces assemble and how large they may grow.
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +80,140 @@ pub struct Inserted {
     pub settled_dropped: Vec<PendingExemplar>,
 }
 
+/// A trace's spans as the head holds them while they assemble (most of ingest's memory):
+/// each span's own protobuf bytes one after the other in one buffer, each distinct
+/// resource and scope they came with once, and the fields sampling and the index need.
+/// Whole `Span`s (with their one-span `ResourceSpans` payloads) are rebuilt when the
+/// trace leaves.
+#[derive(Default)]
+struct HeldSpans {
+    buffer: Vec<u8>,
+    envelopes: Vec<Arc<Envelope>>,
+    spans: Vec<HeldSpan>,
+}
+
+struct HeldSpan {
+    wal_start: u64,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    name: Box<str>,
+    kind: i32,
+    status_code: i32,
+    start_time_unix_nano: u64,
+    duration_nanos: u64,
+    has_exception: bool,
+    randomness: Option<u64>,
+    envelope: u16,
+    bytes: std::ops::Range<u32>,
+}
+
+// === impl HeldSpans ===
+
+impl HeldSpans {
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Keep `span`; `more_spans` and `more_bytes` say what else of this trace the batch
+    /// brings, so the vectors grow once by that much.
+    fn push(&mut self, wal_start: u64, span: Span, more_spans: usize, more_bytes: usize) {
+        if self.spans.len() == self.spans.capacity() {
+            self.spans.reserve_exact(more_spans);
+        }
+        let own = &span.payload[span.span_bytes.clone()];
+        if self.buffer.capacity() - self.buffer.len() < own.len() {
+            self.buffer.reserve_exact(more_bytes.max(own.len()));
+        }
+        let envelope = match self
+            .envelopes
+            .iter()
+            .rposition(|known| Arc::ptr_eq(known, &span.envelope) || **known == *span.envelope)
+        {
+            Some(index) => index,
+            None => {
+                self.envelopes.push(span.envelope.clone());
+                self.envelopes.len() - 1
+            }
+        };
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(own);
+        self.spans.push(HeldSpan {
+            wal_start,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            name: span.name.into_boxed_str(),
+            kind: span.kind,
+            status_code: span.status_code,
+            start_time_unix_nano: span.start_time_unix_nano,
+            duration_nanos: span.duration_nanos,
+            has_exception: span.has_exception,
+            randomness: span.randomness,
+            envelope: envelope as u16,
+            bytes: start as u32..self.buffer.len() as u32,
+        });
+    }
+
+    /// Distinct envelopes a trace may hold before it must leave.
+    fn envelopes_full(&self) -> bool {
+        self.envelopes.len() >= u16::MAX as usize
+    }
+
+    fn envelope_of(&self, held: &HeldSpan) -> &Arc<Envelope> {
+        &self.envelopes[held.envelope as usize]
+    }
+
+    fn payload(&self, held: &HeldSpan) -> Bytes {
+        let range = held.bytes.start as usize..held.bytes.end as usize;
+        self.envelope_of(held).wrap(&self.buffer[range]).0
+    }
+
+    fn payloads(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.spans.iter().map(|held| self.payload(held))
+    }
+
+    fn first_wal_start(&self) -> Option<u64> {
+        self.spans.iter().map(|held| held.wal_start).min()
+    }
+
+    /// The whole spans again, for sampling and the index.
+    fn into_spans(self, trace_id: TraceId) -> Vec<HeadSpan> {
+        let HeldSpans {
+            buffer,
+            envelopes,
+            spans,
+        } = self;
+        spans
+            .into_iter()
+            .map(|held| {
+                let envelope = envelopes[held.envelope as usize].clone();
+                let range = held.bytes.start as usize..held.bytes.end as usize;
+                let (payload, span_bytes) = envelope.wrap(&buffer[range]);
+                HeadSpan {
+                    wal_start: held.wal_start,
+                    span: Span {
+                        trace_id,
+                        span_id: held.span_id,
+                        parent_span_id: held.parent_span_id,
+                        service: envelope.service().clone(),
+                        name: held.name.into_string(),
+                        kind: held.kind,
+                        status_code: held.status_code,
+                        start_time_unix_nano: held.start_time_unix_nano,
+                        duration_nanos: held.duration_nanos,
+                        has_exception: held.has_exception,
+                        randomness: held.randomness,
+                        payload,
+                        envelope,
+                        span_bytes,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 struct OpenTrace {
-    spans: Vec<HeadSpan>,
+    spans: HeldSpans,
     exemplars: Vec<PendingExemplar>,
     bytes: usize,
     first_seen: Instant,
@@ -142,11 +276,15 @@ impl Head {
         // How many spans from each position on belong to the same trace: a trace's spans
         // usually come together, and growing its vector by exactly that much keeps the
         // head free of doubling slack (the head is most of ingest's memory).
-        let mut run_from = vec![1u32; spans.len()];
-        for index in (0..spans.len().saturating_sub(1)).rev() {
-            if spans[index].trace_id == spans[index + 1].trace_id {
-                run_from[index] = run_from[index + 1] + 1;
-            }
+        let mut run_from = vec![(1usize, 0usize); spans.len()];
+        for index in (0..spans.len()).rev() {
+            let own = spans[index].span_bytes.len();
+            run_from[index] = match run_from.get(index + 1) {
+                Some((count, bytes)) if spans[index].trace_id == spans[index + 1].trace_id => {
+                    (count + 1, bytes + own)
+                }
+                _ => (1, own),
+            };
         }
         for (index, span) in spans.into_iter().enumerate() {
             let trace_id = span.trace_id;
@@ -177,7 +315,7 @@ impl Head {
                 inner.open.insert(
                     trace_id,
                     OpenTrace {
-                        spans: Vec::new(),
+                        spans: HeldSpans::default(),
                         exemplars: Vec::new(),
                         bytes: 0,
                         first_seen: now,
@@ -195,16 +333,15 @@ impl Head {
             let Some(open) = inner.open.get_mut(&trace_id) else {
                 continue;
             };
-            if open.spans.len() == open.spans.capacity() {
-                open.spans.reserve_exact(run_from[index] as usize);
-            }
             open.has_root |= span.parent_span_id.is_none();
-            open.spans.push(HeadSpan { wal_start, span });
+            let (more_spans, more_bytes) = run_from[index];
+            open.spans.push(wal_start, span, more_spans, more_bytes);
             open.bytes += bytes;
             open.last_seen = now;
             inner.spans += 1;
             if open.spans.len() >= self.limits.max_spans_per_trace
                 || open.bytes >= self.limits.max_bytes_per_trace
+                || open.spans.envelopes_full()
             {
                 if let Some(full) = inner.open.remove(&trace_id) {
                     inner.full.push(leaving(trace_id, full, Leave::Full));
@@ -335,13 +472,11 @@ impl Head {
         let open = inner
             .open
             .values()
-            .flat_map(|trace| trace.spans.first())
-            .map(|span| span.wal_start);
+            .filter_map(|trace| trace.spans.first_wal_start());
         let full = inner
             .full
             .iter()
-            .flat_map(|trace| trace.spans.first())
-            .map(|span| span.wal_start);
+            .filter_map(|trace| trace.spans.iter().map(|span| span.wal_start).min());
         open.chain(full).min().unwrap_or(inner.received_through)
     }
 
@@ -357,7 +492,7 @@ impl Head {
         let inner = lock(&self.inner);
         let mut payloads: Vec<Bytes> = inner.leaving.get(trace_id).cloned().unwrap_or_default();
         if let Some(open) = inner.open.get(trace_id) {
-            payloads.extend(open.spans.iter().map(|span| span.span.payload.clone()));
+            payloads.extend(open.spans.payloads());
         }
         for full in inner.full.iter().filter(|full| full.trace_id == *trace_id) {
             payloads.extend(full.spans.iter().map(|span| span.span.payload.clone()));
@@ -380,12 +515,14 @@ impl Head {
         let mut found: Vec<(u64, Bytes)> = inner
             .open
             .values()
-            .flat_map(|trace| trace.spans.iter())
-            .map(|held| &held.span)
-            .filter(|span| {
-                &*span.service == service && (from..=to).contains(&span.start_time_unix_nano)
+            .flat_map(|trace| {
+                let held = &trace.spans;
+                held.spans.iter().filter_map(move |span| {
+                    let matches = &**held.envelope_of(span).service() == service
+                        && (from..=to).contains(&span.start_time_unix_nano);
+                    matches.then(|| (span.start_time_unix_nano, held.payload(span)))
+                })
             })
-            .map(|span| (span.start_time_unix_nano, span.payload.clone()))
             .collect();
         drop(inner);
         found.sort_by_key(|(start, _)| Reverse(*start));
@@ -411,7 +548,7 @@ impl Head {
 fn leaving(trace_id: TraceId, trace: OpenTrace, leave: Leave) -> LeavingTrace {
     LeavingTrace {
         trace_id,
-        spans: trace.spans,
+        spans: trace.spans.into_spans(trace_id),
         exemplars: trace.exemplars,
         decided: trace.decided,
         leave,
@@ -528,6 +665,52 @@ mod tests {
             max_bytes_per_trace: usize::MAX,
             decision_cache_size: 100,
         })
+    }
+
+    #[test]
+    fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
+        use opentelemetry_proto::tonic::common::v1::{
+            any_value, AnyValue, InstrumentationScope, KeyValue,
+        };
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("orders".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "lib".into(),
+            ..Default::default()
+        };
+        let make = |id: u8, scope: &InstrumentationScope| {
+            let otlp = OtlpSpan {
+                trace_id: vec![1; 16],
+                span_id: vec![id; 8],
+                name: format!("op {id}"),
+                start_time_unix_nano: 5,
+                end_time_unix_nano: 9,
+                ..Default::default()
+            };
+            Span::from_otlp(Some(&resource), "r", Some(scope), "s", otlp).unwrap()
+        };
+        let other_scope = InstrumentationScope {
+            name: "other".into(),
+            ..Default::default()
+        };
+        let spans = vec![make(1, &scope), make(2, &other_scope), make(3, &scope)];
+        let head = head(100);
+        let start = Instant::now();
+        head.insert(0, 10, spans.clone(), Vec::new(), start);
+        let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
+        assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
+        let due = head.take_leaving(start, true);
+        let back: Vec<Span> = due[0].spans.iter().map(|held| held.span.clone()).collect();
+        assert_eq!(back, spans);
     }
 
     #[test]
