@@ -198,16 +198,10 @@ fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, Api
     })))
 }
 
-/// `{"decision": "drop", "reason": …}` for a trace tail sampling dropped, while the
-/// decision cache remembers it.
-fn sampling_json(state: &AppState, trace_id: &TraceId) -> Option<Value> {
+/// Why tail sampling dropped a trace, while the decision cache remembers it.
+fn dropped_reason(state: &AppState, trace_id: &TraceId) -> Option<String> {
     let decision = state.storage.head.decision(trace_id)?;
-    (!decision.keep).then(|| {
-        json!({
-            "decision": "drop",
-            "reason": state.pipeline.sampler.reason_name(decision.reason),
-        })
-    })
+    (!decision.keep).then(|| state.pipeline.sampler.reason_name(decision.reason))
 }
 
 /// A trace id given with only its low 64 bits: the full id a log record of it carries,
@@ -249,11 +243,8 @@ pub async fn by_trace(
     tokio::task::spawn_blocking(move || {
         let trace_id = resolve_trace_id(&state.storage, trace_id, low_only)?;
         let joined = join_trace(&state, &trace_id)?.ok_or_else(|| {
-            ApiError::NotFound(match sampling_json(&state, &trace_id) {
-                Some(sampling) => format!(
-                    "trace {trace_id} was dropped by tail sampling ({})",
-                    sampling["reason"].as_str().unwrap_or("")
-                ),
+            ApiError::NotFound(match dropped_reason(&state, &trace_id) {
+                Some(reason) => format!("trace {trace_id} was dropped by tail sampling ({reason})"),
                 None => format!("trace {trace_id} not found"),
             })
         })?;
@@ -309,13 +300,13 @@ pub async fn by_log(
         if let Some(trace_id) = record.trace_id {
             let trace_id = resolve_trace_id(&state.storage, trace_id, record.trace_id_low64_only)?;
             let mut joined = join_trace(&state, &trace_id)?.unwrap_or_else(|| {
-                match sampling_json(&state, &trace_id) {
-                    Some(sampling) => json!({"trace": null, "logs": [], "metrics": [], "sampling": sampling, "findings": [{
+                match dropped_reason(&state, &trace_id) {
+                    Some(reason) => json!({"trace": null, "logs": [], "metrics": [],
+                        "sampling": {"decision": "drop", "reason": reason}, "findings": [{
                         "kind": "trace_dropped_by_sampling",
                         "span_ids": [],
                         "message": format!(
-                            "the record names trace {trace_id}, which tail sampling dropped ({}); its spans are counted in the metrics but not stored",
-                            sampling["reason"].as_str().unwrap_or("")
+                            "the record names trace {trace_id}, which tail sampling dropped ({reason}); its spans are counted in the metrics but not stored"
                         ),
                     }]}),
                     None => json!({"trace": null, "logs": [], "metrics": [], "findings": [{

@@ -75,8 +75,14 @@ impl Collector for OwnMetrics {
         counter(
             &mut encoder,
             "tracelink_spans_indexed",
-            "Spans added to the tantivy spans index",
+            "Spans of kept traces added to the tantivy traces index",
             load(&stats.spans_indexed),
+        )?;
+        counter(
+            &mut encoder,
+            "tracelink_trace_fragments_indexed",
+            "Trace fragments (one tantivy document each) added to the traces index",
+            load(&stats.fragments_indexed),
         )?;
         counter(
             &mut encoder,

@@ -30,7 +30,6 @@ use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -147,8 +146,7 @@ impl Batch {
         match self {
             Batch::Spans(spans) => {
                 for span in spans {
-                    out.extend_from_slice(&(span.payload.len() as u32).to_le_bytes());
-                    out.extend_from_slice(&span.payload);
+                    crate::store::traces::append_payload(out, &span.payload);
                 }
             }
             Batch::Logs(records) => {
@@ -173,28 +171,16 @@ impl Batch {
 }
 
 fn decode_spans(record: &[u8]) -> Vec<Span> {
-    let shared = Bytes::copy_from_slice(record);
-    let mut spans = Vec::new();
-    let mut offset = 0;
-    while offset + 4 <= shared.len() {
-        let len = u32::from_le_bytes([
-            shared[offset],
-            shared[offset + 1],
-            shared[offset + 2],
-            shared[offset + 3],
-        ]) as usize;
-        offset += 4;
-        if offset + len > shared.len() {
-            tracing::error!("span record in the write-ahead log is cut short");
-            break;
-        }
-        match Span::from_payload(shared.slice(offset..offset + len)) {
-            Ok(span) => spans.push(span),
-            Err(error) => tracing::error!(%error, "span in the write-ahead log does not decode"),
-        }
-        offset += len;
-    }
-    spans
+    crate::store::traces::split_payload(record)
+        .into_iter()
+        .filter_map(|payload| match Span::from_payload(payload) {
+            Ok(span) => Some(span),
+            Err(error) => {
+                tracing::error!(%error, "span in the write-ahead log does not decode");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Tailed lines and the checkpoint of their file after them, applied atomically by the

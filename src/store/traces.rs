@@ -62,7 +62,14 @@ impl TraceFields {
     }
 }
 
-/// Split a stored fragment payload into its spans' payloads.
+/// Append one span payload to a sequence of them, prefixed by its length (u32 LE): the
+/// format of a fragment's stored payload and of a WAL span record alike.
+pub fn append_payload(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Split a sequence of length-prefixed span payloads ([`append_payload`]).
 pub fn split_payload(stored: &[u8]) -> Vec<Bytes> {
     let shared = Bytes::copy_from_slice(stored);
     let mut spans = Vec::new();
@@ -73,7 +80,7 @@ pub fn split_payload(stored: &[u8]) -> Vec<Bytes> {
         let len = u32::from_le_bytes(len_bytes) as usize;
         offset += 4;
         if offset + len > shared.len() {
-            tracing::error!("stored trace fragment is cut short");
+            tracing::error!("stored span payloads are cut short");
             break;
         }
         spans.push(shared.slice(offset..offset + len));
@@ -151,8 +158,7 @@ impl TraceIndex {
                     span.name.as_str(),
                 ));
             }
-            payload.extend_from_slice(&(span.payload.len() as u32).to_le_bytes());
-            payload.extend_from_slice(&span.payload);
+            append_payload(payload, &span.payload);
         }
         document.add_u64(fields.start_time, start);
         document.add_u64(fields.end_time, end);
