@@ -81,6 +81,17 @@ pub fn run(options: MetricsBenchOptions) {
         );
     }
 
+    // The latency snapshot the indexer writes every 10 s holds the histograms' lock while
+    // it serialises: what that costs with this many operations.
+    let started = Instant::now();
+    let snapshot = crate::lock(&metrics.latency).snapshot();
+    println!(
+        "snapshot: latency histograms of {} operations serialised in {:.1} ms (lock held), {:.1} MiB",
+        crate::lock(&metrics.latency).len(),
+        started.elapsed().as_secs_f64() * 1e3,
+        snapshot.len() as f64 / (1 << 20) as f64
+    );
+
     // One operation with every minute of the last hour filled (1,000 spans a minute).
     let mut histograms = LatencyHistograms::default();
     let key = OperationKey {
