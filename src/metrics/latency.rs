@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 use crate::model::TraceId;
@@ -381,6 +381,19 @@ fn keep_sample(
     }
 }
 
+/// V2 without DEFLATE: what the snapshot writes while it holds the lock (the format
+/// reader takes both).
+fn serialize_plain<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if V2Serializer::new()
+        .serialize(histogram, &mut bytes)
+        .is_err()
+    {
+        bytes.clear();
+    }
+    bytes
+}
+
 fn compress<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
     let mut bytes = Vec::new();
     if V2DeflateSerializer::new()
@@ -501,7 +514,7 @@ impl LatencyHistograms {
                 if let Some(current) = &operation.current {
                     minutes.push(SnapshotMinute {
                         minute: current.minute,
-                        histogram: b64(&compress(&current.histogram)),
+                        histogram: b64(&serialize_plain(&current.histogram)),
                         errors: current.errors,
                         samples: current.samples.iter().map(sample_out).collect(),
                         slowest: current.slowest.as_ref().map(sample_out),
@@ -511,7 +524,7 @@ impl LatencyHistograms {
                     service: key.service.clone(),
                     span_name: key.span_name.clone(),
                     span_kind: key.span_kind,
-                    cumulative: b64(&compress(&operation.cumulative)),
+                    cumulative: b64(&serialize_plain(&operation.cumulative)),
                     cumulative_errors: operation.cumulative_errors,
                     slowest_ever: operation.slowest_ever.as_ref().map(sample_out),
                     clamped: operation.clamped,
