@@ -182,7 +182,8 @@ pub struct RawStorage {
     pub index_memory_mb: u64,
     pub wal_segment_bytes: u64,
     pub trace_idle_ms: u64,
-    pub trace_idle_after_root_ms: u64,
+    /// Unset: the same as `trace_idle_ms`.
+    pub trace_idle_after_root_ms: Option<u64>,
     pub trace_max_age_ms: u64,
 }
 
@@ -216,7 +217,7 @@ impl Default for RawStorage {
             index_memory_mb: 128,
             wal_segment_bytes: 64 * 1024 * 1024,
             trace_idle_ms: 5000,
-            trace_idle_after_root_ms: 5000,
+            trace_idle_after_root_ms: None,
             trace_max_age_ms: 30_000,
         }
     }
@@ -465,10 +466,10 @@ impl RawConfig {
                 self.storage.trace_idle_ms,
             )?),
             trace_idle_after_root: Duration::from_millis(
-                positive(
-                    "storage.trace_idle_after_root_ms",
-                    self.storage.trace_idle_after_root_ms,
-                )?
+                match self.storage.trace_idle_after_root_ms {
+                    Some(after_root) => positive("storage.trace_idle_after_root_ms", after_root)?,
+                    None => self.storage.trace_idle_ms,
+                }
                 .min(self.storage.trace_idle_ms),
             ),
             trace_max_age: Duration::from_millis(positive(
@@ -682,6 +683,21 @@ mod tests {
             RawConfig::from_toml_and_env("[server]\nhttp_addr = \"nowhere\"\n", &no_env()).unwrap();
         let error = raw.validate().unwrap_err().to_string();
         assert!(error.starts_with("config: server.http_addr:"), "{error}");
+    }
+
+    #[test]
+    fn the_idle_time_after_the_root_follows_trace_idle_unless_set_and_never_exceeds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let validated = |after_root: Option<u64>, idle: u64| {
+            let mut raw = RawConfig::default();
+            raw.storage.data_dir = dir.path().join("data");
+            raw.storage.trace_idle_ms = idle;
+            raw.storage.trace_idle_after_root_ms = after_root;
+            raw.validate().unwrap().trace_idle_after_root
+        };
+        assert_eq!(validated(None, 600_000), Duration::from_secs(600));
+        assert_eq!(validated(Some(1000), 5000), Duration::from_secs(1));
+        assert_eq!(validated(Some(9000), 5000), Duration::from_secs(5));
     }
 
     #[test]
