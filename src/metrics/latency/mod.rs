@@ -383,15 +383,20 @@ fn keep_sample(
     }
 }
 
-fn compress<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
+/// A histogram's bytes in `serializer`'s format; empty if it cannot serialise.
+fn serialize_with<T: hdrhistogram::Counter, S: Serializer>(
+    mut serializer: S,
+    histogram: &Histogram<T>,
+) -> Vec<u8> {
     let mut bytes = Vec::new();
-    if V2DeflateSerializer::new()
-        .serialize(histogram, &mut bytes)
-        .is_err()
-    {
+    if serializer.serialize(histogram, &mut bytes).is_err() {
         bytes.clear();
     }
     bytes
+}
+
+fn compress<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
+    serialize_with(V2DeflateSerializer::new(), histogram)
 }
 
 fn decompress(bytes: &[u8]) -> Histogram<u64> {

@@ -2,7 +2,7 @@
 //! shutdown) and read at start, so that start-up needs no scan of the index: JSON with
 //! every histogram V2-serialised and base64'd, and the WAL position the snapshot covers.
 
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Deserializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 use std::collections::BTreeMap;
@@ -73,14 +73,7 @@ fn decompress_strict(bytes: &[u8]) -> Result<Histogram<u64>, String> {
 /// V2 without DEFLATE: what the snapshot writes while it holds the lock (the format
 /// reader takes both).
 fn serialize_plain<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    if V2Serializer::new()
-        .serialize(histogram, &mut bytes)
-        .is_err()
-    {
-        bytes.clear();
-    }
-    bytes
+    super::serialize_with(V2Serializer::new(), histogram)
 }
 
 impl LatencyHistograms {
