@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use crate::config::{RuleAction, RuleMatcher, SamplingConfig};
 use crate::model::{Span, TraceId};
@@ -106,8 +107,13 @@ impl Sampler {
         let config = &self.config;
         let mut rule_keep = None;
         if !config.rules.is_empty() {
+            // Each stored span decoded once for every rule.
+            let decoded: Vec<ResourceSpans> = spans
+                .iter()
+                .filter_map(|span| Span::decode_payload(&span.payload).ok())
+                .collect();
             for (index, rule) in config.rules.iter().enumerate() {
-                if spans
+                if decoded
                     .iter()
                     .any(|span| span_matches(span, &rule.key, &rule.matcher))
                 {
@@ -174,12 +180,8 @@ impl Sampler {
     }
 }
 
-/// Whether a span's own or its resource's attributes match. Decodes the stored payload,
-/// which is only done when rules are configured.
-fn span_matches(span: &Span, key: &str, matcher: &RuleMatcher) -> bool {
-    let Ok(decoded) = Span::decode_payload(&span.payload) else {
-        return false;
-    };
+/// Whether a decoded stored span's own or its resource's attributes match.
+fn span_matches(decoded: &ResourceSpans, key: &str, matcher: &RuleMatcher) -> bool {
     let resource_attributes = decoded
         .resource
         .iter()

@@ -100,7 +100,7 @@ impl WalWriter {
                     Batch::Spans(spans) => {
                         let exemplars = self.metrics.record_spans(&spans, end);
                         let inserted = self.storage.head.insert(start, end, spans, exemplars, now);
-                        self.queue.release(inserted.discarded);
+                        self.queue.release(inserted.late_dropped as usize);
                         self.metrics
                             .record_late_spans(inserted.late_kept, inserted.late_dropped);
                         if !inserted.settled_dropped.is_empty() {

@@ -73,11 +73,10 @@ pub struct LeavingTrace {
 /// What an insert did besides storing spans.
 #[derive(Default)]
 pub struct Inserted {
-    /// Late spans of traces decided earlier, by that decision.
+    /// Late spans of traces decided earlier, by that decision. Those of dropped traces
+    /// are discarded at once: their queue room is free again.
     pub late_kept: u64,
     pub late_dropped: u64,
-    /// Late spans of dropped traces, discarded at once: their queue room is free again.
-    pub discarded: usize,
     /// Held-back observations of dropped traces' late spans, to record without exemplar.
     pub settled_dropped: Vec<PendingExemplar>,
 }
@@ -164,7 +163,6 @@ impl Head {
                 match decided {
                     Some(decision) if !decision.keep => {
                         inserted.late_dropped += 1;
-                        inserted.discarded += 1;
                         continue;
                     }
                     Some(_) => inserted.late_kept += 1,
