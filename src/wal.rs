@@ -9,10 +9,17 @@
 //! Record layout: `len: u32 LE | crc32(kind, payload): u32 LE | kind: u8 | payload`.
 //! On open, records after the committed position are replayed in order; a torn record at
 //! the end of the last segment (a crash mid-write, never acked) is cut off.
+//!
+//! [`WalFiles`] is the reading side shared with the head: a read-only handle on every live
+//! segment, so that spans still assembling are read back from the log (from the page
+//! cache, as a rule) instead of being held twice, on disk and in memory.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const HEADER_BYTES: u64 = 9;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -69,6 +76,7 @@ pub struct Wal {
     writer: BufWriter<File>,
     position: u64,
     unsynced: bool,
+    files: Arc<WalFiles>,
 }
 
 impl Wal {
@@ -76,13 +84,17 @@ impl Wal {
     /// `on_record`, cut a torn tail, and return the log ready to append after the last
     /// valid record.
     pub fn open(
-        dir: &Path,
+        files: Arc<WalFiles>,
         committed: u64,
         segment_bytes: u64,
         mut on_record: impl FnMut(Record),
     ) -> Result<Wal, WalError> {
+        let dir = files.dir.as_path();
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let segments = list_segments(dir)?;
+        for (start, path) in &segments {
+            files.add(*start, path)?;
+        }
         let mut next_position = committed;
         for (index, (start, path)) in segments.iter().enumerate() {
             let next_start = segments.get(index + 1).map(|(start, _)| *start);
@@ -117,6 +129,7 @@ impl Wal {
             next_position = next_position.max(valid_end);
         }
         let (segment_path, writer) = create_segment(dir, next_position)?;
+        files.add(next_position, &segment_path)?;
         Ok(Wal {
             dir: dir.to_owned(),
             segment_bytes,
@@ -125,6 +138,7 @@ impl Wal {
             writer,
             position: next_position,
             unsynced: false,
+            files,
         })
     }
 
@@ -163,6 +177,7 @@ impl Wal {
         }
         if self.position - self.segment_start >= self.segment_bytes {
             let (segment_path, writer) = create_segment(&self.dir, self.position)?;
+            self.files.add(self.position, &segment_path)?;
             self.segment_path = segment_path;
             self.writer = writer;
             self.segment_start = self.position;
@@ -175,20 +190,105 @@ impl Wal {
     }
 }
 
-/// Delete the segments every record of which ends at or before `committed`. The newest
-/// segment is always kept: it is the one being appended to.
-pub fn remove_segments_below(dir: &Path, committed: u64) -> Result<usize, WalError> {
-    let segments = list_segments(dir)?;
-    let mut removed = 0;
-    for pair in segments.windows(2) {
-        let (_, path) = &pair[0];
-        let (next_start, _) = &pair[1];
-        if *next_start <= committed {
-            fs::remove_file(path).map_err(io_error(path))?;
-            removed += 1;
+/// Where bytes lie in the log: an open segment and an offset in it. Holding one keeps the
+/// segment readable even after it is deleted (the handle outlives the name).
+#[derive(Clone)]
+pub struct WalSlice {
+    file: Arc<File>,
+    offset: u64,
+    len: u32,
+}
+
+/// Read-only handles on the log's live segments, shared by the writer (which adds and
+/// removes segments) and the readers of spans still assembling.
+pub struct WalFiles {
+    dir: PathBuf,
+    /// Segment start position → read-only handle.
+    segments: Mutex<BTreeMap<u64, Arc<File>>>,
+}
+
+// === impl WalFiles ===
+
+impl WalFiles {
+    pub fn new(dir: &Path) -> WalFiles {
+        WalFiles {
+            dir: dir.to_owned(),
+            segments: Mutex::new(BTreeMap::new()),
         }
     }
-    Ok(removed)
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn add(&self, start: u64, path: &Path) -> Result<(), WalError> {
+        let file = File::open(path).map_err(io_error(path))?;
+        crate::lock(&self.segments).insert(start, Arc::new(file));
+        Ok(())
+    }
+
+    /// The `len` bytes at log position `position`, if a live segment holds them.
+    pub fn slice(&self, position: u64, len: u32) -> Option<WalSlice> {
+        let segments = crate::lock(&self.segments);
+        let (start, file) = segments.range(..=position).next_back()?;
+        Some(WalSlice {
+            file: file.clone(),
+            offset: position - start,
+            len,
+        })
+    }
+
+    /// Delete the segments every record of which ends at or before `committed`. The
+    /// newest segment is always kept: it is the one being appended to. Readers holding a
+    /// slice of a deleted segment can still read it.
+    pub fn remove_segments_below(&self, committed: u64) -> Result<usize, WalError> {
+        let segments = list_segments(&self.dir)?;
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            let (start, path) = &pair[0];
+            let (next_start, _) = &pair[1];
+            if *next_start <= committed {
+                fs::remove_file(path).map_err(io_error(path))?;
+                crate::lock(&self.segments).remove(start);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Read slices, one read for each run of slices that lie back to back in one segment, or
+/// separated only by `gap` bytes (the length prefix between span payloads). Every slice
+/// comes back as its own `Bytes`, sharing the run's buffer.
+pub fn read_slices(slices: &[WalSlice], gap: u64) -> io::Result<Vec<bytes::Bytes>> {
+    let mut out = Vec::with_capacity(slices.len());
+    let mut run_start = 0;
+    while run_start < slices.len() {
+        let first = &slices[run_start];
+        let mut run_end = run_start + 1;
+        let mut end = first.offset + u64::from(first.len);
+        while let Some(next) = slices.get(run_end) {
+            if !Arc::ptr_eq(&next.file, &first.file) || next.offset != end + gap {
+                break;
+            }
+            end = next.offset + u64::from(next.len);
+            run_end += 1;
+        }
+        let mut buffer = vec![0u8; (end - first.offset) as usize];
+        first.file.read_exact_at(&mut buffer, first.offset)?;
+        let buffer = bytes::Bytes::from(buffer);
+        for slice in &slices[run_start..run_end] {
+            let from = (slice.offset - first.offset) as usize;
+            out.push(buffer.slice(from..from + slice.len as usize));
+        }
+        run_start = run_end;
+    }
+    Ok(out)
+}
+
+/// Where a record's payload starts, given where the record starts.
+pub fn payload_position(record_start: u64) -> u64 {
+    record_start + HEADER_BYTES
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
@@ -290,7 +390,8 @@ mod tests {
 
     fn replay_all(dir: &Path, committed: u64) -> (Wal, Vec<Record>) {
         let mut records = Vec::new();
-        let wal = Wal::open(dir, committed, 1 << 20, |record| records.push(record)).unwrap();
+        let files = Arc::new(WalFiles::new(dir));
+        let wal = Wal::open(files, committed, 1 << 20, |record| records.push(record)).unwrap();
         (wal, records)
     }
 
@@ -359,14 +460,15 @@ mod tests {
     #[test]
     fn segments_roll_over_and_old_ones_are_removed_once_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 0, 64, |_| {}).unwrap();
+        let files = Arc::new(WalFiles::new(dir.path()));
+        let mut wal = Wal::open(files.clone(), 0, 64, |_| {}).unwrap();
         let mut ends = Vec::new();
         for index in 0..10u8 {
             ends.push(wal.append(RecordKind::Spans, &[index; 60]).unwrap());
             wal.sync().unwrap();
         }
         assert!(list_segments(dir.path()).unwrap().len() >= 10);
-        let removed = remove_segments_below(dir.path(), ends[6]).unwrap();
+        let removed = files.remove_segments_below(ends[6]).unwrap();
         assert_eq!(removed, 7);
         drop(wal);
         let (_, records) = replay_all(dir.path(), ends[6]);

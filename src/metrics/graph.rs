@@ -129,7 +129,6 @@ mod tests {
             randomness: None,
             payload: bytes::Bytes::new(),
             envelope: Arc::new(crate::model::Envelope::new(None, "", None, "")),
-            span_bytes: 0..0,
         }
     }
 

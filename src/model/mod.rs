@@ -220,10 +220,8 @@ pub struct Span {
     pub randomness: Option<u64>,
     pub payload: Bytes,
     /// The resource and scope the payload wraps the span in, shared by the spans of one
-    /// scope of a request, and where the span's own bytes lie in `payload`: the head
-    /// keeps only those and the shared envelope.
+    /// scope of a request: the head keeps each distinct one once per trace.
     pub envelope: Arc<Envelope>,
-    pub span_bytes: std::ops::Range<usize>,
 }
 
 /// The resource and scope of a group of spans, encoded once: a span's stored payload
@@ -279,31 +277,11 @@ impl Envelope {
         &self.service
     }
 
-    /// The one-span `ResourceSpans` protobuf of `span` in this envelope, and where the
-    /// span's own encoding lies in it.
-    fn payload_of(&self, span: &OtlpSpan) -> (Bytes, std::ops::Range<usize>) {
-        let mut out = Vec::new();
-        let range = self.wrap_with(span.encoded_len(), &mut out, |out| span.encode_raw(out));
-        (Bytes::from(out), range)
-    }
-
-    /// The one-span `ResourceSpans` protobuf around a span's own encoded bytes, and where
-    /// they lie in it.
-    pub fn wrap(&self, span_bytes: &[u8]) -> (Bytes, std::ops::Range<usize>) {
-        let mut out = Vec::new();
-        let range = self.wrap_with(span_bytes.len(), &mut out, |out| {
-            out.extend_from_slice(span_bytes)
-        });
-        (Bytes::from(out), range)
-    }
-
-    fn wrap_with(
-        &self,
-        span_len: usize,
-        out: &mut Vec<u8>,
-        write_span: impl FnOnce(&mut Vec<u8>),
-    ) -> std::ops::Range<usize> {
+    /// The one-span `ResourceSpans` protobuf of `span` in this envelope, exactly as prost
+    /// encodes the whole.
+    fn payload_of(&self, span: &OtlpSpan) -> Bytes {
         use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+        let span_len = span.encoded_len();
         let scope_len = self.scope_head.len()
             + 1
             + encoded_len_varint(span_len as u64)
@@ -314,19 +292,17 @@ impl Envelope {
             + encoded_len_varint(scope_len as u64)
             + scope_len
             + self.resource_tail.len();
-        out.reserve(total);
+        let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&self.resource_head);
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(scope_len as u64, out);
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(scope_len as u64, &mut out);
         out.extend_from_slice(&self.scope_head);
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(span_len as u64, out);
-        let start = out.len();
-        write_span(out);
-        let range = start..out.len();
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(span_len as u64, &mut out);
+        span.encode_raw(&mut out);
         out.extend_from_slice(&self.scope_tail);
         out.extend_from_slice(&self.resource_tail);
-        range
+        Bytes::from(out)
     }
 }
 
@@ -394,7 +370,7 @@ impl Span {
                 })
             }
         }
-        let (payload, span_bytes) = envelope.payload_of(&span);
+        let payload = envelope.payload_of(&span);
         Ok(Span {
             trace_id,
             span_id,
@@ -411,7 +387,6 @@ impl Span {
             name: span.name,
             payload,
             envelope: envelope.clone(),
-            span_bytes,
         })
     }
 

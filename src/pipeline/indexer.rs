@@ -28,7 +28,6 @@ use crate::metrics::names::normalise_span_name;
 use crate::metrics::Metrics;
 use crate::model::{LogRecord, Span};
 use crate::store::{CommitPayload, Storage, StoreError};
-use crate::wal;
 
 /// How often the latency histograms are written out (and at shutdown). WAL segments
 /// are kept back to the last snapshot, so a restart observes what came after it again.
@@ -46,7 +45,6 @@ pub(super) struct Indexer {
     storage: Arc<Storage>,
     trace_writer: tantivy::IndexWriter,
     log_writer: tantivy::IndexWriter,
-    wal_dir: PathBuf,
     data_dir: PathBuf,
     commit_interval: Duration,
     commit_max_records: usize,
@@ -84,7 +82,6 @@ impl Indexer {
             trace_writer: storage.traces.writer(memory.max(16 << 20))?,
             log_writer: storage.logs.writer(memory.max(16 << 20))?,
             storage,
-            wal_dir: config.data_dir.join("wal"),
             data_dir: config.data_dir.clone(),
             commit_interval: config.commit_interval,
             commit_max_records: config
@@ -351,7 +348,7 @@ impl Indexer {
             .committed_spans
             .min(self.committed_logs)
             .min(self.snapshot_position);
-        if let Err(error) = wal::remove_segments_below(&self.wal_dir, needed) {
+        if let Err(error) = self.storage.wal_files.remove_segments_below(needed) {
             tracing::warn!(%error, "removing committed WAL segments failed");
         }
     }

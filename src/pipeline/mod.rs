@@ -140,12 +140,15 @@ impl Batch {
     }
 
     /// The WAL payload: span payloads each prefixed by their length (u32 LE), or the
-    /// records as a JSON array.
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// records as a JSON array. `span_offsets` gets where each span's payload starts in
+    /// it.
+    fn encode(&self, out: &mut Vec<u8>, span_offsets: &mut Vec<u64>) {
         out.clear();
+        span_offsets.clear();
         match self {
             Batch::Spans(spans) => {
                 for span in spans {
+                    span_offsets.push(out.len() as u64 + 4);
                     crate::store::traces::append_payload(out, &span.payload);
                 }
             }
@@ -157,30 +160,35 @@ impl Batch {
         }
     }
 
-    fn decode(kind: RecordKind, payload: &[u8]) -> Batch {
+    /// A replayed record; for spans, also where each decoded span's payload starts in it.
+    fn decode(kind: RecordKind, payload: &[u8]) -> (Batch, Vec<u64>) {
         match kind {
-            RecordKind::Spans => Batch::Spans(decode_spans(payload)),
+            RecordKind::Spans => {
+                let (spans, offsets) = decode_spans(payload);
+                (Batch::Spans(spans), offsets)
+            }
             RecordKind::Logs => {
-                Batch::Logs(serde_json::from_slice(payload).unwrap_or_else(|error| {
+                let records = serde_json::from_slice(payload).unwrap_or_else(|error| {
                     tracing::error!(%error, "log records in the write-ahead log do not decode");
                     Vec::new()
-                }))
+                });
+                (Batch::Logs(records), Vec::new())
             }
         }
     }
 }
 
-fn decode_spans(record: &[u8]) -> Vec<Span> {
-    crate::store::traces::split_payload(record)
+fn decode_spans(record: &[u8]) -> (Vec<Span>, Vec<u64>) {
+    crate::store::traces::split_payload_at(record)
         .into_iter()
-        .filter_map(|payload| match Span::from_payload(payload) {
-            Ok(span) => Some(span),
+        .filter_map(|(offset, payload)| match Span::from_payload(payload) {
+            Ok(span) => Some((span, offset as u64)),
             Err(error) => {
                 tracing::error!(%error, "span in the write-ahead log does not decode");
                 None
             }
         })
-        .collect()
+        .unzip()
 }
 
 /// Tailed lines and the checkpoint of their file after them, applied atomically by the
@@ -353,32 +361,38 @@ impl Pipeline {
         let mut replayed = 0u64;
         let now = std::time::Instant::now();
         let wal = Wal::open(
-            &self.wal_dir,
+            self.storage.wal_files.clone(),
             from,
             self.config.wal_segment_bytes,
             |record| match Batch::decode(record.kind, &record.payload) {
-                Batch::Spans(spans) => {
+                (Batch::Spans(spans), offsets) => {
                     if record.end_position > observed {
                         self.metrics.replay_latency(&spans, record.end_position);
                     }
                     if record.start_position < self.committed_spans {
                         return;
                     }
-                    let spans: Vec<Span> = spans
+                    let payload_start = wal::payload_position(record.start_position);
+                    let (spans, payload_at): (Vec<Span>, Vec<u64>) = spans
                         .into_iter()
-                        .filter(|span| !already_indexed.contains(&(span.trace_id, span.span_id)))
-                        .collect();
+                        .zip(offsets)
+                        .filter(|(span, _)| {
+                            !already_indexed.contains(&(span.trace_id, span.span_id))
+                        })
+                        .map(|(span, offset)| (span, payload_start + offset))
+                        .unzip();
                     replayed += spans.len() as u64;
                     self.queue.force_reserve(spans.len());
                     self.storage.head.insert(
                         record.start_position,
                         record.end_position,
                         spans,
+                        &payload_at,
                         Vec::new(),
                         now,
                     );
                 }
-                Batch::Logs(records) => {
+                (Batch::Logs(records), _) => {
                     if record.end_position <= self.committed_logs {
                         return;
                     }

@@ -44,6 +44,7 @@ impl WalWriter {
 
     pub(super) fn run(mut self, jobs: Receiver<WalJob>) {
         let mut buffer = Vec::new();
+        let mut offsets = Vec::new();
         while let Ok(first) = jobs.recv() {
             let mut group = vec![first];
             while group.len() < 4096 {
@@ -57,9 +58,14 @@ impl WalWriter {
             let mut failed = false;
             for job in &group {
                 let start = self.wal.position();
-                job.batch.encode(&mut buffer);
+                job.batch.encode(&mut buffer, &mut offsets);
+                let payload_start = crate::wal::payload_position(start);
+                let payload_at: Vec<u64> = offsets
+                    .iter()
+                    .map(|offset| payload_start + offset)
+                    .collect();
                 match self.wal.append(job.batch.kind(), &buffer) {
-                    Ok(end) => positions.push((start, end)),
+                    Ok(end) => positions.push((start, end, payload_at)),
                     Err(error) => {
                         tracing::error!(%error, "write-ahead log append failed");
                         failed = true;
@@ -95,11 +101,18 @@ impl WalWriter {
             // is in the metrics and its trace is readable by id.
             let now = Instant::now();
             let mut logs = Vec::new();
-            for (job, (start, end)) in group.into_iter().zip(positions) {
+            for (job, (start, end, payload_at)) in group.into_iter().zip(positions) {
                 match job.batch {
                     Batch::Spans(spans) => {
                         let exemplars = self.metrics.record_spans(&spans, end);
-                        let inserted = self.storage.head.insert(start, end, spans, exemplars, now);
+                        let inserted = self.storage.head.insert(
+                            start,
+                            end,
+                            spans,
+                            &payload_at,
+                            exemplars,
+                            now,
+                        );
                         self.queue.release(inserted.late_dropped as usize);
                         self.metrics
                             .record_late_spans(inserted.late_kept, inserted.late_dropped);

@@ -11,6 +11,7 @@ pub mod traces;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
@@ -18,6 +19,7 @@ pub use logs::{LogIndex, LogQuery};
 pub use traces::TraceIndex;
 
 use crate::pipeline::head::{Head, HeadLimits};
+use crate::wal::WalFiles;
 
 use crate::model::{Span, TraceId};
 
@@ -104,6 +106,8 @@ pub struct Storage {
     pub traces: TraceIndex,
     pub logs: LogIndex,
     pub head: Head,
+    /// The write-ahead log's segments (`wal/`), read by the head for spans assembling.
+    pub wal_files: Arc<WalFiles>,
 }
 
 impl Storage {
@@ -116,10 +120,12 @@ impl Storage {
                 "an index of single spans from an earlier version is not read; traces are stored in traces/"
             );
         }
+        let wal_files = Arc::new(WalFiles::new(&data_dir.join("wal")));
         Ok(Storage {
             traces: TraceIndex::open(&data_dir.join("traces"))?,
             logs: LogIndex::open(&data_dir.join("logs"))?,
-            head: Head::new(head_limits),
+            head: Head::new(head_limits, wal_files.clone()),
+            wal_files,
         })
     }
 

@@ -71,6 +71,14 @@ pub fn append_payload(out: &mut Vec<u8>, payload: &[u8]) {
 
 /// Split a sequence of length-prefixed span payloads ([`append_payload`]).
 pub fn split_payload(stored: &[u8]) -> Vec<Bytes> {
+    split_payload_at(stored)
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
+}
+
+/// [`split_payload`], with where each payload starts in `stored`.
+pub fn split_payload_at(stored: &[u8]) -> Vec<(usize, Bytes)> {
     let shared = Bytes::copy_from_slice(stored);
     let mut spans = Vec::new();
     let mut offset = 0;
@@ -83,7 +91,7 @@ pub fn split_payload(stored: &[u8]) -> Vec<Bytes> {
             tracing::error!("stored span payloads are cut short");
             break;
         }
-        spans.push(shared.slice(offset..offset + len));
+        spans.push((offset, shared.slice(offset..offset + len)));
         offset += len;
     }
     spans

@@ -1,5 +1,8 @@
-//! How an assembling trace holds its spans: their own protobuf bytes in one buffer, each
-//! distinct resource and scope once, and the fields sampling and the index need.
+//! How an assembling trace holds its spans: where each span's payload lies in the
+//! write-ahead log, each distinct resource and scope once, and the few fields sampling,
+//! the index and the join need. The bytes themselves stay in the log (fsynced before the
+//! span was acked, and in the page cache as a rule) and are read back when the trace
+//! leaves or is asked for.
 
 use std::sync::Arc;
 
@@ -7,21 +10,20 @@ use bytes::Bytes;
 
 use super::HeadSpan;
 use crate::model::{Envelope, Span, SpanId, TraceId};
+use crate::wal::{WalFiles, WalSlice};
 
-/// A trace's spans as the head holds them while they assemble (most of ingest's memory):
-/// each span's own protobuf bytes one after the other in one buffer, each distinct
-/// resource and scope they came with once, and the fields sampling and the index need.
-/// Whole `Span`s (with their one-span `ResourceSpans` payloads) are rebuilt when the
-/// trace leaves.
+/// A trace's spans as the head holds them while they assemble.
 #[derive(Default)]
 pub(super) struct HeldSpans {
-    buffer: Vec<u8>,
     envelopes: Vec<Arc<Envelope>>,
     pub(super) spans: Vec<HeldSpan>,
 }
 
 pub(super) struct HeldSpan {
     wal_start: u64,
+    /// Log position of the span's payload (a one-span `ResourceSpans`) and its length.
+    payload_at: u64,
+    payload_len: u32,
     span_id: SpanId,
     parent_span_id: Option<SpanId>,
     name: Box<str>,
@@ -32,8 +34,10 @@ pub(super) struct HeldSpan {
     has_exception: bool,
     randomness: Option<u64>,
     envelope: u16,
-    bytes: std::ops::Range<u32>,
 }
+
+/// The bytes between two span payloads of one WAL record: the next one's length prefix.
+pub(super) const PAYLOAD_GAP: u64 = 4;
 
 // === impl HeldSpans ===
 
@@ -42,21 +46,12 @@ impl HeldSpans {
         self.spans.len()
     }
 
-    /// Keep `span`; `more_spans` and `more_bytes` say what else of this trace the batch
-    /// brings, so the vectors grow once by that much.
-    pub(super) fn push(
-        &mut self,
-        wal_start: u64,
-        span: Span,
-        more_spans: usize,
-        more_bytes: usize,
-    ) {
+    /// Keep `span`, whose payload lies at log position `payload_at`; `more_spans` says
+    /// how many spans of this trace the batch brings, so the vector grows once by that
+    /// much.
+    pub(super) fn push(&mut self, wal_start: u64, payload_at: u64, span: Span, more_spans: usize) {
         if self.spans.len() == self.spans.capacity() {
             self.spans.reserve_exact(more_spans);
-        }
-        let own = &span.payload[span.span_bytes.clone()];
-        if self.buffer.capacity() - self.buffer.len() < own.len() {
-            self.buffer.reserve_exact(more_bytes.max(own.len()));
         }
         let envelope = match self
             .envelopes
@@ -69,10 +64,10 @@ impl HeldSpans {
                 self.envelopes.len() - 1
             }
         };
-        let start = self.buffer.len();
-        self.buffer.extend_from_slice(own);
         self.spans.push(HeldSpan {
             wal_start,
+            payload_at,
+            payload_len: span.payload.len() as u32,
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
             name: span.name.into_boxed_str(),
@@ -83,7 +78,6 @@ impl HeldSpans {
             has_exception: span.has_exception,
             randomness: span.randomness,
             envelope: envelope as u16,
-            bytes: start as u32..self.buffer.len() as u32,
         });
     }
 
@@ -96,33 +90,39 @@ impl HeldSpans {
         &self.envelopes[held.envelope as usize]
     }
 
-    pub(super) fn payload(&self, held: &HeldSpan) -> Bytes {
-        let range = held.bytes.start as usize..held.bytes.end as usize;
-        self.envelope_of(held).wrap(&self.buffer[range]).0
+    /// Where one span's payload lies, while its segment is live.
+    pub(super) fn slice(held: &HeldSpan, files: &WalFiles) -> Option<WalSlice> {
+        files.slice(held.payload_at, held.payload_len)
     }
 
-    pub(super) fn payloads(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.spans.iter().map(|held| self.payload(held))
+    /// Where every span's payload lies, in order; `None` for a span whose segment is gone
+    /// (which the replay position forbids while the span assembles).
+    pub(super) fn slices(&self, files: &WalFiles) -> Vec<Option<WalSlice>> {
+        self.spans
+            .iter()
+            .map(|held| Self::slice(held, files))
+            .collect()
     }
 
     pub(super) fn first_wal_start(&self) -> Option<u64> {
         self.spans.iter().map(|held| held.wal_start).min()
     }
 
-    /// The whole spans again, for sampling and the index.
-    pub(super) fn into_spans(self, trace_id: TraceId) -> Vec<HeadSpan> {
-        let HeldSpans {
-            buffer,
-            envelopes,
-            spans,
-        } = self;
+    /// The whole spans again, for sampling and the index, with their payloads read back
+    /// (`payloads[i]` for `spans[i]`; a span whose payload could not be read is left out).
+    pub(super) fn into_spans(
+        self,
+        trace_id: TraceId,
+        payloads: Vec<Option<Bytes>>,
+    ) -> Vec<HeadSpan> {
+        let HeldSpans { envelopes, spans } = self;
         spans
             .into_iter()
-            .map(|held| {
+            .zip(payloads)
+            .filter_map(|(held, payload)| {
+                let payload = payload?;
                 let envelope = envelopes[held.envelope as usize].clone();
-                let range = held.bytes.start as usize..held.bytes.end as usize;
-                let (payload, span_bytes) = envelope.wrap(&buffer[range]);
-                HeadSpan {
+                Some(HeadSpan {
                     wal_start: held.wal_start,
                     span: Span {
                         trace_id,
@@ -138,10 +138,26 @@ impl HeldSpans {
                         randomness: held.randomness,
                         payload,
                         envelope,
-                        span_bytes,
                     },
-                }
+                })
             })
             .collect()
     }
+}
+
+/// Read the payloads at `slices`, coalescing back-to-back ones into one read; `None` where
+/// a slice is missing or its read fails (logged).
+pub(super) fn read_payloads(slices: &[Option<WalSlice>]) -> Vec<Option<Bytes>> {
+    let present: Vec<WalSlice> = slices.iter().flatten().cloned().collect();
+    let mut read = match crate::wal::read_slices(&present, PAYLOAD_GAP) {
+        Ok(read) => read.into_iter(),
+        Err(error) => {
+            tracing::error!(%error, "reading assembling spans back from the write-ahead log failed");
+            return vec![None; slices.len()];
+        }
+    };
+    slices
+        .iter()
+        .map(|slice| slice.as_ref().and_then(|_| read.next()))
+        .collect()
 }

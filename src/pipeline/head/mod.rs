@@ -1,5 +1,8 @@
 //! The head: acked spans assembled into traces, served by trace id until a tantivy commit
-//! holds them.
+//! holds them. It holds where each span lies in the write-ahead log and the few fields
+//! sampling and the index need, not the span's bytes: those are read back from the log
+//! when the trace leaves or is asked for, so memory grows by ~100 bytes a held span,
+//! whatever the spans' size.
 //!
 //! Filled by the WAL thread right after each fsync and before the ack (read your writes);
 //! emptied by the indexer thread, which takes the traces that are due to leave (no span
@@ -18,16 +21,19 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::sample::{Decision, DecisionCache};
 use crate::lock;
 use crate::metrics::PendingExemplar;
 use crate::model::{Span, TraceId};
+use crate::wal::{WalFiles, WalSlice};
 
 mod held;
 
-use held::HeldSpans;
+use held::{read_payloads, HeldSpans};
 
 /// How long traces assemble and how large they may grow.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +76,15 @@ pub struct LeavingTrace {
     pub leave: Leave,
 }
 
+/// A trace taken out of `open`, its spans not yet read back from the log.
+struct Departing {
+    trace_id: TraceId,
+    spans: HeldSpans,
+    exemplars: Vec<PendingExemplar>,
+    decided: Option<Decision>,
+    leave: Leave,
+}
+
 /// What an insert did besides storing spans.
 #[derive(Default)]
 pub struct Inserted {
@@ -98,10 +113,11 @@ struct OpenTrace {
 struct HeadInner {
     open: HashMap<TraceId, OpenTrace>,
     /// Left the head, decision pending, or kept and waiting for the commit that holds
-    /// them: still served by id.
-    leaving: HashMap<TraceId, Vec<Bytes>>,
+    /// them: still served by id, from the log slices taken when they left (which keep
+    /// their segments readable).
+    leaving: HashMap<TraceId, Vec<Option<WalSlice>>>,
     /// Full traces, due to leave at the next pass.
-    full: Vec<LeavingTrace>,
+    full: Vec<Departing>,
     /// When to look at a trace again: (deadline, trace id, generation).
     deadlines: BinaryHeap<Reverse<(Instant, TraceId, u64)>>,
     next_generation: u64,
@@ -114,29 +130,35 @@ struct HeadInner {
 
 pub struct Head {
     limits: HeadLimits,
+    /// The log the held spans' bytes are read back from.
+    files: Arc<WalFiles>,
     inner: Mutex<HeadInner>,
     decisions: Mutex<DecisionCache>,
 }
 
 impl Head {
-    pub fn new(limits: HeadLimits) -> Head {
+    pub fn new(limits: HeadLimits, files: Arc<WalFiles>) -> Head {
         Head {
             limits,
+            files,
             inner: Mutex::new(HeadInner::default()),
             decisions: Mutex::new(DecisionCache::new(limits.decision_cache_size)),
         }
     }
 
-    /// Add the spans of one acked WAL record `[wal_start, wal_end)`, with the span-metric
-    /// observations held back for their traces' decisions.
+    /// Add the spans of one acked WAL record `[wal_start, wal_end)`, whose payloads lie at
+    /// the log positions `payload_at` (one per span), with the span-metric observations
+    /// held back for their traces' decisions.
     pub fn insert(
         &self,
         wal_start: u64,
         wal_end: u64,
         spans: Vec<Span>,
+        payload_at: &[u64],
         exemplars: Vec<PendingExemplar>,
         now: Instant,
     ) -> Inserted {
+        debug_assert_eq!(spans.len(), payload_at.len());
         let mut inserted = Inserted::default();
         let decisions = lock(&self.decisions);
         let mut inner = lock(&self.inner);
@@ -145,17 +167,14 @@ impl Head {
         // How many spans from each position on belong to the same trace: a trace's spans
         // usually come together, and growing its vector by exactly that much keeps the
         // head free of doubling slack (the head is most of ingest's memory).
-        let mut run_from = vec![(1usize, 0usize); spans.len()];
+        let mut run_from = vec![1usize; spans.len()];
         for index in (0..spans.len()).rev() {
-            let own = spans[index].span_bytes.len();
             run_from[index] = match run_from.get(index + 1) {
-                Some((count, bytes)) if spans[index].trace_id == spans[index + 1].trace_id => {
-                    (count + 1, bytes + own)
-                }
-                _ => (1, own),
+                Some(count) if spans[index].trace_id == spans[index + 1].trace_id => count + 1,
+                _ => 1,
             };
         }
-        for (index, span) in spans.into_iter().enumerate() {
+        for ((index, span), &payload_at) in spans.into_iter().enumerate().zip(payload_at) {
             let trace_id = span.trace_id;
             let bytes = span.payload.len();
             if !inner.open.contains_key(&trace_id) {
@@ -202,8 +221,8 @@ impl Head {
                 continue;
             };
             open.has_root |= span.parent_span_id.is_none();
-            let (more_spans, more_bytes) = run_from[index];
-            open.spans.push(wal_start, span, more_spans, more_bytes);
+            open.spans
+                .push(wal_start, payload_at, span, run_from[index]);
             open.bytes += bytes;
             open.last_seen = now;
             inner.spans += 1;
@@ -234,9 +253,32 @@ impl Head {
         inserted
     }
 
-    /// Take the traces that are due to leave at `now` (every trace when `everything`).
-    /// They stay readable by id until [`Head::dropped`] or [`Head::committed`].
+    /// Take the traces that are due to leave at `now` (every trace when `everything`),
+    /// their spans read back from the log. They stay readable by id until
+    /// [`Head::dropped`] or [`Head::committed`].
     pub fn take_leaving(&self, now: Instant, everything: bool) -> Vec<LeavingTrace> {
+        let departing = self.take_departing(now, everything);
+        // The reads happen outside the lock: ingest never waits on them.
+        departing
+            .into_iter()
+            .map(|(trace, slices)| {
+                let payloads = read_payloads(&slices);
+                LeavingTrace {
+                    trace_id: trace.trace_id,
+                    spans: trace.spans.into_spans(trace.trace_id, payloads),
+                    exemplars: trace.exemplars,
+                    decided: trace.decided,
+                    leave: trace.leave,
+                }
+            })
+            .collect()
+    }
+
+    fn take_departing(
+        &self,
+        now: Instant,
+        everything: bool,
+    ) -> Vec<(Departing, Vec<Option<WalSlice>>)> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let mut out = std::mem::take(&mut inner.full);
@@ -283,12 +325,22 @@ impl Head {
                 }
             }
         }
-        for trace in &out {
-            let payloads = inner.leaving.entry(trace.trace_id).or_default();
-            payloads.extend(trace.spans.iter().map(|span| span.span.payload.clone()));
-            inner.leaving_spans += trace.spans.len();
-        }
-        out
+        out.into_iter()
+            .map(|trace| {
+                let slices = trace.spans.slices(&self.files);
+                let missing = slices.iter().filter(|slice| slice.is_none()).count();
+                if missing > 0 {
+                    tracing::error!(trace_id = %trace.trace_id, missing, "assembling spans whose write-ahead log segment is gone");
+                }
+                inner
+                    .leaving
+                    .entry(trace.trace_id)
+                    .or_default()
+                    .extend(slices.iter().cloned());
+                inner.leaving_spans += slices.len();
+                (trace, slices)
+            })
+            .collect()
     }
 
     /// Remember a trace's decision (for its late spans and for the join).
@@ -344,7 +396,7 @@ impl Head {
         let full = inner
             .full
             .iter()
-            .filter_map(|trace| trace.spans.iter().map(|span| span.wal_start).min());
+            .filter_map(|trace| trace.spans.first_wal_start());
         open.chain(full).min().unwrap_or(inner.received_through)
     }
 
@@ -358,14 +410,15 @@ impl Head {
     /// Payloads of every span of a trace the head holds (assembling or leaving).
     pub fn trace_payloads(&self, trace_id: &TraceId) -> Vec<Bytes> {
         let inner = lock(&self.inner);
-        let mut payloads: Vec<Bytes> = inner.leaving.get(trace_id).cloned().unwrap_or_default();
+        let mut slices = inner.leaving.get(trace_id).cloned().unwrap_or_default();
         if let Some(open) = inner.open.get(trace_id) {
-            payloads.extend(open.spans.payloads());
+            slices.extend(open.spans.slices(&self.files));
         }
         for full in inner.full.iter().filter(|full| full.trace_id == *trace_id) {
-            payloads.extend(full.spans.iter().map(|span| span.span.payload.clone()));
+            slices.extend(full.spans.slices(&self.files));
         }
-        payloads
+        drop(inner);
+        read_payloads(&slices).into_iter().flatten().collect()
     }
 
     /// Payloads of assembling spans of `service` that started in `[from, to]`, newest
@@ -380,22 +433,28 @@ impl Head {
         limit: usize,
     ) -> Vec<Bytes> {
         let inner = lock(&self.inner);
-        let mut found: Vec<(u64, Bytes)> = inner
+        let mut found: Vec<(u64, Option<WalSlice>)> = inner
             .open
             .values()
             .flat_map(|trace| {
                 let held = &trace.spans;
-                held.spans.iter().filter_map(move |span| {
+                held.spans.iter().filter_map(|span| {
                     let matches = &**held.envelope_of(span).service() == service
                         && (from..=to).contains(&span.start_time_unix_nano);
-                    matches.then(|| (span.start_time_unix_nano, held.payload(span)))
+                    matches.then(|| {
+                        (
+                            span.start_time_unix_nano,
+                            HeldSpans::slice(span, &self.files),
+                        )
+                    })
                 })
             })
             .collect();
         drop(inner);
         found.sort_by_key(|(start, _)| Reverse(*start));
         found.truncate(limit);
-        found.into_iter().map(|(_, payload)| payload).collect()
+        let slices: Vec<Option<WalSlice>> = found.into_iter().map(|(_, slice)| slice).collect();
+        read_payloads(&slices).into_iter().flatten().collect()
     }
 
     /// Spans held, assembling and leaving.
@@ -413,10 +472,10 @@ impl Head {
     }
 }
 
-fn leaving(trace_id: TraceId, trace: OpenTrace, leave: Leave) -> LeavingTrace {
-    LeavingTrace {
+fn leaving(trace_id: TraceId, trace: OpenTrace, leave: Leave) -> Departing {
+    Departing {
         trace_id,
-        spans: trace.spans.into_spans(trace_id),
+        spans: trace.spans,
         exemplars: trace.exemplars,
         decided: trace.decided,
         leave,

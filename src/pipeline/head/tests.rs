@@ -1,6 +1,63 @@
 use super::*;
 use crate::pipeline::sample::Reason;
+use crate::pipeline::Batch;
+use crate::wal::{RecordKind, Wal};
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+/// A head over a real write-ahead log: inserted spans are appended to it first, as the WAL
+/// thread does, so the head reads their bytes back from real segment files.
+struct Fixture {
+    head: Head,
+    wal: Wal,
+    files: Arc<WalFiles>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(limits: HeadLimits, segment_bytes: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(WalFiles::new(dir.path()));
+        let wal = Wal::open(files.clone(), 0, segment_bytes, |_| {}).unwrap();
+        Fixture {
+            head: Head::new(limits, files.clone()),
+            wal,
+            files,
+            _dir: dir,
+        }
+    }
+
+    /// Log `spans` as one record, then insert them; returns the record's start and end.
+    fn insert_at(&mut self, spans: Vec<Span>, now: Instant) -> (u64, u64, Inserted) {
+        let batch = Batch::Spans(spans);
+        let (mut payload, mut offsets) = (Vec::new(), Vec::new());
+        batch.encode(&mut payload, &mut offsets);
+        let start = self.wal.position();
+        let end = self.wal.append(RecordKind::Spans, &payload).unwrap();
+        self.wal.sync().unwrap();
+        let payload_at: Vec<u64> = offsets
+            .iter()
+            .map(|offset| crate::wal::payload_position(start) + offset)
+            .collect();
+        let Batch::Spans(spans) = batch else {
+            unreachable!("built as spans above")
+        };
+        let inserted = self
+            .head
+            .insert(start, end, spans, &payload_at, Vec::new(), now);
+        (start, end, inserted)
+    }
+
+    fn insert(&mut self, spans: Vec<Span>, now: Instant) -> u64 {
+        self.insert_at(spans, now).1
+    }
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Head;
+    fn deref(&self) -> &Head {
+        &self.head
+    }
+}
 
 fn span(trace: u8, id: u8) -> Span {
     let otlp = OtlpSpan {
@@ -11,15 +68,19 @@ fn span(trace: u8, id: u8) -> Span {
     Span::from_otlp(None, "", None, "", otlp).unwrap()
 }
 
-fn head(max_spans: usize) -> Head {
-    Head::new(HeadLimits {
+fn head(max_spans: usize) -> Fixture {
+    Fixture::new(limits(max_spans), 1 << 20)
+}
+
+fn limits(max_spans: usize) -> HeadLimits {
+    HeadLimits {
         trace_idle: Duration::from_secs(5),
         trace_idle_after_root: Duration::from_secs(5),
         trace_max_age: Duration::from_secs(30),
         max_spans_per_trace: max_spans,
         max_bytes_per_trace: usize::MAX,
         decision_cache_size: 100,
-    })
+    }
 }
 
 const KEEP: Decision = Decision {
@@ -33,16 +94,10 @@ const DROP: Decision = Decision {
 
 #[test]
 fn a_trace_leaves_when_idle_and_is_served_until_committed() {
-    let head = head(100);
+    let mut head = head(100);
     let start = Instant::now();
-    head.insert(0, 10, vec![span(1, 1), span(2, 2)], Vec::new(), start);
-    head.insert(
-        10,
-        20,
-        vec![span(1, 3)],
-        Vec::new(),
-        start + Duration::from_secs(3),
-    );
+    head.insert(vec![span(1, 1), span(2, 2)], start);
+    let end = head.insert(vec![span(1, 3)], start + Duration::from_secs(3));
     assert_eq!(head.replay_from(), 0);
     let due = head.take_leaving(start + Duration::from_secs(5), false);
     assert_eq!(due.len(), 1, "trace 1 had a span 3 s later");
@@ -54,7 +109,7 @@ fn a_trace_leaves_when_idle_and_is_served_until_committed() {
     assert_eq!(due[0].spans.len(), 2);
     assert_eq!(
         head.replay_from(),
-        20,
+        end,
         "nothing assembles: replay from the end"
     );
     assert_eq!(head.trace_payloads(&TraceId([1; 16])).len(), 2);
@@ -65,47 +120,37 @@ fn a_trace_leaves_when_idle_and_is_served_until_committed() {
 
 #[test]
 fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
-    let head = head(3);
+    // Small segments: the trace's spans lie in many files.
+    let mut head = Fixture::new(limits(3), 256);
     let start = Instant::now();
+    let mut starts = Vec::new();
     for second in 0..35u64 {
-        head.insert(
-            second * 10,
-            second * 10 + 10,
+        let (record_start, _, _) = head.insert_at(
             vec![span(1, (second % 2) as u8 + 1)],
-            Vec::new(),
             start + Duration::from_secs(second),
         );
+        starts.push(record_start);
     }
     // Every third span fills the trace: it leaves at once, as a fragment.
     let due = head.take_leaving(start + Duration::from_secs(34), false);
     assert_eq!(due.len(), 11);
     assert!(due.iter().all(|trace| trace.leave == Leave::Full));
-    assert_eq!(head.replay_from(), 330);
-    let head = head_with_age(10);
+    assert!(due.iter().all(|trace| trace.spans.len() == 3));
+    assert_eq!(head.replay_from(), starts[33]);
+    let mut head = Fixture::new(
+        HeadLimits {
+            trace_max_age: Duration::from_secs(10),
+            ..limits(1000)
+        },
+        1 << 20,
+    );
     for second in 0..12u64 {
-        head.insert(
-            second,
-            second + 1,
-            vec![span(1, 1)],
-            Vec::new(),
-            start + Duration::from_secs(second),
-        );
+        head.insert(vec![span(1, 1)], start + Duration::from_secs(second));
     }
     let due = head.take_leaving(start + Duration::from_secs(11), false);
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].leave, Leave::MaxAge, "a span came every second");
     assert_eq!(due[0].spans.len(), 12);
-}
-
-fn head_with_age(seconds: u64) -> Head {
-    Head::new(HeadLimits {
-        trace_idle: Duration::from_secs(5),
-        trace_idle_after_root: Duration::from_secs(5),
-        trace_max_age: Duration::from_secs(seconds),
-        max_spans_per_trace: 1000,
-        max_bytes_per_trace: usize::MAX,
-        decision_cache_size: 100,
-    })
 }
 
 #[test]
@@ -144,9 +189,9 @@ fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
         ..Default::default()
     };
     let spans = vec![make(1, &scope), make(2, &other_scope), make(3, &scope)];
-    let head = head(100);
+    let mut head = head(100);
     let start = Instant::now();
-    head.insert(0, 10, spans.clone(), Vec::new(), start);
+    head.insert(spans.clone(), start);
     let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
     assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
     let due = head.take_leaving(start, true);
@@ -156,18 +201,17 @@ fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
 
 #[test]
 fn a_trace_with_its_root_leaves_after_the_shorter_idle_time() {
-    let head = Head::new(HeadLimits {
-        trace_idle: Duration::from_secs(5),
-        trace_idle_after_root: Duration::from_secs(1),
-        trace_max_age: Duration::from_secs(30),
-        max_spans_per_trace: 100,
-        max_bytes_per_trace: usize::MAX,
-        decision_cache_size: 100,
-    });
+    let mut head = Fixture::new(
+        HeadLimits {
+            trace_idle_after_root: Duration::from_secs(1),
+            ..limits(100)
+        },
+        1 << 20,
+    );
     let start = Instant::now();
     let mut child = span(2, 2);
     child.parent_span_id = Some(crate::model::SpanId([1; 8]));
-    head.insert(0, 10, vec![span(1, 1), child], Vec::new(), start);
+    head.insert(vec![span(1, 1), child], start);
     let due = head.take_leaving(start + Duration::from_secs(2), false);
     assert_eq!(due.len(), 1, "trace 1 has its root: 1 s idle is enough");
     assert_eq!(due[0].trace_id, TraceId([1; 16]));
@@ -177,22 +221,10 @@ fn a_trace_with_its_root_leaves_after_the_shorter_idle_time() {
     let due = head.take_leaving(start + Duration::from_secs(5), false);
     assert_eq!(due.len(), 1, "trace 2 has no root: it waits the full 5 s");
     // A rooted trace that keeps growing leaves 1 s after its last span.
-    head.insert(
-        10,
-        20,
-        vec![span(3, 3)],
-        Vec::new(),
-        start + Duration::from_secs(5),
-    );
+    head.insert(vec![span(3, 3)], start + Duration::from_secs(5));
     let mut late_child = span(3, 4);
     late_child.parent_span_id = Some(crate::model::SpanId([3; 8]));
-    head.insert(
-        20,
-        30,
-        vec![late_child],
-        Vec::new(),
-        start + Duration::from_millis(5900),
-    );
+    head.insert(vec![late_child], start + Duration::from_millis(5900));
     assert!(head
         .take_leaving(start + Duration::from_millis(6500), false)
         .is_empty());
@@ -203,17 +235,11 @@ fn a_trace_with_its_root_leaves_after_the_shorter_idle_time() {
 
 #[test]
 fn late_spans_follow_the_decision() {
-    let head = head(100);
+    let mut head = head(100);
     let start = Instant::now();
     head.decide(TraceId([1; 16]), DROP);
     head.decide(TraceId([2; 16]), KEEP);
-    let inserted = head.insert(
-        0,
-        10,
-        vec![span(1, 1), span(2, 2), span(1, 3)],
-        Vec::new(),
-        start,
-    );
+    let (_, _, inserted) = head.insert_at(vec![span(1, 1), span(2, 2), span(1, 3)], start);
     assert_eq!(inserted.late_dropped, 2);
     assert_eq!(inserted.late_kept, 1);
     assert!(head.trace_payloads(&TraceId([1; 16])).is_empty());
@@ -223,4 +249,21 @@ fn late_spans_follow_the_decision() {
     assert_eq!(due[0].leave, Leave::Shutdown);
     assert_eq!(head.dropped(&TraceId([2; 16])), 1);
     assert!(head.is_empty());
+}
+
+#[test]
+fn a_leaving_trace_stays_readable_after_its_segment_is_removed() {
+    let mut head = Fixture::new(limits(100), 64);
+    let start = Instant::now();
+    let spans = vec![span(1, 1), span(1, 2)];
+    let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
+    head.insert(spans, start);
+    let end = head.insert(vec![span(2, 1)], start);
+    let due = head.take_leaving(start, true);
+    assert_eq!(due.len(), 2);
+    // Everything is in the (future) commit: the segments go before the head lets go.
+    assert!(head.files.remove_segments_below(end).unwrap() > 0);
+    assert!(head.files.slice(0, 1).is_none());
+    assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
+    assert_eq!(head.committed(), 3);
 }
