@@ -227,15 +227,19 @@ impl WalFiles {
         Ok(())
     }
 
-    /// The `len` bytes at log position `position`, if a live segment holds them.
-    pub fn slice(&self, position: u64, len: u32) -> Option<WalSlice> {
+    /// Slices of many positions, under one lock.
+    pub fn slices(&self, places: impl Iterator<Item = (u64, u32)>) -> Vec<Option<WalSlice>> {
         let segments = crate::lock(&self.segments);
-        let (start, file) = segments.range(..=position).next_back()?;
-        Some(WalSlice {
-            file: file.clone(),
-            offset: position - start,
-            len,
-        })
+        places
+            .map(|(position, len)| {
+                let (start, file) = segments.range(..=position).next_back()?;
+                Some(WalSlice {
+                    file: file.clone(),
+                    offset: position - start,
+                    len,
+                })
+            })
+            .collect()
     }
 
     /// Delete the segments every record of which ends at or before `committed`. The

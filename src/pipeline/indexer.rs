@@ -225,12 +225,13 @@ impl Indexer {
                 })
         };
         let head = &self.storage.head;
-        for trace in leaving {
+        for mut trace in leaving {
+            let spans = trace.read_spans();
             let earlier = trace.decided.or_else(|| head.decision(&trace.trace_id));
             let decision = match earlier {
                 Some(decision) => decision,
                 None => {
-                    let spans: Vec<&Span> = trace.spans.iter().map(|held| &held.span).collect();
+                    let spans: Vec<&Span> = spans.iter().map(|held| &held.span).collect();
                     let decision = self.shared.sampler.decide(&spans, &mut p99_us);
                     head.decide(trace.trace_id, decision);
                     metrics.record_decision(
@@ -241,17 +242,14 @@ impl Indexer {
                 }
             };
             if decision.keep {
-                let document = self
-                    .storage
-                    .traces
-                    .document(&trace.spans, &mut self.scratch);
+                let document = self.storage.traces.document(&spans, &mut self.scratch);
                 self.trace_writer.add_document(document)?;
                 self.fragments_pending += 1;
-                self.records_pending += trace.spans.len();
+                self.records_pending += spans.len();
                 self.shared
                     .stats
                     .spans_indexed
-                    .fetch_add(trace.spans.len() as u64, Ordering::Relaxed);
+                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
                 self.shared
                     .stats
                     .fragments_indexed

@@ -10,14 +10,24 @@ use bytes::Bytes;
 
 use super::HeadSpan;
 use crate::model::{Envelope, Span, SpanId, TraceId};
-use crate::wal::{WalFiles, WalSlice};
+use crate::wal::WalFiles;
 
 /// A trace's spans as the head holds them while they assemble.
 #[derive(Default)]
 pub(super) struct HeldSpans {
     envelopes: Vec<Arc<Envelope>>,
+    /// Span names, each distinct one once (a trace repeats its operations): no allocation
+    /// a span, which would also scatter small blocks over the allocator's pages.
+    names: Vec<Box<str>>,
     pub(super) spans: Vec<HeldSpan>,
 }
+
+/// How many of a trace's latest distinct names a new span's name is compared with before
+/// it is kept as a new one (bounds the search in traces of many distinct names).
+const NAMES_SEARCHED: usize = 64;
+
+/// `HeldSpan::randomness` when the span carried none.
+const NO_RANDOMNESS: u64 = u64::MAX;
 
 pub(super) struct HeldSpan {
     wal_start: u64,
@@ -26,18 +36,26 @@ pub(super) struct HeldSpan {
     payload_len: u32,
     span_id: SpanId,
     parent_span_id: Option<SpanId>,
-    name: Box<str>,
     kind: i32,
     status_code: i32,
     pub(super) start_time_unix_nano: u64,
     duration_nanos: u64,
-    has_exception: bool,
-    randomness: Option<u64>,
+    /// The `rv` randomness (56 bits), or [`NO_RANDOMNESS`].
+    randomness: u64,
+    name: u32,
     envelope: u16,
+    has_exception: bool,
 }
 
 /// The bytes between two span payloads of one WAL record: the next one's length prefix.
 pub(super) const PAYLOAD_GAP: u64 = 4;
+
+/// Where a span's payload lies in the log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Place {
+    at: u64,
+    len: u32,
+}
 
 // === impl HeldSpans ===
 
@@ -64,20 +82,31 @@ impl HeldSpans {
                 self.envelopes.len() - 1
             }
         };
+        let searched_from = self.names.len().saturating_sub(NAMES_SEARCHED);
+        let name = match self.names[searched_from..]
+            .iter()
+            .rposition(|known| **known == *span.name)
+        {
+            Some(index) => searched_from + index,
+            None => {
+                self.names.push(span.name.into_boxed_str());
+                self.names.len() - 1
+            }
+        };
         self.spans.push(HeldSpan {
             wal_start,
             payload_at,
             payload_len: span.payload.len() as u32,
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
-            name: span.name.into_boxed_str(),
             kind: span.kind,
             status_code: span.status_code,
             start_time_unix_nano: span.start_time_unix_nano,
             duration_nanos: span.duration_nanos,
-            has_exception: span.has_exception,
-            randomness: span.randomness,
+            randomness: span.randomness.unwrap_or(NO_RANDOMNESS),
+            name: name as u32,
             envelope: envelope as u16,
+            has_exception: span.has_exception,
         });
     }
 
@@ -90,18 +119,16 @@ impl HeldSpans {
         &self.envelopes[held.envelope as usize]
     }
 
-    /// Where one span's payload lies, while its segment is live.
-    pub(super) fn slice(held: &HeldSpan, files: &WalFiles) -> Option<WalSlice> {
-        files.slice(held.payload_at, held.payload_len)
+    pub(super) fn place(held: &HeldSpan) -> Place {
+        Place {
+            at: held.payload_at,
+            len: held.payload_len,
+        }
     }
 
-    /// Where every span's payload lies, in order; `None` for a span whose segment is gone
-    /// (which the replay position forbids while the span assembles).
-    pub(super) fn slices(&self, files: &WalFiles) -> Vec<Option<WalSlice>> {
-        self.spans
-            .iter()
-            .map(|held| Self::slice(held, files))
-            .collect()
+    /// Where every span's payload lies, in order.
+    pub(super) fn places(&self) -> impl Iterator<Item = Place> + '_ {
+        self.spans.iter().map(Self::place)
     }
 
     pub(super) fn first_wal_start(&self) -> Option<u64> {
@@ -115,7 +142,11 @@ impl HeldSpans {
         trace_id: TraceId,
         payloads: Vec<Option<Bytes>>,
     ) -> Vec<HeadSpan> {
-        let HeldSpans { envelopes, spans } = self;
+        let HeldSpans {
+            envelopes,
+            names,
+            spans,
+        } = self;
         spans
             .into_iter()
             .zip(payloads)
@@ -129,13 +160,13 @@ impl HeldSpans {
                         span_id: held.span_id,
                         parent_span_id: held.parent_span_id,
                         service: envelope.service().clone(),
-                        name: held.name.into_string(),
+                        name: names[held.name as usize].to_string(),
                         kind: held.kind,
                         status_code: held.status_code,
                         start_time_unix_nano: held.start_time_unix_nano,
                         duration_nanos: held.duration_nanos,
                         has_exception: held.has_exception,
-                        randomness: held.randomness,
+                        randomness: (held.randomness != NO_RANDOMNESS).then_some(held.randomness),
                         payload,
                         envelope,
                     },
@@ -145,10 +176,19 @@ impl HeldSpans {
     }
 }
 
-/// Read the payloads at `slices`, coalescing back-to-back ones into one read; `None` where
-/// a slice is missing or its read fails (logged).
-pub(super) fn read_payloads(slices: &[Option<WalSlice>]) -> Vec<Option<Bytes>> {
-    let present: Vec<WalSlice> = slices.iter().flatten().cloned().collect();
+/// Read the payloads at `places`, coalescing back-to-back ones into one read; `None` where
+/// the segment is gone or the read fails (logged). A segment goes only once a commit
+/// holds everything in it (the head's replay position), so a span that is not read here
+/// is in the index by then.
+pub(super) fn read_payloads(files: &WalFiles, places: &[Place]) -> Vec<Option<Bytes>> {
+    let slices = files.slices(places.iter().map(|place| (place.at, place.len)));
+    let present: Vec<_> = slices.iter().flatten().cloned().collect();
+    if present.len() < slices.len() {
+        tracing::debug!(
+            missing = slices.len() - present.len(),
+            "spans read back after their write-ahead log segment was removed"
+        );
+    }
     let mut read = match crate::wal::read_slices(&present, PAYLOAD_GAP) {
         Ok(read) => read.into_iter(),
         Err(error) => {

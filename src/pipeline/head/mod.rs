@@ -29,11 +29,11 @@ use super::sample::{Decision, DecisionCache};
 use crate::lock;
 use crate::metrics::PendingExemplar;
 use crate::model::{Span, TraceId};
-use crate::wal::{WalFiles, WalSlice};
+use crate::wal::WalFiles;
 
 mod held;
 
-use held::{read_payloads, HeldSpans};
+use held::{read_payloads, HeldSpans, Place};
 
 /// How long traces assemble and how large they may grow.
 #[derive(Debug, Clone, Copy)]
@@ -64,10 +64,13 @@ pub enum Leave {
     Shutdown,
 }
 
-/// A trace (or a later fragment of one) on its way to sampling and the indexer.
+/// A trace (or a later fragment of one) on its way to sampling and the indexer. Its spans
+/// are read back from the log only when the indexer comes to it ([`LeavingTrace::read_spans`]),
+/// so a pass that lets many traces go never holds all their bytes at once.
 pub struct LeavingTrace {
     pub trace_id: TraceId,
-    pub spans: Vec<HeadSpan>,
+    held: HeldSpans,
+    files: Arc<WalFiles>,
     /// Span-metric observations held back until the decision, so that exemplars only
     /// name kept traces.
     pub exemplars: Vec<PendingExemplar>,
@@ -83,6 +86,27 @@ struct Departing {
     exemplars: Vec<PendingExemplar>,
     decided: Option<Decision>,
     leave: Leave,
+}
+
+// === impl LeavingTrace ===
+
+impl LeavingTrace {
+    /// Spans in this fragment.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.len() == 0
+    }
+
+    /// The whole spans, read back from the log (outside the head's lock: ingest never
+    /// waits on the reads). Once: a second call returns nothing.
+    pub fn read_spans(&mut self) -> Vec<HeadSpan> {
+        let places: Vec<Place> = self.held.places().collect();
+        let payloads = read_payloads(&self.files, &places);
+        std::mem::take(&mut self.held).into_spans(self.trace_id, payloads)
+    }
 }
 
 /// What an insert did besides storing spans.
@@ -113,9 +137,8 @@ struct OpenTrace {
 struct HeadInner {
     open: HashMap<TraceId, OpenTrace>,
     /// Left the head, decision pending, or kept and waiting for the commit that holds
-    /// them: still served by id, from the log slices taken when they left (which keep
-    /// their segments readable).
-    leaving: HashMap<TraceId, Vec<Option<WalSlice>>>,
+    /// them: still served by id, from the log.
+    leaving: HashMap<TraceId, Vec<Place>>,
     /// Full traces, due to leave at the next pass.
     full: Vec<Departing>,
     /// When to look at a trace again: (deadline, trace id, generation).
@@ -258,27 +281,20 @@ impl Head {
     /// [`Head::dropped`] or [`Head::committed`].
     pub fn take_leaving(&self, now: Instant, everything: bool) -> Vec<LeavingTrace> {
         let departing = self.take_departing(now, everything);
-        // The reads happen outside the lock: ingest never waits on them.
         departing
             .into_iter()
-            .map(|(trace, slices)| {
-                let payloads = read_payloads(&slices);
-                LeavingTrace {
-                    trace_id: trace.trace_id,
-                    spans: trace.spans.into_spans(trace.trace_id, payloads),
-                    exemplars: trace.exemplars,
-                    decided: trace.decided,
-                    leave: trace.leave,
-                }
+            .map(|trace| LeavingTrace {
+                trace_id: trace.trace_id,
+                held: trace.spans,
+                files: self.files.clone(),
+                exemplars: trace.exemplars,
+                decided: trace.decided,
+                leave: trace.leave,
             })
             .collect()
     }
 
-    fn take_departing(
-        &self,
-        now: Instant,
-        everything: bool,
-    ) -> Vec<(Departing, Vec<Option<WalSlice>>)> {
+    fn take_departing(&self, now: Instant, everything: bool) -> Vec<Departing> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let mut out = std::mem::take(&mut inner.full);
@@ -325,22 +341,15 @@ impl Head {
                 }
             }
         }
-        out.into_iter()
-            .map(|trace| {
-                let slices = trace.spans.slices(&self.files);
-                let missing = slices.iter().filter(|slice| slice.is_none()).count();
-                if missing > 0 {
-                    tracing::error!(trace_id = %trace.trace_id, missing, "assembling spans whose write-ahead log segment is gone");
-                }
-                inner
-                    .leaving
-                    .entry(trace.trace_id)
-                    .or_default()
-                    .extend(slices.iter().cloned());
-                inner.leaving_spans += slices.len();
-                (trace, slices)
-            })
-            .collect()
+        for trace in &out {
+            inner
+                .leaving
+                .entry(trace.trace_id)
+                .or_default()
+                .extend(trace.spans.places());
+            inner.leaving_spans += trace.spans.len();
+        }
+        out
     }
 
     /// Remember a trace's decision (for its late spans and for the join).
@@ -410,15 +419,18 @@ impl Head {
     /// Payloads of every span of a trace the head holds (assembling or leaving).
     pub fn trace_payloads(&self, trace_id: &TraceId) -> Vec<Bytes> {
         let inner = lock(&self.inner);
-        let mut slices = inner.leaving.get(trace_id).cloned().unwrap_or_default();
+        let mut places = inner.leaving.get(trace_id).cloned().unwrap_or_default();
         if let Some(open) = inner.open.get(trace_id) {
-            slices.extend(open.spans.slices(&self.files));
+            places.extend(open.spans.places());
         }
         for full in inner.full.iter().filter(|full| full.trace_id == *trace_id) {
-            slices.extend(full.spans.slices(&self.files));
+            places.extend(full.spans.places());
         }
         drop(inner);
-        read_payloads(&slices).into_iter().flatten().collect()
+        read_payloads(&self.files, &places)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Payloads of assembling spans of `service` that started in `[from, to]`, newest
@@ -433,7 +445,7 @@ impl Head {
         limit: usize,
     ) -> Vec<Bytes> {
         let inner = lock(&self.inner);
-        let mut found: Vec<(u64, Option<WalSlice>)> = inner
+        let mut found: Vec<(u64, Place)> = inner
             .open
             .values()
             .flat_map(|trace| {
@@ -441,20 +453,18 @@ impl Head {
                 held.spans.iter().filter_map(|span| {
                     let matches = &**held.envelope_of(span).service() == service
                         && (from..=to).contains(&span.start_time_unix_nano);
-                    matches.then(|| {
-                        (
-                            span.start_time_unix_nano,
-                            HeldSpans::slice(span, &self.files),
-                        )
-                    })
+                    matches.then(|| (span.start_time_unix_nano, HeldSpans::place(span)))
                 })
             })
             .collect();
         drop(inner);
         found.sort_by_key(|(start, _)| Reverse(*start));
         found.truncate(limit);
-        let slices: Vec<Option<WalSlice>> = found.into_iter().map(|(_, slice)| slice).collect();
-        read_payloads(&slices).into_iter().flatten().collect()
+        let places: Vec<Place> = found.into_iter().map(|(_, place)| place).collect();
+        read_payloads(&self.files, &places)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Spans held, assembling and leaving.

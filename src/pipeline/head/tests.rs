@@ -106,7 +106,7 @@ fn a_trace_leaves_when_idle_and_is_served_until_committed() {
     assert_eq!(head.trace_payloads(&TraceId([2; 16])).len(), 1);
     let due = head.take_leaving(start + Duration::from_secs(8), false);
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].spans.len(), 2);
+    assert_eq!(due[0].len(), 2);
     assert_eq!(
         head.replay_from(),
         end,
@@ -135,7 +135,7 @@ fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
     let due = head.take_leaving(start + Duration::from_secs(34), false);
     assert_eq!(due.len(), 11);
     assert!(due.iter().all(|trace| trace.leave == Leave::Full));
-    assert!(due.iter().all(|trace| trace.spans.len() == 3));
+    assert!(due.iter().all(|trace| trace.len() == 3));
     assert_eq!(head.replay_from(), starts[33]);
     let mut head = Fixture::new(
         HeadLimits {
@@ -150,7 +150,7 @@ fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
     let due = head.take_leaving(start + Duration::from_secs(11), false);
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].leave, Leave::MaxAge, "a span came every second");
-    assert_eq!(due[0].spans.len(), 12);
+    assert_eq!(due[0].len(), 12);
 }
 
 #[test]
@@ -194,8 +194,12 @@ fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
     head.insert(spans.clone(), start);
     let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
     assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
-    let due = head.take_leaving(start, true);
-    let back: Vec<Span> = due[0].spans.iter().map(|held| held.span.clone()).collect();
+    let mut due = head.take_leaving(start, true);
+    let back: Vec<Span> = due[0]
+        .read_spans()
+        .into_iter()
+        .map(|held| held.span)
+        .collect();
     assert_eq!(back, spans);
 }
 
@@ -230,7 +234,7 @@ fn a_trace_with_its_root_leaves_after_the_shorter_idle_time() {
         .is_empty());
     let due = head.take_leaving(start + Duration::from_millis(6900), false);
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].spans.len(), 2);
+    assert_eq!(due[0].len(), 2);
 }
 
 #[test]
@@ -252,18 +256,31 @@ fn late_spans_follow_the_decision() {
 }
 
 #[test]
-fn a_leaving_trace_stays_readable_after_its_segment_is_removed() {
+fn spans_come_back_from_every_segment_they_were_logged_in() {
+    // 64-byte segments: every record rolls over to a new file.
     let mut head = Fixture::new(limits(100), 64);
     let start = Instant::now();
-    let spans = vec![span(1, 1), span(1, 2)];
-    let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
-    head.insert(spans, start);
-    let end = head.insert(vec![span(2, 1)], start);
-    let due = head.take_leaving(start, true);
-    assert_eq!(due.len(), 2);
-    // Everything is in the (future) commit: the segments go before the head lets go.
-    assert!(head.files.remove_segments_below(end).unwrap() > 0);
-    assert!(head.files.slice(0, 1).is_none());
+    let first = vec![span(1, 1), span(1, 2)];
+    let second = vec![span(1, 3)];
+    let expected: Vec<Bytes> = first
+        .iter()
+        .chain(&second)
+        .map(|span| span.payload.clone())
+        .collect();
+    head.insert(first, start);
+    let end = head.insert(second, start);
     assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
+    let mut due = head.take_leaving(start, true);
+    assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
+    let read: Vec<Bytes> = due[0]
+        .read_spans()
+        .into_iter()
+        .map(|held| held.span.payload)
+        .collect();
+    assert_eq!(read, expected);
+    // Once a commit holds the trace the head lets go, and the segments may go.
     assert_eq!(head.committed(), 3);
+    assert!(head.files.remove_segments_below(end).unwrap() > 0);
+    assert!(head.files.slices([(0, 1)].into_iter())[0].is_none());
+    assert!(head.trace_payloads(&TraceId([1; 16])).is_empty());
 }
