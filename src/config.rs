@@ -119,6 +119,9 @@ pub struct RawLogSource {
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
     pub format: Format,
+    /// With `format = "regex"` (or `"auto"`, which it then implies): named groups `time`,
+    /// `level`, `message`, `trace_id`, `span_id`, `service`, and any others as attributes.
+    pub regex: Option<String>,
     pub service: Option<String>,
     pub read_from: ReadFrom,
     pub max_line_bytes: u64,
@@ -154,6 +157,7 @@ impl Default for RawLogSource {
             paths: Vec::new(),
             exclude: Vec::new(),
             format: Format::Auto,
+            regex: None,
             service: None,
             read_from: ReadFrom::Beginning,
             max_line_bytes: 1024 * 1024,
@@ -324,6 +328,7 @@ pub struct LogSourceConfig {
     pub paths: Vec<glob::Pattern>,
     pub exclude: Vec<glob::Pattern>,
     pub format: Format,
+    pub regex: Option<regex::Regex>,
     pub service: Option<String>,
     pub read_from: ReadFrom,
     pub max_line_bytes: usize,
@@ -536,10 +541,36 @@ fn validate_logs(raw: &RawLogs) -> Result<LogsConfig, ConfigError> {
                 problem: "must be at least 16".into(),
             });
         }
+        let regex = match &source.regex {
+            Some(text) => Some(
+                regex::Regex::new(text).map_err(|error| ConfigError::Invalid {
+                    key: key("regex"),
+                    problem: format!("not a regex: {error}"),
+                })?,
+            ),
+            None => None,
+        };
+        let format = match (source.format, &regex) {
+            (Format::Auto | Format::Regex, Some(_)) => Format::Regex,
+            (Format::Regex, None) => {
+                return Err(ConfigError::Invalid {
+                    key: key("regex"),
+                    problem: "format = \"regex\" needs a regex".into(),
+                })
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: key("regex"),
+                    problem: "a regex goes with format = \"regex\"".into(),
+                })
+            }
+            (format, None) => format,
+        };
         sources.push(LogSourceConfig {
             paths: patterns("paths", &source.paths)?,
             exclude: patterns("exclude", &source.exclude)?,
-            format: source.format,
+            format,
+            regex,
             service: source.service.clone(),
             read_from: source.read_from,
             max_line_bytes: source.max_line_bytes as usize,

@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
+use crate::ingest::logline::{LineFormat, Wrapper};
 use crate::ingest::tail::TailStats;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::store::Storage;
@@ -144,6 +145,19 @@ impl Collector for OwnMetrics {
                 "Records read from tailed files",
                 load(&tail.lines_read),
             )?;
+            let mut metric = encoder.encode_descriptor(
+                "tracelink_tailer_lines",
+                "Records read from tailed files, by what their line was read as and the container runtime's wrapper around it",
+                None,
+                MetricType::Counter,
+            )?;
+            for format in LineFormat::ALL {
+                for wrapper in Wrapper::ALL {
+                    let labels = [("format", format.as_str()), ("wrapper", wrapper.as_str())];
+                    ConstCounter::new(tail.lines(format, wrapper))
+                        .encode(metric.encode_family(&labels)?)?;
+                }
+            }
             counter(
                 &mut encoder,
                 "tracelink_tailer_lines_truncated",

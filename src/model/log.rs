@@ -60,7 +60,25 @@ impl LogRecord {
     pub fn file_id(file_identity: u64, offset: u64) -> String {
         format!("f{file_identity:016x}-{offset:x}")
     }
+
+    /// The record's stream labels beyond service and level: its Kubernetes attributes,
+    /// under the names Loki gives them (dots become underscores).
+    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        LABEL_ATTRIBUTES.iter().filter_map(|(label, attribute)| {
+            self.attributes
+                .get(*attribute)
+                .and_then(serde_json::Value::as_str)
+                .map(|value| (*label, value))
+        })
+    }
 }
+
+/// Stream labels taken from record attributes: (label, attribute).
+pub const LABEL_ATTRIBUTES: [(&str, &str); 3] = [
+    ("k8s_namespace_name", "k8s.namespace.name"),
+    ("k8s_pod_name", "k8s.pod.name"),
+    ("k8s_container_name", "k8s.container.name"),
+];
 
 pub fn rfc3339(time_unix_nano: u64) -> String {
     let seconds = (time_unix_nano / 1_000_000_000) as i64;

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan};
 use prost::Message;
 
 pub use level::Level;
-pub use log::{LogRecord, LogSource};
+pub use log::{LogRecord, LogSource, LABEL_ATTRIBUTES};
 
 /// Service name the OpenTelemetry SDKs use when a resource carries none.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";

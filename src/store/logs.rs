@@ -1,6 +1,10 @@
 //! The logs index: one tantivy document per log record, found by trace id (full or only
 //! its low 64 bits, as Datadog writes it), span id, service, level, time and message text.
 //!
+//! Stream labels from record attributes (the Kubernetes ones) are indexed as
+//! `label=value` terms of one field; an index made before that field existed is opened
+//! with its own schema and answers those labels by filtering instead.
+//!
 //! Written only by the pipeline's indexer thread; read by query handlers on blocking
 //! threads. The stored `payload` is the record's JSON, the shape `/api/logs` answers with.
 //! Its commit payload carries the WAL position and the tailer's file checkpoints.
@@ -18,7 +22,7 @@ use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, TantivyDocumen
 
 use super::{open_index, CommitPayload, StoreError};
 use crate::model::Level;
-use crate::model::{LogRecord, SpanId, TraceId};
+use crate::model::{LogRecord, SpanId, TraceId, LABEL_ATTRIBUTES};
 
 #[derive(Clone, Copy)]
 struct LogFields {
@@ -31,9 +35,12 @@ struct LogFields {
     trace_low64: Field,
     span_id: Field,
     payload: Field,
+    /// `label=value` terms; absent in indexes made by earlier versions.
+    labels: Option<Field>,
 }
 
 const TIME_FIELD: &str = "time_unix_nano";
+const LABELS_FIELD: &str = "labels";
 
 impl LogFields {
     fn schema() -> (Schema, LogFields) {
@@ -48,8 +55,30 @@ impl LogFields {
             trace_low64: builder.add_u64_field("trace_low64", INDEXED),
             span_id: builder.add_bytes_field("span_id", INDEXED),
             payload: builder.add_bytes_field("payload", STORED),
+            labels: Some(builder.add_text_field(LABELS_FIELD, STRING)),
         };
         (builder.build(), fields)
+    }
+
+    /// The fields of an existing index's schema, by name.
+    fn of(schema: &Schema) -> Result<LogFields, StoreError> {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| StoreError::Payload(format!("logs index without field {name}")))
+        };
+        Ok(LogFields {
+            id: field("id")?,
+            time: field(TIME_FIELD)?,
+            service: field("service")?,
+            level: field("level")?,
+            message: field("message")?,
+            trace_id: field("trace_id")?,
+            trace_low64: field("trace_low64")?,
+            span_id: field("span_id")?,
+            payload: field("payload")?,
+            labels: schema.get_field(LABELS_FIELD).ok(),
+        })
     }
 }
 
@@ -62,6 +91,8 @@ pub struct LogQuery {
     pub span_id: Option<SpanId>,
     pub service: Option<String>,
     pub level: Option<Level>,
+    /// Stream labels from attributes (`k8s_namespace_name`…) and the value each must have.
+    pub labels: Vec<(String, String)>,
     pub text: Option<String>,
     pub start_unix_nano: Option<u64>,
     pub end_unix_nano: Option<u64>,
@@ -78,7 +109,15 @@ pub struct LogIndex {
 
 impl LogIndex {
     pub fn open(dir: &Path) -> Result<LogIndex, StoreError> {
-        let (schema, fields) = LogFields::schema();
+        let (mut schema, mut fields) = LogFields::schema();
+        if dir.join("meta.json").exists() {
+            let existing = Index::open_in_dir(dir)?.schema();
+            if existing.get_field(LABELS_FIELD).is_err() {
+                tracing::warn!(path = %dir.display(), "logs index made by an earlier version: stream labels from attributes are matched by filtering, not by the index");
+                fields = LogFields::of(&existing)?;
+                schema = existing;
+            }
+        }
         let (index, reader) = open_index(dir, schema)?;
         Ok(LogIndex {
             index,
@@ -110,6 +149,11 @@ impl LogIndex {
         }
         if let Some(span_id) = &record.span_id {
             document.add_bytes(fields.span_id, span_id.0.as_slice());
+        }
+        if let Some(labels) = fields.labels {
+            for (label, value) in record.labels() {
+                document.add_text(labels, format!("{label}={value}"));
+            }
         }
         let payload =
             serde_json::to_vec(record).map_err(|error| StoreError::Payload(error.to_string()))?;
@@ -175,6 +219,11 @@ impl LogIndex {
         }
         if let Some(level) = query.level {
             clauses.push((Occur::Must, term(fields.level, level.as_str())));
+        }
+        if let Some(labels) = fields.labels {
+            for (label, value) in &query.labels {
+                clauses.push((Occur::Must, term(labels, &format!("{label}={value}"))));
+            }
         }
         if let Some(text) = query.text.as_deref().filter(|text| !text.trim().is_empty()) {
             let mut parser = QueryParser::for_index(&self.index, vec![fields.message]);
@@ -252,11 +301,18 @@ impl LogIndex {
         serde_json::from_slice(bytes).map_err(|error| StoreError::Payload(error.to_string()))
     }
 
-    /// Distinct values of `service` or `level` (for Loki's label values).
+    /// Distinct values of `service`, `level` or an attribute label such as
+    /// `k8s_namespace_name` (for Loki's label values).
     pub fn values_of(&self, field_name: &str) -> Result<Vec<String>, StoreError> {
-        let field = match field_name {
-            "service" => self.fields.service,
-            "level" => self.fields.level,
+        let (field, prefix) = match field_name {
+            "service" => (self.fields.service, String::new()),
+            "level" => (self.fields.level, String::new()),
+            label if LABEL_ATTRIBUTES.iter().any(|(known, _)| *known == label) => {
+                match self.fields.labels {
+                    Some(labels) => (labels, format!("{label}=")),
+                    None => return Ok(Vec::new()),
+                }
+            }
             other => return Err(StoreError::Payload(format!("no such label field {other}"))),
         };
         let searcher = self.reader.searcher();
@@ -265,8 +321,11 @@ impl LogIndex {
             let inverted = segment.inverted_index(field)?;
             let mut terms = inverted.terms().stream()?;
             while let Some((key, _)) = terms.next() {
-                if !key.is_empty() {
-                    values.insert(String::from_utf8_lossy(key).into_owned());
+                let Some(value) = key.strip_prefix(prefix.as_bytes()) else {
+                    continue;
+                };
+                if !value.is_empty() {
+                    values.insert(String::from_utf8_lossy(value).into_owned());
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Loki's query API, enough for Grafana's Loki data source: `query_range`, `query`
 //! (including the `vector(1)+vector(1)` health check), `labels` and label values. Stream
-//! labels are `service_name` and `level`; each line is the record rendered as one JSON
+//! labels are `service_name`, `level` and, for container logs, `k8s_namespace_name`,
+//! `k8s_pod_name` and `k8s_container_name`; each line is the record rendered as one JSON
 //! object (message, level, trace and span ids, attributes), so Grafana's derived fields
 //! and its default trace→logs filter (`|= "<traceId>"`) find the trace id in it.
 
@@ -18,7 +19,7 @@ use super::logs::parse_query_trace_id;
 use super::{ApiError, AppState};
 use crate::ingest::logline::parse_time_text;
 use crate::model::Level;
-use crate::model::LogRecord;
+use crate::model::{LogRecord, LABEL_ATTRIBUTES};
 use crate::store::{LogQuery, Storage};
 use logql::{Aggregation, Expr, LogSelector, MatchOp, Matcher, MetricQuery, RangeFunction, Stage};
 
@@ -152,7 +153,10 @@ pub async fn query(
 }
 
 pub async fn labels() -> Json<Value> {
-    Json(json!({"status": "success", "data": ["level", "service_name"]}))
+    let mut names = vec!["level", "service_name"];
+    names.extend(LABEL_ATTRIBUTES.iter().map(|(label, _)| *label));
+    names.sort_unstable();
+    Json(json!({"status": "success", "data": names}))
 }
 
 pub async fn label_values(
@@ -162,10 +166,12 @@ pub async fn label_values(
     let field = match name.as_str() {
         "service_name" => "service",
         "level" => "level",
+        label if LABEL_ATTRIBUTES.iter().any(|(known, _)| *known == label) => label,
         _ => return Ok(Json(json!({"status": "success", "data": []}))),
     };
+    let field = field.to_owned();
     let storage = state.storage.clone();
-    let values = tokio::task::spawn_blocking(move || storage.logs.values_of(field))
+    let values = tokio::task::spawn_blocking(move || storage.logs.values_of(&field))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok(Json(json!({"status": "success", "data": values})))
@@ -192,6 +198,10 @@ fn field_value(record: &LogRecord, name: &str) -> Option<String> {
         "span_id" | "spanID" | "spanId" => record.span_id.map(|id| id.to_hex()),
         "message" | "msg" => Some(record.message.clone()),
         "__error__" | "__error_details__" => Some(String::new()),
+        label if label.starts_with("k8s_") => record
+            .labels()
+            .find(|(known, _)| *known == label)
+            .map(|(_, value)| value.to_owned()),
         other => record.attributes.get(other).map(|value| match value {
             Value::String(text) => text.clone(),
             other => other.to_string(),
@@ -295,6 +305,9 @@ fn select(
         match label.as_str() {
             "service_name" | "service" => query.service = Some(value),
             "level" => query.level = Level::parse(&value).or(query.level),
+            label if LABEL_ATTRIBUTES.iter().any(|(known, _)| *known == label) => {
+                query.labels.push((label.to_owned(), value));
+            }
             "trace_id" | "traceID" | "traceId" => {
                 let (trace_id, low_only) = parse_query_trace_id(&value)?;
                 query.trace_id = Some(trace_id);
@@ -312,10 +325,14 @@ fn select(
 }
 
 fn stream_labels(record: &LogRecord) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         ("service_name".to_owned(), record.service.clone()),
         ("level".to_owned(), level_label(record).to_owned()),
-    ])
+    ]);
+    for (label, value) in record.labels() {
+        labels.insert(label.to_owned(), value.to_owned());
+    }
+    labels
 }
 
 fn streams_response(records: &[LogRecord]) -> Value {

@@ -5,15 +5,25 @@
 //! lines (dotted keys and nested objects alike, with the field-name variants of
 //! OpenTelemetry, ECS, Datadog, Python OTel logging, slog, zap, logrus, pino, bunyan,
 //! structlog and tracing-subscriber), logfmt, and plain text (a trace id after `trace_id`,
-//! `traceId`, `TraceID:` or inside a `traceparent` value). Docker json-file and CRI
-//! wrappers are unwrapped first; their time and stream are kept and the inner line is
-//! parsed again. A line that does not parse as its format is kept as text, flagged.
+//! `traceId`, `TraceID:`, inside a `traceparent` value or Sleuth's `[app,trace,span]`; the
+//! level among the first words). Docker json-file and CRI wrappers are unwrapped first;
+//! their time and stream are kept and the inner line is parsed again.
+//!
+//! With `format = "auto"` a line is JSON only when it is a JSON object, logfmt only when
+//! it is logfmt as a whole (it starts with a `key=value` pair and such pairs cover it, as
+//! logfmt libraries write it), and text otherwise: a Java line with `status=1` in its
+//! message is text, its `TraceID:` found. A structured line that names no trace id has
+//! its message searched for one. A line that does not parse as a format the source
+//! forces is kept as text, flagged.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use regex::Regex;
 use serde_json::Value;
+
+mod text;
+
+pub use text::{ids_in_text, leading_level, parse_text, parse_with_regex};
 
 use crate::model::Level;
 use crate::model::{SpanId, TraceId};
@@ -25,8 +35,61 @@ pub enum Format {
     Json,
     Logfmt,
     Text,
+    /// The source's `regex`, whose named groups say which part is which.
+    Regex,
     #[default]
     Auto,
+}
+
+/// What a line was read as, for `tracelink_tailer_lines_total{format}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineFormat {
+    Json,
+    Logfmt,
+    #[default]
+    Text,
+    Regex,
+}
+
+/// The container runtime's wrapper around a line, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wrapper {
+    #[default]
+    None,
+    /// Docker's json-file driver: `{"log":"…","stream":"stdout","time":"…"}`.
+    Docker,
+    /// CRI (containerd, CRI-O): `<time> <stream> <P|F> <content>`.
+    Cri,
+}
+
+impl LineFormat {
+    pub const ALL: [LineFormat; 4] = [
+        LineFormat::Json,
+        LineFormat::Logfmt,
+        LineFormat::Text,
+        LineFormat::Regex,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineFormat::Json => "json",
+            LineFormat::Logfmt => "logfmt",
+            LineFormat::Text => "text",
+            LineFormat::Regex => "regex",
+        }
+    }
+}
+
+impl Wrapper {
+    pub const ALL: [Wrapper; 3] = [Wrapper::None, Wrapper::Docker, Wrapper::Cri];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wrapper::None => "none",
+            Wrapper::Docker => "docker",
+            Wrapper::Cri => "cri",
+        }
+    }
 }
 
 /// Configured field names, tried before the built-in variants.
@@ -63,6 +126,8 @@ const LEVEL_FIELDS: &[&str] = &[
     "status",
     "severityNumber",
     "severity_number",
+    // Heroku's router and many logfmt writers: `at=info`.
+    "at",
 ];
 const MESSAGE_FIELDS: &[&str] = &["message", "msg", "body", "event", "fields.message", "text"];
 const TRACE_FIELDS: &[&str] = &[
@@ -115,6 +180,10 @@ pub struct ParsedLine {
     pub stream: Option<String>,
     /// Why the line was kept as text although its format said otherwise.
     pub parse_error: Option<String>,
+    pub format: LineFormat,
+    pub wrapper: Wrapper,
+    /// No field held the message: it is the remaining fields, rendered.
+    pub message_derived: bool,
 }
 
 /// A CRI line: `<RFC 3339 time> <stream> <P|F> <content>`.
@@ -146,8 +215,23 @@ pub fn split_cri(line: &str) -> Option<CriLine<'_>> {
 
 /// Parse one complete line. CRI partial (`P`) lines must already be joined by the caller.
 pub fn parse_line(line: &str, format: Format, fields: &FieldNames) -> ParsedLine {
+    parse_line_as(line, format, None, fields)
+}
+
+/// [`parse_line`] with the source's regex, which `Format::Regex` reads lines with.
+pub fn parse_line_as(
+    line: &str,
+    format: Format,
+    regex: Option<&Regex>,
+    fields: &FieldNames,
+) -> ParsedLine {
+    let parse_inner = |inner: &str, format: Format, fields: &FieldNames| match (format, regex) {
+        (Format::Regex, Some(pattern)) => parse_with_regex(inner, pattern),
+        _ => parse_inner(inner, format, fields),
+    };
     if let Some(cri) = split_cri(line) {
         let mut parsed = parse_inner(cri.content, format, fields);
+        parsed.wrapper = Wrapper::Cri;
         parsed.stream = Some(cri.stream.to_owned());
         if parsed.time_unix_nano.is_none() {
             parsed.time_unix_nano = parse_time_text(cri.time);
@@ -162,6 +246,7 @@ pub fn parse_line(line: &str, format: Format, fields: &FieldNames) -> ParsedLine
                 let inner = inner.strip_suffix('\n').unwrap_or(inner);
                 let inner = inner.strip_suffix('\r').unwrap_or(inner);
                 let mut parsed = parse_inner(inner, format, fields);
+                parsed.wrapper = Wrapper::Docker;
                 parsed.stream = Some(stream.clone());
                 if parsed.time_unix_nano.is_none() {
                     parsed.time_unix_nano = wrapper
@@ -180,31 +265,86 @@ fn parse_inner(line: &str, format: Format, fields: &FieldNames) -> ParsedLine {
     let trimmed = line.trim_start();
     match format {
         Format::Json => match json_fields(line) {
-            Ok(map) => from_fields(map, fields),
+            Ok(map) => from_fields(map, fields, LineFormat::Json),
             Err(error) => with_error(parse_text(line), format!("not JSON: {error}")),
         },
         Format::Logfmt => match logfmt_fields(line) {
-            Some(map) => from_fields(map, fields),
+            Some(map) => with_line_as_message(from_fields(map, fields, LineFormat::Logfmt), line),
             None => with_error(parse_text(line), "not logfmt".into()),
         },
-        Format::Text => parse_text(line),
+        // Without its regex (a config the validation refuses) a regex source reads text.
+        Format::Text | Format::Regex => parse_text(line),
+        // A line that looks like JSON and is not (cut short, say) is text, flagged.
         Format::Auto if trimmed.starts_with('{') => match json_fields(line) {
-            Ok(map) => from_fields(map, fields),
+            Ok(map) => from_fields(map, fields, LineFormat::Json),
             Err(error) => with_error(parse_text(line), format!("not JSON: {error}")),
         },
-        Format::Auto => match logfmt_fields(line) {
-            Some(map)
-                if map.len() >= 2 && has_any(&map, &["msg", "message", "level", "ts", "time"]) =>
-            {
-                from_fields(map, fields)
-            }
-            _ => parse_text(line),
+        Format::Auto => match strict_logfmt_fields(line) {
+            Some(map) => with_line_as_message(from_fields(map, fields, LineFormat::Logfmt), line),
+            None => parse_text(line),
         },
     }
 }
 
-fn has_any(map: &BTreeMap<String, Value>, keys: &[&str]) -> bool {
-    keys.iter().any(|key| map.contains_key(*key))
+/// Logfmt as a whole: every word is a `key=value` pair (the value may be quoted or
+/// empty) whose key is a plain name, as logfmt libraries write them. `None` otherwise.
+pub fn strict_logfmt_fields(line: &str) -> Option<BTreeMap<String, Value>> {
+    let fields = logfmt_fields(line)?;
+    let plain_key = |key: &str| {
+        let mut bytes = key.bytes();
+        bytes
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_' || first == b'@')
+            && bytes.all(|byte| {
+                byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b'/' | b'@')
+            })
+    };
+    let all_pairs = fields
+        .iter()
+        .all(|(key, value)| plain_key(key) && !matches!(value, Value::Bool(_)));
+    // A repeated key collapses in the map: count the words to be sure every one was a pair.
+    let words = count_logfmt_words(line)?;
+    (all_pairs && words == fields.len()).then_some(fields)
+}
+
+/// The number of words of a logfmt line (quoted values count as part of their word).
+fn count_logfmt_words(line: &str) -> Option<usize> {
+    let mut words = 0;
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut escaped = false;
+    for character in line.chars() {
+        if quoted {
+            match character {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        if character.is_whitespace() {
+            in_word = false;
+            continue;
+        }
+        if !in_word {
+            words += 1;
+            in_word = true;
+        }
+        if character == '"' {
+            quoted = true;
+        }
+    }
+    (!quoted).then_some(words)
+}
+
+/// A logfmt line that names no message reads best as itself (Heroku's router lines).
+fn with_line_as_message(mut parsed: ParsedLine, line: &str) -> ParsedLine {
+    if parsed.message_derived {
+        parsed.message = line.to_owned();
+        parsed.message_derived = false;
+    }
+    parsed
 }
 
 fn with_error(mut parsed: ParsedLine, error: String) -> ParsedLine {
@@ -347,8 +487,15 @@ fn value_text(value: &Value) -> Option<String> {
     }
 }
 
-fn from_fields(mut map: BTreeMap<String, Value>, fields: &FieldNames) -> ParsedLine {
-    let mut parsed = ParsedLine::default();
+fn from_fields(
+    mut map: BTreeMap<String, Value>,
+    fields: &FieldNames,
+    format: LineFormat,
+) -> ParsedLine {
+    let mut parsed = ParsedLine {
+        format,
+        ..ParsedLine::default()
+    };
     if let Some((_, value)) = take_first(&mut map, &fields.time, TIME_FIELDS, |_, value| {
         parse_time_value(value).is_some()
     }) {
@@ -399,15 +546,41 @@ fn from_fields(mut map: BTreeMap<String, Value>, fields: &FieldNames) -> ParsedL
         }
     }
     if let Some((_, value)) = take_first(&mut map, &fields.service, SERVICE_FIELDS, |_, value| {
-        value.as_str().is_some_and(|text| !text.is_empty())
+        value.as_str().is_some_and(is_service_name)
     }) {
         parsed.service = value_text(&value);
     }
+    if parsed.trace_id.is_none() {
+        // Named nowhere as a field: perhaps written in the message, or in another field.
+        let texts =
+            std::iter::once(parsed.message.as_str()).chain(map.values().filter_map(Value::as_str));
+        for text in texts {
+            let (trace_id, span_id) = ids_in_text(text);
+            if let Some((trace_id, low_only)) = trace_id {
+                parsed.trace_id = Some(trace_id);
+                parsed.trace_id_low64_only = low_only;
+                parsed.span_id = parsed.span_id.or(span_id);
+                break;
+            }
+        }
+    }
     if parsed.message.is_empty() {
         parsed.message = serde_json::to_string(&map).unwrap_or_default();
+        parsed.message_derived = true;
     }
     parsed.attributes = map;
     parsed
+}
+
+/// A `service` field names a service unless it is a number or a duration (Heroku's router
+/// writes the service time as `service=12ms`).
+fn is_service_name(text: &str) -> bool {
+    let digits = text
+        .trim_end_matches(|character: char| character.is_ascii_alphabetic() || character == 'µ');
+    let unit = &text[digits.len()..];
+    let is_number = !digits.is_empty() && digits.parse::<f64>().is_ok();
+    let is_duration = is_number && matches!(unit, "" | "ns" | "us" | "µs" | "ms" | "s" | "m" | "h");
+    !text.is_empty() && !is_duration
 }
 
 fn level_of(name: &str, value: &Value) -> Option<Level> {
@@ -492,60 +665,6 @@ pub fn parse_traceparent(text: &str) -> Option<(TraceId, SpanId)> {
         TraceId::parse(parts[1]).ok()?,
         SpanId::parse(parts[2]).ok()?,
     ))
-}
-
-fn text_patterns() -> &'static (Regex, Regex, Regex, Regex) {
-    static PATTERNS: OnceLock<(Regex, Regex, Regex, Regex)> = OnceLock::new();
-    PATTERNS.get_or_init(|| {
-        let compile = |pattern: &str| Regex::new(pattern).expect("static regex is valid");
-        (
-            compile(
-                r#"(?i)\btrace[_\-.]?id["']?\s*[:=]\s*["']?([0-9a-fA-F]{32}|[0-9a-fA-F]{16})\b"#,
-            ),
-            compile(r#"(?i)\bspan[_\-.]?id["']?\s*[:=]\s*["']?([0-9a-fA-F]{16})\b"#),
-            compile(r"\b(0[0-9a-f]-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})\b"),
-            compile(r"\b(TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|PANIC)\b"),
-        )
-    })
-}
-
-/// Plain text: the message is the line; ids and level are found where they are written.
-pub fn parse_text(line: &str) -> ParsedLine {
-    let (trace_pattern, span_pattern, traceparent_pattern, level_pattern) = text_patterns();
-    let mut parsed = ParsedLine {
-        message: line.to_owned(),
-        ..ParsedLine::default()
-    };
-    if let Some(found) = trace_pattern
-        .captures(line)
-        .and_then(|captures| captures.get(1))
-    {
-        if let Some((trace_id, low_only)) = parse_log_trace_id("text", found.as_str()) {
-            parsed.trace_id = Some(trace_id);
-            parsed.trace_id_low64_only = low_only;
-        }
-    }
-    if let Some(found) = span_pattern
-        .captures(line)
-        .and_then(|captures| captures.get(1))
-    {
-        parsed.span_id = SpanId::parse(found.as_str()).ok();
-    }
-    if parsed.trace_id.is_none() {
-        if let Some((trace_id, span_id)) = traceparent_pattern
-            .captures(line)
-            .and_then(|captures| captures.get(1))
-            .and_then(|found| parse_traceparent(found.as_str()))
-        {
-            parsed.trace_id = Some(trace_id);
-            parsed.span_id = parsed.span_id.or(Some(span_id));
-        }
-    }
-    parsed.level = level_pattern
-        .captures(line)
-        .and_then(|captures| captures.get(1))
-        .and_then(|found| Level::parse(found.as_str()));
-    parsed
 }
 
 fn parse_time_value(value: &Value) -> Option<u64> {

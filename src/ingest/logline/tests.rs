@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::Level;
 use proptest::prelude::*;
 
 fn parse(line: &str) -> ParsedLine {
@@ -191,6 +192,309 @@ proptest! {
         let hex = crate::model::to_hex(&bytes);
         let json = format!(r#"{{"msg":"m","traceId":"{}"}}"#, hex.to_uppercase());
         let parsed = parse_line(&json, Format::Json, &FieldNames::default());
+        prop_assert_eq!(parsed.trace_id.map(|id| id.to_hex()), Some(hex));
+    }
+}
+
+/// One real-world line shape and what a person reading it would say it holds.
+struct Shape {
+    line: &'static str,
+    format: LineFormat,
+    message: &'static str,
+    level: Option<Level>,
+    trace_id: Option<&'static str>,
+    span_id: Option<&'static str>,
+    service: Option<&'static str>,
+}
+
+const SPAN: &str = "00f067aa0ba902b7";
+
+fn corpus() -> Vec<Shape> {
+    use LineFormat::*;
+    let shape = |line, format, message, level, trace_id, span_id, service| Shape {
+        line,
+        format,
+        message,
+        level,
+        trace_id,
+        span_id,
+        service,
+    };
+    vec![
+        // Spring Boot (train-ticket): key=value fragments inside the message.
+        shape(
+            "16:48:22.860 INFO  t.s.TravelServiceImpl#469 TraceID: 69b89441c8d2a7f3e5b1d4c6a8e0ba19 SpanID: c5f856fd5edc297a [getRestTicketNumber][Get Rest tickets num][num is: Response(status=1, msg=Get Left Ticket of Internal Success, data=1073741823)]",
+            Text,
+            "",
+            Some(Level::Info),
+            Some("69b89441c8d2a7f3e5b1d4c6a8e0ba19"),
+            Some("c5f856fd5edc297a"),
+            None,
+        ),
+        // Logback with an MDC appended as key=value.
+        shape(
+            "2024-05-01 10:00:00.123 ERROR [http-nio-8080-exec-1] c.e.OrderController - payment failed trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7 amount=12.50",
+            Text,
+            "",
+            Some(Level::Error),
+            Some(TRACE),
+            Some(SPAN),
+            None,
+        ),
+        // Spring Cloud Sleuth / Micrometer Tracing: [app,traceId,spanId,exportable].
+        shape(
+            "2024-05-01 10:00:00.123  WARN [orders,4bf92f3577b34da6a3ce929d0e0e4736,00f067aa0ba902b7,true] 12345 --- [nio-8080-exec-1] c.e.OrderService : retrying inventory call",
+            Text,
+            "",
+            Some(Level::Warn),
+            Some(TRACE),
+            Some(SPAN),
+            None,
+        ),
+        // Sleuth with 64-bit ids: only the low half of the trace id is known.
+        shape(
+            "2024-05-01 10:00:00.123  INFO [orders,a3ce929d0e0e4736,00f067aa0ba902b7] 1 --- [main] c.e.App : started",
+            Text,
+            "",
+            Some(Level::Info),
+            Some("0000000000000000a3ce929d0e0e4736"),
+            Some(SPAN),
+            None,
+        ),
+        // Go zap console encoder: tab-separated, context as trailing JSON.
+        shape(
+            "2024-05-01T10:00:00.000Z\tINFO\tcheckout/main.go:42\tcharged card\t{\"trace_id\": \"4bf92f3577b34da6a3ce929d0e0e4736\", \"amount\": 12.5}",
+            Text,
+            "",
+            Some(Level::Info),
+            Some(TRACE),
+            None,
+            None,
+        ),
+        // Python logging, default-ish format.
+        shape(
+            "2024-05-01 10:00:00,123 - orders - ERROR - payment failed for order 42",
+            Text,
+            "",
+            Some(Level::Error),
+            None,
+            None,
+            None,
+        ),
+        // Python with opentelemetry-instrumentation-logging's format.
+        shape(
+            "2024-05-01 10:00:00,123 WARNING [app] [main.py:12] [trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7 resource.service.name=orders trace_sampled=True] - slow query",
+            Text,
+            "",
+            Some(Level::Warn),
+            Some(TRACE),
+            Some(SPAN),
+            None,
+        ),
+        // nginx access log: no level.
+        shape(
+            "10.0.0.1 - - [01/May/2024:10:00:00 +0000] \"GET /api/orders HTTP/1.1\" 200 612 \"-\" \"curl/8.5.0\"",
+            Text,
+            "",
+            None,
+            None,
+            None,
+            None,
+        ),
+        // klog (Kubernetes components).
+        shape(
+            "E0501 10:00:00.123456       1 controller.go:42] \"Reconcile failed\" err=\"timeout\" pod=\"shop/orders-1\"",
+            Text,
+            "",
+            Some(Level::Error),
+            None,
+            None,
+            None,
+        ),
+        // Heroku router: logfmt as a whole; `service` is a duration there, not a name.
+        shape(
+            "at=error code=H12 desc=\"Request timeout\" method=GET path=\"/api/orders\" host=shop.herokuapp.com fwd=\"10.0.0.1\" dyno=web.1 connect=1ms service=30000ms status=503 bytes=0 protocol=https",
+            Logfmt,
+            "",
+            Some(Level::Error),
+            None,
+            None,
+            None,
+        ),
+        // Go kit logfmt.
+        shape(
+            "level=error ts=2024-05-01T10:00:00.000Z caller=payment.go:88 msg=\"charge failed\" err=\"card declined\" trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+            Logfmt,
+            "charge failed",
+            Some(Level::Error),
+            Some(TRACE),
+            None,
+            None,
+        ),
+        // pino.
+        shape(
+            r#"{"level":50,"time":1714557600000,"pid":1,"hostname":"orders-1","msg":"charge failed","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","trace_flags":"01"}"#,
+            Json,
+            "charge failed",
+            Some(Level::Error),
+            Some(TRACE),
+            Some(SPAN),
+            None,
+        ),
+        // zap JSON.
+        shape(
+            r#"{"level":"error","ts":1714557600.123,"caller":"payment/charge.go:88","msg":"charge failed","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","error":"card declined"}"#,
+            Json,
+            "charge failed",
+            Some(Level::Error),
+            Some(TRACE),
+            None,
+            None,
+        ),
+        // structlog.
+        shape(
+            r#"{"event": "charge failed", "level": "error", "timestamp": "2024-05-01T10:00:00Z", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}"#,
+            Json,
+            "charge failed",
+            Some(Level::Error),
+            Some(TRACE),
+            None,
+            None,
+        ),
+        // ECS.
+        shape(
+            r#"{"@timestamp":"2024-05-01T10:00:00.000Z","log.level":"error","message":"charge failed","trace.id":"4bf92f3577b34da6a3ce929d0e0e4736","span.id":"00f067aa0ba902b7","service.name":"payments","ecs.version":"1.6.0"}"#,
+            Json,
+            "charge failed",
+            Some(Level::Error),
+            Some(TRACE),
+            Some(SPAN),
+            Some("payments"),
+        ),
+        // JSON naming no trace id field: the message is searched.
+        shape(
+            r#"{"level":"info","msg":"forwarded TraceID: 4bf92f3577b34da6a3ce929d0e0e4736 to inventory"}"#,
+            Json,
+            "forwarded TraceID: 4bf92f3577b34da6a3ce929d0e0e4736 to inventory",
+            Some(Level::Info),
+            Some(TRACE),
+            None,
+            None,
+        ),
+        // Starts with a pair, but bare words follow: text.
+        shape(
+            "status=500 upstream failed for trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+            Text,
+            "",
+            None,
+            Some(TRACE),
+            None,
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn real_world_line_shapes_in_every_wrapper() {
+    let time = "2026-01-01T12:00:00.123456789Z";
+    for shape in corpus() {
+        let docker = serde_json::json!({"log": format!("{}\n", shape.line), "stream": "stdout", "time": time}).to_string();
+        let cri = format!("{time} stderr F {}", shape.line);
+        for (wrapped, wrapper) in [
+            (shape.line.to_owned(), Wrapper::None),
+            (docker, Wrapper::Docker),
+            (cri, Wrapper::Cri),
+        ] {
+            let parsed = parse(&wrapped);
+            let what = format!("{wrapper:?}: {}", shape.line);
+            assert_eq!(parsed.format, shape.format, "{what}");
+            assert_eq!(parsed.wrapper, wrapper, "{what}");
+            let message = if shape.message.is_empty() {
+                shape.line
+            } else {
+                shape.message
+            };
+            assert_eq!(parsed.message, message, "{what}");
+            assert_eq!(parsed.level, shape.level, "{what}");
+            assert_eq!(
+                parsed.trace_id.map(|id| id.to_hex()).as_deref(),
+                shape.trace_id,
+                "{what}"
+            );
+            assert_eq!(
+                parsed.span_id.map(|id| id.to_hex()).as_deref(),
+                shape.span_id,
+                "{what}"
+            );
+            assert_eq!(parsed.service.as_deref(), shape.service, "{what}");
+            assert!(parsed.parse_error.is_none(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_source_regex_names_the_parts_of_a_line() {
+    let pattern = regex::Regex::new(
+        r"^(?P<time>\S+) \[(?P<thread>[^\]]+)\] (?P<level>\w+) (?P<service>\S+) (?P<message>.*)$",
+    )
+    .unwrap();
+    let line =
+        format!("2024-05-01T10:00:00Z [worker-3] WARN billing retry 2 of 3 trace_id={TRACE}");
+    let parsed = parse_line_as(&line, Format::Regex, Some(&pattern), &FieldNames::default());
+    assert_eq!(parsed.format, LineFormat::Regex);
+    assert_eq!(parsed.level, Some(Level::Warn));
+    assert_eq!(parsed.service.as_deref(), Some("billing"));
+    assert_eq!(parsed.message, format!("retry 2 of 3 trace_id={TRACE}"));
+    assert_eq!(parsed.trace_id.unwrap().to_hex(), TRACE);
+    assert_eq!(parsed.time_unix_nano, Some(1_714_557_600_000_000_000));
+    assert_eq!(parsed.attributes["thread"], Value::from("worker-3"));
+    let parsed = parse_line_as(
+        "no match",
+        Format::Regex,
+        Some(&pattern),
+        &FieldNames::default(),
+    );
+    assert_eq!(parsed.format, LineFormat::Text);
+    assert!(parsed.parse_error.is_some());
+}
+
+#[test]
+fn levels_at_the_start_of_text_lines() {
+    for (line, level) in [
+        ("[ERROR] disk full", Some(Level::Error)),
+        ("<WARN> slow", Some(Level::Warn)),
+        ("ERROR:root:payment failed", Some(Level::Error)),
+        ("level=warn something happened to x", Some(Level::Warn)),
+        ("error: connection refused", Some(Level::Error)),
+        (
+            "W0501 10:00:00.000000 1 reflector.go:1] watch closed",
+            Some(Level::Warn),
+        ),
+        ("Information about the error follows", None),
+        ("the request to the upstream failed with status ERROR", None),
+        ("payment [error] card declined", Some(Level::Error)),
+    ] {
+        assert_eq!(parse(line).level, level, "{line}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_trace_id_after_traceid_survives_whatever_else_the_line_holds(
+        prefix in "\\PC{0,80}",
+        suffix in "\\PC{0,80}",
+        bytes in proptest::array::uniform16(any::<u8>()),
+        wrapper in 0..3u8,
+    ) {
+        prop_assume!(bytes.iter().any(|byte| *byte != 0));
+        let hex = crate::model::to_hex(&bytes);
+        let line = format!("{prefix} TraceID: {hex} {suffix}");
+        let wrapped = match wrapper {
+            0 => line.clone(),
+            1 => serde_json::json!({"log": line, "stream": "stdout"}).to_string(),
+            _ => format!("2026-01-01T00:00:00Z stdout F {line}"),
+        };
+        let parsed = parse(&wrapped);
         prop_assert_eq!(parsed.trace_id.map(|id| id.to_hex()), Some(hex));
     }
 }

@@ -16,6 +16,7 @@
 //! files are read through a decoder and recognised as already read.
 
 pub mod checkpoint;
+pub mod k8s;
 pub mod lines;
 mod reader;
 
@@ -33,6 +34,7 @@ use std::time::{Instant, SystemTime};
 use checkpoint::Checkpoint;
 
 use crate::config::LogsConfig;
+use crate::ingest::logline::{LineFormat, Wrapper};
 use crate::pipeline::TailSender;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -43,11 +45,24 @@ const MAX_KNOWN_FILES: usize = 20_000;
 #[derive(Default)]
 pub struct TailStats {
     pub lines_read: AtomicU64,
+    /// Records by what their line was read as and the wrapper it came in, indexed
+    /// `[LineFormat as usize][Wrapper as usize]` (see [`TailStats::count_line`]).
+    pub lines_by_format: [[AtomicU64; 3]; 4],
     pub lines_truncated: AtomicU64,
     pub parse_errors: AtomicU64,
     pub files_open: AtomicU64,
     /// Bytes written but not yet read, per path.
     pub lag_bytes: Mutex<BTreeMap<String, u64>>,
+}
+
+impl TailStats {
+    pub fn count_line(&self, format: LineFormat, wrapper: Wrapper) {
+        self.lines_by_format[format as usize][wrapper as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lines(&self, format: LineFormat, wrapper: Wrapper) -> u64 {
+        self.lines_by_format[format as usize][wrapper as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// A running tailer; dropping it does not stop it, [`TailerHandle::stop`] does.

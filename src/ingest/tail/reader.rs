@@ -16,7 +16,7 @@ use super::checkpoint::{
 use super::lines::{self, split, LineRules};
 use super::{Outcome, Tailer, Tracked, GZIP_MAGIC, MAX_KNOWN_FILES};
 use crate::config::{LogSourceConfig, ReadFrom};
-use crate::ingest::logline::parse_line;
+use crate::ingest::logline::parse_line_as;
 use crate::model::{LogRecord, LogSource};
 use crate::pipeline::TailedBatch;
 
@@ -269,24 +269,38 @@ impl Tailer {
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos() as u64)
             .unwrap_or_default();
-        let fallback_service = source.service.clone().unwrap_or_else(|| {
-            Path::new(&tracked.checkpoint.path)
-                .file_stem()
-                .map(|stem| {
-                    stem.to_string_lossy()
-                        .split('.')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-                .unwrap_or_default()
-        });
+        let k8s = super::k8s::k8s_file(Path::new(&tracked.checkpoint.path));
+        let fallback_service = source
+            .service
+            .clone()
+            .or_else(|| k8s.as_ref().map(|k8s| k8s.container.clone()))
+            .unwrap_or_else(|| {
+                Path::new(&tracked.checkpoint.path)
+                    .file_stem()
+                    .map(|stem| {
+                        stem.to_string_lossy()
+                            .split('.')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .unwrap_or_default()
+            });
         let mut records = Vec::with_capacity(groups.len());
         let mut truncated = 0;
         let mut parse_errors = 0;
         for group in groups {
-            let parsed = parse_line(&group.text, source.format, &source.fields);
+            let parsed = parse_line_as(
+                &group.text,
+                source.format,
+                source.regex.as_ref(),
+                &source.fields,
+            );
+            self.stats.count_line(parsed.format, parsed.wrapper);
             let mut attributes = parsed.attributes;
+            for (key, value) in k8s.iter().flat_map(|k8s| k8s.attributes()) {
+                attributes.entry(key.to_owned()).or_insert(value);
+            }
             if group.truncated {
                 truncated += 1;
                 attributes.insert("log.truncated".into(), serde_json::Value::Bool(true));
