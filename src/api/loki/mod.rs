@@ -152,11 +152,24 @@ pub async fn query(
     .map(Json)
 }
 
-pub async fn labels() -> Json<Value> {
+/// `service_name` and `level`, and the attribute labels some record has.
+pub async fn labels(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let storage = state.storage.clone();
+    let present = tokio::task::spawn_blocking(move || {
+        let mut present = Vec::new();
+        for (label, _) in LABEL_ATTRIBUTES {
+            if !storage.logs.values_of(label)?.is_empty() {
+                present.push(label);
+            }
+        }
+        Ok::<_, crate::store::StoreError>(present)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))??;
     let mut names = vec!["level", "service_name"];
-    names.extend(LABEL_ATTRIBUTES.iter().map(|(label, _)| *label));
+    names.extend(present);
     names.sort_unstable();
-    Json(json!({"status": "success", "data": names}))
+    Ok(Json(json!({"status": "success", "data": names})))
 }
 
 pub async fn label_values(

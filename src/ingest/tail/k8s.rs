@@ -60,6 +60,25 @@ pub fn k8s_file(path: &Path) -> Option<K8sFile> {
     pod_file(pod_dir.file_name()?.to_str()?, parent_name, file)
 }
 
+/// [`k8s_file`] of a path and, when it is a link (`/var/log/containers/…` into
+/// `/var/log/pods/…`), of where it leads: the pod's uid and restart count come from the
+/// target, the container id from the link's name.
+pub fn k8s_file_resolved(path: &Path) -> Option<K8sFile> {
+    let own = k8s_file(path);
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink());
+    let target = is_link
+        .then(|| std::fs::canonicalize(path).ok())
+        .flatten()
+        .and_then(|target| k8s_file(&target));
+    match (own, target) {
+        (Some(link), Some(mut target)) => {
+            target.container_id = target.container_id.or(link.container_id);
+            Some(target)
+        }
+        (own, target) => own.or(target),
+    }
+}
+
 /// `<pod>_<namespace>_<container>-<64 hex>.log`. Pod and namespace names cannot hold `_`
 /// (DNS labels), so the first two underscores split them.
 fn containers_link(file: &str) -> Option<K8sFile> {

@@ -269,7 +269,7 @@ impl Tailer {
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos() as u64)
             .unwrap_or_default();
-        let k8s = super::k8s::k8s_file(Path::new(&tracked.checkpoint.path));
+        let k8s = super::k8s::k8s_file_resolved(Path::new(&tracked.checkpoint.path));
         let fallback_service = source
             .service
             .clone()
