@@ -104,7 +104,7 @@ enum BenchTarget {
     },
     /// Tailing throughput, idle cost with many files, and log queries by trace id.
     Logs {
-        /// JSON lines (~300 bytes) to tail.
+        /// Lines (~300 bytes) to tail.
         #[arg(long, default_value_t = 1_000_000)]
         lines: u64,
         /// Files the lines are spread over.
@@ -122,6 +122,10 @@ enum BenchTarget {
         /// Keep the data here instead of a removed temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Spring-style text lines (with key=value fragments and a `TraceID:`) instead of
+        /// JSON, to measure format detection and the text parser.
+        #[arg(long)]
+        text: bool,
     },
 }
 
@@ -243,8 +247,10 @@ fn bench(target: BenchTarget) -> ExitCode {
                         idle_seconds,
                         query_seconds,
                         data_dir,
+                        text,
                     } => {
                         tracelink::bench::logs::run(tracelink::bench::logs::LogsBenchOptions {
+                            text,
                             lines,
                             files,
                             idle_files,

@@ -21,6 +21,8 @@ pub struct LogsBenchOptions {
     pub idle_seconds: u64,
     pub query_seconds: u64,
     pub data_dir: Option<PathBuf>,
+    /// Text lines ([`bench_text_line`]) instead of JSON.
+    pub text: bool,
 }
 
 const LINES_PER_TRACE: u64 = 10;
@@ -46,6 +48,34 @@ pub fn bench_line(run_tag: u64, number: u64) -> String {
         level,
         trace,
         number + 1,
+        number % 97,
+        number % 1_000_000,
+    )
+}
+
+/// One ~300-byte Spring-style text line of the `number`-th record: `key=value` fragments
+/// in the message, the trace id after `TraceID:`.
+pub fn bench_text_line(run_tag: u64, number: u64) -> String {
+    let trace = crate::model::to_hex(&bench_trace_id(run_tag, number / LINES_PER_TRACE));
+    let level = if number.is_multiple_of(50) {
+        "ERROR"
+    } else {
+        "INFO "
+    };
+    format!(
+        concat!(
+            "2026-11-27 10:{:02}:{:02}.{:03} {} [http-nio-8080-exec-{}] c.e.checkout.OrderService#469 ",
+            "TraceID: {} SpanID: {:016x} [placeOrder][order placed][Response(status=1, ",
+            "msg=items reserved, data={})] duration_ms={} user_id=u-{:06} route=/api/orders\n"
+        ),
+        (number / 60_000) % 60,
+        (number / 1_000) % 60,
+        number % 1_000,
+        level,
+        number % 16,
+        trace,
+        number + 1,
+        number % 1_000_000,
         number % 97,
         number % 1_000_000,
     )
@@ -98,7 +128,11 @@ pub async fn run(options: LogsBenchOptions) -> anyhow::Result<()> {
         )?);
         let first = file_index * per_file;
         for number in first..(first + per_file).min(options.lines) {
-            let line = bench_line(run_tag, number);
+            let line = if options.text {
+                bench_text_line(run_tag, number)
+            } else {
+                bench_line(run_tag, number)
+            };
             bytes += line.len() as u64;
             writer.write_all(line.as_bytes())?;
         }
@@ -197,5 +231,10 @@ mod tests {
         let parsed = parse_line(line.trim_end(), Format::Auto, &FieldNames::default());
         assert_eq!(parsed.trace_id.unwrap().0, bench_trace_id(7, 12));
         assert_eq!(parsed.service.as_deref(), Some("checkout"));
+        let line = bench_text_line(7, 123);
+        assert!((250..=330).contains(&line.len()), "{} bytes", line.len());
+        let parsed = parse_line(line.trim_end(), Format::Auto, &FieldNames::default());
+        assert_eq!(parsed.trace_id.unwrap().0, bench_trace_id(7, 12));
+        assert_eq!(parsed.level, Some(crate::model::Level::Info));
     }
 }

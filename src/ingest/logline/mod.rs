@@ -289,7 +289,9 @@ fn parse_inner(line: &str, format: Format, fields: &FieldNames) -> ParsedLine {
 /// Logfmt as a whole: every word is a `key=value` pair (the value may be quoted or
 /// empty) whose key is a plain name, as logfmt libraries write them. `None` otherwise.
 pub fn strict_logfmt_fields(line: &str) -> Option<BTreeMap<String, Value>> {
-    let fields = logfmt_fields(line)?;
+    // Most text lines fail on their first word: no map built for them.
+    let first_word = line.split_whitespace().next()?;
+    let (first_key, _) = first_word.split_once('=')?;
     let plain_key = |key: &str| {
         let mut bytes = key.bytes();
         bytes
@@ -299,6 +301,10 @@ pub fn strict_logfmt_fields(line: &str) -> Option<BTreeMap<String, Value>> {
                 byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b'/' | b'@')
             })
     };
+    if !plain_key(first_key) {
+        return None;
+    }
+    let fields = logfmt_fields(line)?;
     let all_pairs = fields
         .iter()
         .all(|(key, value)| plain_key(key) && !matches!(value, Value::Bool(_)));
