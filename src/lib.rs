@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod query;
 pub mod store;
 pub mod wal;
 
