@@ -12,6 +12,7 @@ pub mod loki;
 pub mod metrics;
 pub mod otlp;
 pub mod tempo;
+pub mod tempo_search;
 pub mod zipkin;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/traces/{trace_id}", get(tempo::trace_v1))
         .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
+        .route("/api/search", get(tempo_search::search))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
         .route("/api/join/trace/{trace_id}", get(join::by_trace))

@@ -1,3 +1,5 @@
-//! Finding traces: TraceQL parsed to a tree and evaluated over whole traces.
+//! Finding traces: TraceQL parsed to a tree and evaluated over whole traces, and the
+//! search that feeds it candidates from the head and the traces index, newest first.
 
+pub mod search;
 pub mod traceql;

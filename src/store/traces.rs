@@ -22,6 +22,11 @@ use super::{open_index, CommitPayload, StoreError};
 use crate::model::{SpanId, TraceId};
 use crate::pipeline::head::HeadSpan;
 
+/// How long a fragment may last and still be found by a search whose range starts after
+/// the fragment did: a trace leaves the head after `trace_max_age_ms` (30 s by default),
+/// so only spans that themselves last longer than this are missed.
+pub const LONGEST_FRAGMENT_NANOS: u64 = 3_600_000_000_000;
+
 /// Field handles of the traces schema.
 #[derive(Clone, Copy)]
 struct TraceFields {
@@ -242,6 +247,67 @@ impl TraceIndex {
         let term = Term::from_field_bytes(self.fields.trace_id, &trace_id.0);
         let query = TermQuery::new(term, IndexRecordOption::Basic);
         Ok(searcher.search(&query, &tantivy::collector::Count)?)
+    }
+
+    /// Fragments that started at or before `to` (all with `None`) and ended at or after
+    /// `from`, newest start first: `(trace id, fragment start)` of the `limit` fragments
+    /// after skipping `offset`, and how many fragments that page held before the `from`
+    /// check (a page shorter than `limit` is the last). Fragments that started more than
+    /// [`LONGEST_FRAGMENT_NANOS`] before `from` are not looked at. Read from fast fields:
+    /// no stored document is opened.
+    pub fn fragments_newest_first(
+        &self,
+        from: Option<u64>,
+        to: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(TraceId, u64)>, usize), StoreError> {
+        let searcher = self.reader.searcher();
+        let bound = |value: Option<u64>| match value {
+            Some(value) => {
+                std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, value))
+            }
+            None => std::ops::Bound::Unbounded,
+        };
+        let lower = from.map(|from| from.saturating_sub(LONGEST_FRAGMENT_NANOS));
+        let query: Box<dyn Query> = if lower.is_none() && to.is_none() {
+            Box::new(tantivy::query::AllQuery)
+        } else {
+            Box::new(RangeQuery::new(bound(lower), bound(to)))
+        };
+        let top = searcher.search(
+            &query,
+            &TopDocs::with_limit(limit.max(1))
+                .and_offset(offset)
+                .order_by_u64_field("start_time_unix_nano", tantivy::Order::Desc),
+        )?;
+        let mut found = Vec::with_capacity(top.len());
+        let mut bytes = Vec::new();
+        let scanned = top.len();
+        for (start, address) in top {
+            let segment = searcher.segment_reader(address.segment_ord);
+            let fast = segment.fast_fields();
+            let end = fast
+                .u64("end_time_unix_nano")?
+                .first(address.doc_id)
+                .unwrap_or(u64::MAX);
+            if from.is_some_and(|from| end < from) {
+                continue;
+            }
+            let Some(ids) = fast.bytes("trace_id")? else {
+                continue;
+            };
+            let Some(ord) = ids.term_ords(address.doc_id).next() else {
+                continue;
+            };
+            bytes.clear();
+            if ids.ord_to_bytes(ord, &mut bytes)? {
+                if let Ok(trace_id) = TraceId::from_bytes(&bytes) {
+                    found.push((trace_id, start.unwrap_or(0)));
+                }
+            }
+        }
+        Ok((found, scanned))
     }
 
     /// Full ids of the stored traces whose low 64 bits are `low` (a Datadog id).

@@ -131,6 +131,13 @@ impl HeldSpans {
         self.spans.iter().map(Self::place)
     }
 
+    pub(super) fn earliest_start(&self) -> Option<u64> {
+        self.spans
+            .iter()
+            .map(|held| held.start_time_unix_nano)
+            .min()
+    }
+
     pub(super) fn first_wal_start(&self) -> Option<u64> {
         self.spans.iter().map(|held| held.wal_start).min()
     }

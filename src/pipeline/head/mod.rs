@@ -139,6 +139,8 @@ struct HeadInner {
     /// Left the head, decision pending, or kept and waiting for the commit that holds
     /// them: still served by id, from the log.
     leaving: HashMap<TraceId, Vec<Place>>,
+    /// The earliest span start of each leaving trace (for search).
+    leaving_starts: HashMap<TraceId, u64>,
     /// Full traces, due to leave at the next pass.
     full: Vec<Departing>,
     /// When to look at a trace again: (deadline, trace id, generation).
@@ -347,6 +349,10 @@ impl Head {
                 .entry(trace.trace_id)
                 .or_default()
                 .extend(trace.spans.places());
+            if let Some(start) = trace.spans.earliest_start() {
+                let earliest = inner.leaving_starts.entry(trace.trace_id).or_insert(start);
+                *earliest = (*earliest).min(start);
+            }
             inner.leaving_spans += trace.spans.len();
         }
         out
@@ -371,6 +377,7 @@ impl Head {
     /// A leaving trace was dropped: it is no longer served. Returns the spans let go.
     pub fn dropped(&self, trace_id: &TraceId) -> usize {
         let mut inner = lock(&self.inner);
+        inner.leaving_starts.remove(trace_id);
         let released = inner
             .leaving
             .remove(trace_id)
@@ -387,6 +394,7 @@ impl Head {
         let mut inner = lock(&self.inner);
         let released = inner.leaving_spans;
         inner.leaving.clear();
+        inner.leaving_starts.clear();
         inner.leaving_spans = 0;
         inner.spans -= released;
         released
@@ -465,6 +473,32 @@ impl Head {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// Every trace the head holds (assembling, full or leaving) with its earliest span
+    /// start, newest first: the head's share of a search's candidates.
+    pub fn trace_starts(&self) -> Vec<(TraceId, u64)> {
+        let inner = lock(&self.inner);
+        let mut starts: HashMap<TraceId, u64> = HashMap::new();
+        let mut note = |trace_id: TraceId, start: Option<u64>| {
+            if let Some(start) = start {
+                let earliest = starts.entry(trace_id).or_insert(start);
+                *earliest = (*earliest).min(start);
+            }
+        };
+        for (trace_id, open) in &inner.open {
+            note(*trace_id, open.spans.earliest_start());
+        }
+        for full in &inner.full {
+            note(full.trace_id, full.spans.earliest_start());
+        }
+        for (trace_id, leaving) in &inner.leaving_starts {
+            note(*trace_id, Some(*leaving));
+        }
+        drop(inner);
+        let mut starts: Vec<(TraceId, u64)> = starts.into_iter().collect();
+        starts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0 .0.cmp(&b.0 .0)));
+        starts
     }
 
     /// Spans held, assembling and leaving.

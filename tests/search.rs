@@ -1,0 +1,341 @@
+//! Tempo search as Grafana's Tempo data source calls it, over traces the OpenTelemetry
+//! SDK made and its OTLP exporter sent: the builder's TraceQL, legacy tags, limit, spss
+//! and the time range, answers decoded with the types Grafana's backend decodes them
+//! into (64-bit numbers as strings), searchable at ack and after the commit, newest
+//! first; bad queries get Tempo's plain-text 400.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::Resource;
+use serde::Deserialize;
+
+use common::TestServer;
+
+/// Grafana's `pkg/tsdb/tempo` search structs: strings where Tempo's jsonpb writes 64-bit
+/// integers, numbers for `durationMs` and `matched`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchResponse {
+    traces: Vec<TraceSearchMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceSearchMetadata {
+    #[serde(rename = "traceID")]
+    trace_id: String,
+    root_service_name: String,
+    root_trace_name: Option<String>,
+    start_time_unix_nano: String,
+    duration_ms: Option<u32>,
+    span_set: Option<SpanSet>,
+    span_sets: Vec<SpanSet>,
+    service_stats: HashMap<String, ServiceStats>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SpanSet {
+    spans: Vec<SearchSpan>,
+    matched: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchSpan {
+    #[serde(rename = "spanID")]
+    span_id: String,
+    name: String,
+    start_time_unix_nano: String,
+    duration_nanos: String,
+    #[serde(default)]
+    attributes: Vec<Attribute>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Attribute {
+    key: String,
+    value: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceStats {
+    span_count: u32,
+    #[serde(default)]
+    error_count: u32,
+}
+
+struct Service {
+    resource: Resource,
+    provider: SdkTracerProvider,
+    memory: InMemorySpanExporter,
+}
+
+fn service(name: &str) -> Service {
+    let resource = Resource::builder()
+        .with_service_name(name.to_owned())
+        .build();
+    let memory = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_simple_exporter(memory.clone())
+        .build();
+    Service {
+        resource,
+        provider,
+        memory,
+    }
+}
+
+/// Trace `index`: gateway `POST /checkout` (server) → gateway `charge` (client) →
+/// payments `Charge` (server), starting `index` seconds after `base`; odd traces fail in
+/// payments. Returns its trace id.
+fn checkout(gateway: &Service, payments: &Service, base: SystemTime, index: u64) -> String {
+    let gateway_tracer = gateway.provider.tracer("gateway");
+    let payments_tracer = payments.provider.tracer("payments");
+    let at = |ms: u64| base + Duration::from_secs(index) + Duration::from_millis(ms);
+    let failed = index % 2 == 1;
+    let root = gateway_tracer
+        .span_builder("POST /checkout")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(0))
+        .with_attributes([KeyValue::new("http.route", "/checkout")])
+        .start(&gateway_tracer);
+    let trace_id = root.span_context().trace_id().to_string();
+    let root_cx = Context::current_with_span(root);
+    let client = gateway_tracer
+        .span_builder("charge")
+        .with_kind(SpanKind::Client)
+        .with_start_time(at(5))
+        .start_with_context(&gateway_tracer, &root_cx);
+    let client_cx = root_cx.with_span(client);
+    let mut server = payments_tracer
+        .span_builder("Charge")
+        .with_kind(SpanKind::Server)
+        .with_start_time(at(10))
+        .with_attributes([KeyValue::new(
+            "http.status_code",
+            if failed { 500i64 } else { 200 },
+        )])
+        .start_with_context(&payments_tracer, &client_cx);
+    if failed {
+        server.set_status(Status::error("card declined"));
+    }
+    server.end_with_timestamp(at(10 + 100 * (index + 1)));
+    client_cx
+        .span()
+        .end_with_timestamp(at(15 + 100 * (index + 1)));
+    root_cx
+        .span()
+        .end_with_timestamp(at(20 + 100 * (index + 1)));
+    trace_id
+}
+
+async fn export(server: &TestServer, services: &[&Service]) {
+    for service in services {
+        service.provider.force_flush().unwrap();
+        let spans = service.memory.get_finished_spans().unwrap();
+        service.memory.reset();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{}/v1/traces", server.otlp_http))
+            .build()
+            .unwrap();
+        exporter.set_resource(&service.resource);
+        exporter.export(spans).await.unwrap();
+    }
+}
+
+async fn search(server: &TestServer, params: &[(&str, &str)]) -> (reqwest::StatusCode, String) {
+    let response = reqwest::Client::new()
+        .get(server.url("/api/search"))
+        .header("Accept", "application/json")
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+async fn found(server: &TestServer, params: &[(&str, &str)]) -> SearchResponse {
+    let (status, body) = search(server, params).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
+}
+
+fn ids(response: &SearchResponse) -> Vec<String> {
+    response
+        .traces
+        .iter()
+        .map(|trace| trace.trace_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
+    let dir = common::temp_dir();
+    let data = common::data_path(&dir);
+    let server = TestServer::start(&data, |raw| {
+        // Traces stay in the head until asked to leave: the first searches see only it.
+        raw.storage.trace_idle_ms = 60_000;
+    })
+    .await;
+    let gateway = service("gateway");
+    let payments = service("payments");
+    // On a whole second, so that the range in seconds below cuts between traces.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let base = UNIX_EPOCH + Duration::from_secs(now - 600);
+    let trace_ids: Vec<String> = (0..6)
+        .map(|index| checkout(&gateway, &payments, base, index))
+        .collect();
+    export(&server, &[&gateway, &payments]).await;
+    let failed_newest_first = vec![
+        trace_ids[5].clone(),
+        trace_ids[3].clone(),
+        trace_ids[1].clone(),
+    ];
+
+    // Grafana's builder: service, status, duration.
+    let builder = r#"{resource.service.name="payments" && status=error && duration>100ms}"#;
+    let response = found(&server, &[("q", builder), ("limit", "20"), ("spss", "3")]).await;
+    assert_eq!(
+        ids(&response),
+        failed_newest_first,
+        "searchable at ack, newest first"
+    );
+    let newest = &response.traces[0];
+    assert_eq!(newest.root_service_name, "gateway");
+    assert_eq!(newest.root_trace_name.as_deref(), Some("POST /checkout"));
+    assert_eq!(newest.duration_ms, Some(620));
+    let started = base + Duration::from_secs(5);
+    assert_eq!(
+        newest.start_time_unix_nano,
+        started
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            .to_string()
+    );
+    let span_set = newest.span_set.as_ref().unwrap();
+    assert_eq!(span_set.matched, 1);
+    assert_eq!(span_set.spans[0].name, "Charge");
+    assert_eq!(span_set.spans[0].span_id.len(), 16);
+    assert_eq!(span_set.spans[0].duration_nanos, "600000000");
+    assert!(span_set.spans[0]
+        .start_time_unix_nano
+        .parse::<u64>()
+        .is_ok());
+    let attributes: HashMap<&str, &HashMap<String, serde_json::Value>> = span_set.spans[0]
+        .attributes
+        .iter()
+        .map(|attribute| (attribute.key.as_str(), &attribute.value))
+        .collect();
+    assert_eq!(attributes["service.name"]["stringValue"], "payments");
+    assert_eq!(attributes["status"]["stringValue"], "error");
+    assert_eq!(newest.span_sets.len(), 1);
+    assert_eq!(newest.service_stats["payments"].error_count, 1);
+    assert_eq!(newest.service_stats["gateway"].span_count, 2);
+
+    // Stop (every trace leaves the head and is committed) and start again: the same
+    // answers now come from the index.
+    server.stop().await;
+    let server = TestServer::start(&data, |_| {}).await;
+    let response = found(&server, &[("q", builder)]).await;
+    assert_eq!(ids(&response), failed_newest_first, "from the index");
+
+    // limit, spss, structural operators, legacy tags, the time range.
+    let response = found(&server, &[("q", builder), ("limit", "2")]).await;
+    assert_eq!(ids(&response), failed_newest_first[..2].to_vec());
+    let response = found(&server, &[("q", "{}"), ("spss", "2")]).await;
+    assert_eq!(response.traces.len(), 6);
+    assert!(response.traces.iter().all(|trace| {
+        let set = trace.span_set.as_ref().unwrap();
+        set.matched == 3 && set.spans.len() == 2
+    }));
+    let response = found(
+        &server,
+        &[(
+            "q",
+            r#"{resource.service.name="gateway" && kind=client} > {status=error}"#,
+        )],
+    )
+    .await;
+    assert_eq!(ids(&response), failed_newest_first);
+    let response = found(
+        &server,
+        &[("tags", "service.name=payments http.status_code=500")],
+    )
+    .await;
+    assert_eq!(ids(&response), failed_newest_first);
+    let response = found(
+        &server,
+        &[("q", "{ } | count() > 2"), ("minDuration", "400ms")],
+    )
+    .await;
+    assert_eq!(
+        ids(&response).len(),
+        3,
+        "traces 3, 4 and 5 last 420 ms or more"
+    );
+    let seconds = |offset: u64| {
+        (base + Duration::from_secs(offset))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string()
+    };
+    let (from, to) = (seconds(2), seconds(3));
+    let response = found(&server, &[("q", "{}"), ("start", &from), ("end", &to)]).await;
+    assert_eq!(
+        ids(&response),
+        vec![trace_ids[3].clone(), trace_ids[2].clone()],
+        "the traces running between the 2nd and the 4th second"
+    );
+
+    // Tempo's errors: plain text, 400.
+    for (params, expected) in [
+        (
+            vec![("q", r#"{ .a = }"#)],
+            "invalid TraceQL query: parse error at line 1, col 8: ",
+        ),
+        (
+            vec![("q", "{}"), ("tags", "a=b")],
+            "invalid request: can't specify tags and q in the same query",
+        ),
+        (
+            vec![("q", "{}"), ("limit", "0")],
+            "invalid limit: must be a positive number",
+        ),
+        (
+            vec![("q", "{}"), ("spss", "101")],
+            "spans per span set exceeds 100. received 101",
+        ),
+        (
+            vec![("q", "{}"), ("start", "20"), ("end", "10")],
+            "http parameter start must be before end. received start=20 end=10",
+        ),
+        (
+            vec![("q", r#"{ name =~ "(" }"#)],
+            "invalid TraceQL query: invalid regex",
+        ),
+    ] {
+        let (status, body) = search(&server, &params).await;
+        assert_eq!(status, 400, "{params:?}: {body}");
+        assert!(body.starts_with(expected), "{params:?}: {body}");
+    }
+    server.stop().await;
+}
