@@ -109,7 +109,10 @@ fn checkout(gateway: &Service, payments: &Service, base: SystemTime, index: u64)
         .span_builder("POST /checkout")
         .with_kind(SpanKind::Server)
         .with_start_time(at(0))
-        .with_attributes([KeyValue::new("http.route", "/checkout")])
+        .with_attributes([
+            KeyValue::new("http.route", "/checkout"),
+            KeyValue::new("app/version", "1.2"),
+        ])
         .start(&gateway_tracer);
     let trace_id = root.span_context().trace_id().to_string();
     let root_cx = Context::current_with_span(root);
@@ -305,6 +308,79 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
         vec![trace_ids[3].clone(), trace_ids[2].clone()],
         "the traces running between the 2nd and the 4th second"
     );
+
+    // Tag names and values, as the builder's autocompletion asks for them.
+    let get = |path: String| {
+        let url = server.url(&path);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let tags = get("/api/v2/search/tags".into()).await;
+    let scope = |name: &str| -> Vec<String> {
+        tags["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|scope| scope["name"] == name)
+            .map(|scope| serde_json::from_value(scope["tags"].clone()).unwrap())
+            .unwrap_or_default()
+    };
+    assert!(scope("resource").contains(&"service.name".to_owned()));
+    assert_eq!(
+        scope("span"),
+        vec!["app/version", "http.route", "http.status_code"]
+    );
+    assert!(scope("intrinsic").contains(&"status".to_owned()));
+    let v1 = get("/api/search/tags".into()).await;
+    assert!(v1["tagNames"]
+        .as_array()
+        .unwrap()
+        .contains(&"http.route".into()));
+    let services = get("/api/v2/search/tag/resource.service.name/values".into()).await;
+    assert_eq!(
+        services["tagValues"],
+        serde_json::json!([{"type": "string", "value": "gateway"}, {"type": "string", "value": "payments"}])
+    );
+    let codes = get("/api/v2/search/tag/span.http.status_code/values".into()).await;
+    assert_eq!(
+        codes["tagValues"],
+        serde_json::json!([{"type": "int", "value": "200"}, {"type": "int", "value": "500"}])
+    );
+    let narrowed = reqwest::Client::new()
+        .get(server.url("/api/v2/search/tag/span.http.status_code/values"))
+        .query(&[("q", r#"{resource.service.name="payments" && status=error}"#)])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        narrowed["tagValues"],
+        serde_json::json!([{"type": "int", "value": "500"}])
+    );
+    // The data-source proxy decodes Grafana's double encoding once: `/` arrives as %2F.
+    let version = get("/api/v2/search/tag/span.app%2Fversion/values".into()).await;
+    assert_eq!(
+        version["tagValues"],
+        serde_json::json!([{"type": "string", "value": "1.2"}])
+    );
+    let statuses = get("/api/v2/search/tag/status/values".into()).await;
+    assert!(statuses["tagValues"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"type": "keyword", "value": "error"})));
+    let v1_values = get("/api/search/tag/service.name/values".into()).await;
+    assert_eq!(
+        v1_values["tagValues"],
+        serde_json::json!(["gateway", "payments"])
+    );
+    let capped = get("/api/v2/search/tag/resource.service.name/values?limit=1".into()).await;
+    assert_eq!(capped["tagValues"].as_array().unwrap().len(), 1);
+    assert_eq!(capped["truncated"], true);
 
     // Tempo's errors: plain text, 400.
     for (params, expected) in [

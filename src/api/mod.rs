@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod tempo;
 pub mod tempo_search;
+pub mod tempo_tags;
 pub mod zipkin;
 
 use std::sync::Arc;
@@ -66,6 +67,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/traces/{trace_id}", get(tempo::trace_v1))
         .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
         .route("/api/search", get(tempo_search::search))
+        .route("/api/search/tags", get(tempo_tags::tag_names_v1))
+        .route("/api/v2/search/tags", get(tempo_tags::tag_names_v2))
+        .route(
+            "/api/search/tag/{tag}/values",
+            get(tempo_tags::tag_values_v1),
+        )
+        .route(
+            "/api/v2/search/tag/{tag}/values",
+            get(tempo_tags::tag_values_v2),
+        )
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
         .route("/api/join/trace/{trace_id}", get(join::by_trace))

@@ -7,6 +7,7 @@
 //! duplicates are folded by span id, which also folds client retries and fragments).
 
 pub mod logs;
+pub mod tags;
 pub mod traces;
 
 use std::collections::{BTreeMap, HashSet};

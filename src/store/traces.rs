@@ -7,7 +7,9 @@
 //! LE), in the zstd-compressed doc store, so that the resource and scope repeated per span
 //! cost little on disk. The indexed fields are what trace by id, Datadog's 64-bit ids,
 //! search and replay need: trace id and its low 64 bits, start and end, root service and
-//! name, and the distinct services, span names, statuses and kinds of its spans.
+//! name, the distinct services, span names, statuses and kinds of its spans, and their
+//! attributes as `scope\0key\0<type><value>` terms (for tag names and values).
+//! An index made before the attribute field existed is opened with its own schema.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -18,6 +20,7 @@ use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Searcher, TantivyDocument, Term};
 
+use super::tags::{split_term, AttributeTerms, TagScope, TagType};
 use super::{open_index, CommitPayload, StoreError};
 use crate::model::{SpanId, TraceId};
 use crate::pipeline::head::HeadSpan;
@@ -43,7 +46,11 @@ struct TraceFields {
     span_count: Field,
     wal_last: Field,
     payload: Field,
+    /// `scope\0key\0<type><value>` terms; absent in indexes of earlier versions.
+    attribute: Option<Field>,
 }
+
+const ATTRIBUTE_FIELD: &str = "attribute";
 
 impl TraceFields {
     fn schema() -> (Schema, TraceFields) {
@@ -62,8 +69,34 @@ impl TraceFields {
             span_count: builder.add_u64_field("span_count", FAST),
             wal_last: builder.add_u64_field("wal_last", INDEXED),
             payload: builder.add_bytes_field("payload", STORED),
+            attribute: Some(builder.add_text_field(ATTRIBUTE_FIELD, STRING)),
         };
         (builder.build(), fields)
+    }
+
+    /// The fields of an existing index's schema, by name.
+    fn of(schema: &Schema) -> Result<TraceFields, StoreError> {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| StoreError::Payload(format!("traces index without field {name}")))
+        };
+        Ok(TraceFields {
+            trace_id: field("trace_id")?,
+            trace_low64: field("trace_low64")?,
+            start_time: field("start_time_unix_nano")?,
+            end_time: field("end_time_unix_nano")?,
+            root_service: field("root_service")?,
+            root_name: field("root_name")?,
+            service: field("service")?,
+            name: field("name")?,
+            status_code: field("status_code")?,
+            kind: field("kind")?,
+            span_count: field("span_count")?,
+            wal_last: field("wal_last")?,
+            payload: field("payload")?,
+            attribute: schema.get_field(ATTRIBUTE_FIELD).ok(),
+        })
     }
 }
 
@@ -111,7 +144,15 @@ pub struct TraceIndex {
 
 impl TraceIndex {
     pub fn open(dir: &Path) -> Result<TraceIndex, StoreError> {
-        let (schema, fields) = TraceFields::schema();
+        let (mut schema, mut fields) = TraceFields::schema();
+        if dir.join("meta.json").exists() {
+            let existing = Index::open_in_dir(dir)?.schema();
+            if existing.get_field(ATTRIBUTE_FIELD).is_err() {
+                tracing::warn!(path = %dir.display(), "traces index made by an earlier version: its traces give no tag names or values");
+                fields = TraceFields::of(&existing)?;
+                schema = existing;
+            }
+        }
         let (index, reader) = open_index(dir, schema)?;
         Ok(TraceIndex {
             index,
@@ -149,9 +190,20 @@ impl TraceIndex {
         let mut statuses = 0u8;
         let mut kinds = 0u8;
         let mut root = None;
+        let mut terms = AttributeTerms::default();
+        // Resource terms once per distinct envelope of the fragment.
+        let mut envelopes_seen: Vec<*const crate::model::Envelope> = Vec::new();
         payload.clear();
         for head_span in spans {
             let span = &head_span.span;
+            if fields.attribute.is_some() {
+                let envelope = std::sync::Arc::as_ptr(&span.envelope);
+                let with_resource = !envelopes_seen.contains(&envelope);
+                if with_resource {
+                    envelopes_seen.push(envelope);
+                }
+                terms.add_payload(&span.payload, with_resource);
+            }
             start = start.min(span.start_time_unix_nano);
             end = end.max(
                 span.start_time_unix_nano
@@ -191,6 +243,11 @@ impl TraceIndex {
             }
             if kinds & (1 << bit) != 0 {
                 document.add_u64(fields.kind, bit);
+            }
+        }
+        if let Some(attribute) = fields.attribute {
+            for term in terms.distinct() {
+                document.add_text(attribute, term);
             }
         }
         document.add_u64(fields.span_count, spans.len() as u64);
@@ -308,6 +365,91 @@ impl TraceIndex {
             }
         }
         Ok((found, scanned))
+    }
+
+    /// Attribute keys of the stored traces, by scope.
+    pub fn tag_names(&self) -> Result<BTreeSet<(TagScope, String)>, StoreError> {
+        let mut names = BTreeSet::new();
+        let Some(field) = self.fields.attribute else {
+            return Ok(names);
+        };
+        let searcher = self.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut terms = inverted.terms().stream()?;
+            while let Some((term, _)) = terms.next() {
+                if let Some((scope, key, _, _)) = split_term(term) {
+                    names.insert((scope, key.to_owned()));
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Distinct values of an attribute (of `scope`), with their types, at most `limit`;
+    /// the flag says whether more were left out.
+    pub fn tag_values(
+        &self,
+        scope: TagScope,
+        key: &str,
+        limit: usize,
+    ) -> Result<(BTreeSet<(TagType, String)>, bool), StoreError> {
+        let mut values = BTreeSet::new();
+        let Some(field) = self.fields.attribute else {
+            return Ok((values, false));
+        };
+        let prefix = format!("{}\0{key}\0", scope.as_str());
+        let mut after = prefix.clone().into_bytes();
+        *after.last_mut().expect("the prefix ends with a separator") += 1;
+        let searcher = self.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut terms = inverted
+                .terms()
+                .range()
+                .ge(&prefix)
+                .lt(&after)
+                .into_stream()?;
+            while let Some((term, _)) = terms.next() {
+                if let Some((_, _, kind, value)) = split_term(term) {
+                    if values.len() >= limit && !values.contains(&(kind, value.to_owned())) {
+                        return Ok((values, true));
+                    }
+                    values.insert((kind, value.to_owned()));
+                }
+            }
+        }
+        Ok((values, false))
+    }
+
+    /// Distinct values of a text field of the fragments (`name`, `service`, `root_name`,
+    /// `root_service`), at most `limit`, and whether more were left out.
+    pub fn field_values(
+        &self,
+        field_name: &str,
+        limit: usize,
+    ) -> Result<(BTreeSet<String>, bool), StoreError> {
+        let field = match field_name {
+            "name" => self.fields.name,
+            "service" => self.fields.service,
+            "root_name" => self.fields.root_name,
+            "root_service" => self.fields.root_service,
+            other => return Err(StoreError::Payload(format!("no such field {other}"))),
+        };
+        let mut values = BTreeSet::new();
+        let searcher = self.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut terms = inverted.terms().stream()?;
+            while let Some((term, _)) = terms.next() {
+                let value = String::from_utf8_lossy(term).into_owned();
+                if values.len() >= limit && !values.contains(&value) {
+                    return Ok((values, true));
+                }
+                values.insert(value);
+            }
+        }
+        Ok((values, false))
     }
 
     /// Full ids of the stored traces whose low 64 bits are `low` (a Datadog id).
