@@ -382,6 +382,124 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
     assert_eq!(capped["tagValues"].as_array().unwrap().len(), 1);
     assert_eq!(capped["truncated"], true);
 
+    // Jaeger, as Grafana's Jaeger data source and Jaeger UI ask.
+    let services = get("/jaeger/api/services".into()).await;
+    assert_eq!(services["data"], serde_json::json!(["gateway", "payments"]));
+    assert_eq!(services["total"], 2);
+    assert_eq!(services["errors"], serde_json::Value::Null);
+    let operations = get("/jaeger/api/services/gateway/operations".into()).await;
+    assert_eq!(
+        operations["data"],
+        serde_json::json!(["POST /checkout", "charge"])
+    );
+    let client_ops = get("/jaeger/api/operations?service=gateway&spanKind=client".into()).await;
+    assert_eq!(
+        client_ops["data"],
+        serde_json::json!([{"name": "charge", "spanKind": "client"}])
+    );
+    let v3_services = get("/jaeger/api/v3/services".into()).await;
+    assert_eq!(
+        v3_services["services"],
+        serde_json::json!(["gateway", "payments"])
+    );
+    let jaeger = reqwest::Client::new()
+        .get(server.url("/jaeger/api/traces"))
+        .query(&[
+            ("service", "payments"),
+            ("tags", r#"{"http.status_code":"500"}"#),
+            ("limit", "20"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let traces = jaeger["data"].as_array().unwrap();
+    let found: Vec<&str> = traces
+        .iter()
+        .map(|t| t["traceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        found,
+        failed_newest_first
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let newest = &traces[0];
+    assert_eq!(newest["processes"].as_object().unwrap().len(), 2);
+    let spans = newest["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 3);
+    let by_name = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span["operationName"] == name)
+            .unwrap()
+    };
+    let (charge, client) = (by_name("Charge"), by_name("charge"));
+    assert_eq!(charge["references"][0]["refType"], "CHILD_OF");
+    assert_eq!(charge["references"][0]["spanID"], client["spanID"]);
+    assert_eq!(charge["duration"], 600_000, "µs");
+    assert!(charge["startTime"].as_u64().unwrap() > 1_000_000_000_000_000);
+    let charge_tags = charge["tags"].as_array().unwrap();
+    assert!(
+        charge_tags.contains(&serde_json::json!({"key": "error", "type": "bool", "value": true}))
+    );
+    assert!(charge_tags
+        .contains(&serde_json::json!({"key": "http.status_code", "type": "int64", "value": 500})));
+    assert!(charge_tags
+        .contains(&serde_json::json!({"key": "span.kind", "type": "string", "value": "server"})));
+    let process = &newest["processes"][charge["processID"].as_str().unwrap()];
+    assert_eq!(process["serviceName"], "payments");
+    let by_id = get(format!("/jaeger/api/traces/{}", trace_ids[2])).await;
+    assert_eq!(by_id["data"][0]["traceID"], trace_ids[2].as_str());
+    let missing = reqwest::get(server.url("/jaeger/api/traces?limit=3"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    let missing: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(missing["errors"][0]["code"], 400);
+    let rfc3339 = |offset: u64| {
+        chrono::DateTime::<chrono::Utc>::from(base + Duration::from_secs(offset))
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    };
+    let v3 = reqwest::Client::new()
+        .get(server.url("/jaeger/api/v3/traces"))
+        .query(&[
+            ("query.service_name", "payments".to_owned()),
+            ("query.start_time_min", rfc3339(0)),
+            ("query.start_time_max", rfc3339(60)),
+            (
+                "query.attributes",
+                r#"{"http.status_code":"500"}"#.to_owned(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let batches = v3["result"]["resourceSpans"].as_array().unwrap();
+    assert_eq!(batches.len(), 6, "three traces, two resources each");
+    let none = reqwest::Client::new()
+        .get(server.url("/jaeger/api/v3/traces"))
+        .query(&[
+            ("query.service_name", "nobody".to_owned()),
+            ("query.start_time_min", rfc3339(0)),
+            ("query.start_time_max", rfc3339(60)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+    let none: serde_json::Value = none.json().await.unwrap();
+    assert_eq!(
+        none,
+        serde_json::json!({"error": {"httpCode": 404, "message": "No traces found"}})
+    );
+
     // Tempo's errors: plain text, 400.
     for (params, expected) in [
         (

@@ -6,6 +6,7 @@
 //! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
 //! requests decoded at once.
 
+pub mod jaeger;
 pub mod join;
 pub mod logs;
 pub mod loki;
@@ -77,6 +78,18 @@ pub fn router(state: AppState) -> Router {
             "/api/v2/search/tag/{tag}/values",
             get(tempo_tags::tag_values_v2),
         )
+        .route("/jaeger/api/services", get(jaeger::services))
+        .route(
+            "/jaeger/api/services/{service}/operations",
+            get(jaeger::service_operations),
+        )
+        .route("/jaeger/api/operations", get(jaeger::operations))
+        .route("/jaeger/api/traces", get(jaeger::find_traces))
+        .route("/jaeger/api/traces/{trace_id}", get(jaeger::trace))
+        .route("/jaeger/api/v3/services", get(jaeger::services_v3))
+        .route("/jaeger/api/v3/operations", get(jaeger::operations_v3))
+        .route("/jaeger/api/v3/traces", get(jaeger::find_traces_v3))
+        .route("/jaeger/api/v3/traces/{trace_id}", get(jaeger::trace_v3))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
         .route("/api/join/trace/{trace_id}", get(join::by_trace))

@@ -69,6 +69,14 @@ impl TagType {
     }
 }
 
+/// `op\0<service>\0<kind>\0<name>` back into its parts.
+pub fn split_operation(term: &[u8]) -> Option<(&str, i32, &str)> {
+    let text = std::str::from_utf8(term).ok()?.strip_prefix("op\0")?;
+    let (service, rest) = text.split_once('\0')?;
+    let (kind, name) = rest.split_once('\0')?;
+    Some((service, kind.parse().ok()?, name))
+}
+
 /// `scope\0key\0<type><value>` back into its parts.
 pub fn split_term(term: &[u8]) -> Option<(TagScope, &str, TagType, &str)> {
     let text = std::str::from_utf8(term).ok()?;
@@ -208,6 +216,17 @@ impl AttributeTerms {
         if written {
             self.terms.push(start..self.buffer.len());
         }
+    }
+
+    /// An operation of the fragment: `op\0<service>\0<kind>\0<span name>` (Jaeger's
+    /// services and operations lists).
+    pub fn add_operation(&mut self, service: &str, kind: i32, name: &str) {
+        if service.contains('\0') || name.len() > MAX_TERM_VALUE_BYTES {
+            return;
+        }
+        let start = self.buffer.len();
+        let _ = write!(self.buffer, "op\0{service}\0{kind}\0{name}");
+        self.terms.push(start..self.buffer.len());
     }
 
     /// Every distinct term, sorted.

@@ -20,7 +20,7 @@ use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Searcher, TantivyDocument, Term};
 
-use super::tags::{split_term, AttributeTerms, TagScope, TagType};
+use super::tags::{split_operation, split_term, AttributeTerms, TagScope, TagType};
 use super::{open_index, CommitPayload, StoreError};
 use crate::model::{SpanId, TraceId};
 use crate::pipeline::head::HeadSpan;
@@ -203,6 +203,7 @@ impl TraceIndex {
                     envelopes_seen.push(envelope);
                 }
                 terms.add_payload(&span.payload, with_resource);
+                terms.add_operation(&span.service, span.kind, &span.name);
             }
             start = start.min(span.start_time_unix_nano);
             end = end.max(
@@ -365,6 +366,30 @@ impl TraceIndex {
             }
         }
         Ok((found, scanned))
+    }
+
+    /// (service, span kind, span name) of every operation stored.
+    pub fn operations(&self) -> Result<BTreeSet<(String, i32, String)>, StoreError> {
+        let mut operations = BTreeSet::new();
+        let Some(field) = self.fields.attribute else {
+            return Ok(operations);
+        };
+        let searcher = self.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut terms = inverted
+                .terms()
+                .range()
+                .ge("op\0")
+                .lt("op\u{1}")
+                .into_stream()?;
+            while let Some((term, _)) = terms.next() {
+                if let Some((service, kind, name)) = split_operation(term) {
+                    operations.insert((service.to_owned(), kind, name.to_owned()));
+                }
+            }
+        }
+        Ok(operations)
     }
 
     /// Attribute keys of the stored traces, by scope.
