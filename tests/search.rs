@@ -500,6 +500,79 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
         serde_json::json!({"error": {"httpCode": 404, "message": "No traces found"}})
     );
 
+    // Zipkin's read API, as Lens asks (lower-case names, µs, ms windows).
+    let zipkin_services = get("/api/v2/services".into()).await;
+    assert_eq!(zipkin_services, serde_json::json!(["gateway", "payments"]));
+    let zipkin_spans = get("/zipkin/api/v2/spans?serviceName=Gateway".into()).await;
+    assert_eq!(
+        zipkin_spans,
+        serde_json::json!(["charge", "post /checkout"])
+    );
+    let end_ms = (base + Duration::from_secs(60))
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let zipkin = reqwest::Client::new()
+        .get(server.url("/zipkin/api/v2/traces"))
+        .query(&[
+            ("serviceName", "payments"),
+            ("annotationQuery", "error and http.status_code=500"),
+            ("endTs", end_ms.as_str()),
+            ("lookback", "120000"),
+            ("limit", "10"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let zipkin_traces = zipkin.as_array().unwrap();
+    assert_eq!(zipkin_traces.len(), 3);
+    let first = zipkin_traces[0].as_array().unwrap();
+    assert_eq!(first[0]["traceId"], failed_newest_first[0].as_str());
+    assert_eq!(first[0]["name"], "post /checkout");
+    assert_eq!(first[0]["kind"], "SERVER");
+    let charge = first.iter().find(|span| span["name"] == "charge").unwrap();
+    let server_span = first
+        .iter()
+        .find(|span| span["kind"] == "SERVER" && span["localEndpoint"]["serviceName"] == "payments")
+        .unwrap();
+    assert_eq!(server_span["parentId"], charge["id"]);
+    assert_eq!(server_span["duration"], 600_000);
+    assert_eq!(server_span["tags"]["error"], "card declined");
+    assert_eq!(server_span["tags"]["http.status_code"], "500");
+    let older = reqwest::Client::new()
+        .get(server.url("/api/v2/traces"))
+        .query(&[
+            ("serviceName", "payments"),
+            ("endTs", end_ms.as_str()),
+            ("lookback", "1000"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        older,
+        serde_json::json!([]),
+        "none in the last second before endTs"
+    );
+    let one = get(format!("/api/v2/trace/{}", trace_ids[0])).await;
+    assert_eq!(one.as_array().unwrap().len(), 3);
+    let many = get(format!(
+        "/api/v2/traceMany?traceIds={},{}",
+        trace_ids[0], trace_ids[1]
+    ))
+    .await;
+    assert_eq!(many.as_array().unwrap().len(), 2);
+    let lens = get("/zipkin/config.json".into()).await;
+    assert_eq!(lens["queryLimit"], 10);
+    assert_eq!(lens["searchEnabled"], true);
+
     // Tempo's errors: plain text, 400.
     for (params, expected) in [
         (

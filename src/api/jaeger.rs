@@ -211,38 +211,20 @@ fn plan(request: &JaegerSearch) -> Query {
         ));
     }
     for (key, value) in &request.tags {
-        let operand = Operand::Attribute(Scope::Unscoped, key.clone());
-        let mut alternatives = vec![FieldExpr::Compare(
-            operand.clone(),
-            CompareOp::Eq,
-            Literal::String(value.clone()),
-        )];
-        if let Ok(number) = value.parse::<i64>() {
-            alternatives.push(FieldExpr::Compare(
-                operand.clone(),
-                CompareOp::Eq,
-                Literal::Int(number),
-            ));
-        }
-        if let Ok(flag) = value.parse::<bool>() {
-            alternatives.push(FieldExpr::Compare(
-                operand.clone(),
-                CompareOp::Eq,
-                Literal::Bool(flag),
-            ));
-        }
+        let mut term =
+            FieldExpr::equals_text(Operand::Attribute(Scope::Unscoped, key.clone()), value);
+        // Jaeger shows a failed span's status as the tag `error=true`.
         if key == "error" && value == "true" {
-            alternatives.push(FieldExpr::Compare(
-                Operand::Intrinsic(Intrinsic::Status),
-                CompareOp::Eq,
-                Literal::Status(2),
-            ));
+            term = FieldExpr::Or(
+                Box::new(term),
+                Box::new(FieldExpr::Compare(
+                    Operand::Intrinsic(Intrinsic::Status),
+                    CompareOp::Eq,
+                    Literal::Status(2),
+                )),
+            );
         }
-        let mut alternatives = alternatives.into_iter();
-        let first = alternatives.next().expect("one alternative at least");
-        terms.push(alternatives.fold(first, |left, right| {
-            FieldExpr::Or(Box::new(left), Box::new(right))
-        }));
+        terms.push(term);
     }
     if let Some(min) = request.min_duration {
         terms.push(FieldExpr::Compare(

@@ -16,6 +16,7 @@ pub mod tempo;
 pub mod tempo_search;
 pub mod tempo_tags;
 pub mod zipkin;
+pub mod zipkin_query;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +60,11 @@ impl AppState {
 /// The main HTTP port: queries, Grafana-compatible routes and ingest.
 pub fn router(state: AppState) -> Router {
     let ingest = ingest_routes(&state)
-        .route("/api/v2/spans", post(zipkin::post_spans))
+        // Zipkin's read API answers GET on the path its ingest takes POST on.
+        .route(
+            "/api/v2/spans",
+            post(zipkin::post_spans).get(zipkin_query::span_names),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_ingest_concurrency,
@@ -90,6 +95,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jaeger/api/v3/operations", get(jaeger::operations_v3))
         .route("/jaeger/api/v3/traces", get(jaeger::find_traces_v3))
         .route("/jaeger/api/v3/traces/{trace_id}", get(jaeger::trace_v3))
+        .merge(zipkin_routes("/api/v2"))
+        .merge(zipkin_routes("/zipkin/api/v2"))
+        .route("/zipkin/api/v2/spans", get(zipkin_query::span_names))
+        .route("/zipkin/config.json", get(zipkin_query::config))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
         .route("/api/join/trace/{trace_id}", get(join::by_trace))
@@ -131,6 +140,33 @@ pub fn otlp_router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Zipkin's v2 read API under `prefix` (`GET …/spans` is routed by the caller).
+fn zipkin_routes(prefix: &str) -> Router<AppState> {
+    Router::new()
+        .route(&format!("{prefix}/services"), get(zipkin_query::services))
+        .route(
+            &format!("{prefix}/remoteServices"),
+            get(zipkin_query::remote_services),
+        )
+        .route(&format!("{prefix}/traces"), get(zipkin_query::traces))
+        .route(
+            &format!("{prefix}/trace/{{trace_id}}"),
+            get(zipkin_query::trace),
+        )
+        .route(
+            &format!("{prefix}/traceMany"),
+            get(zipkin_query::trace_many),
+        )
+        .route(
+            &format!("{prefix}/autocompleteKeys"),
+            get(zipkin_query::autocomplete_keys),
+        )
+        .route(
+            &format!("{prefix}/autocompleteValues"),
+            get(zipkin_query::autocomplete_values),
+        )
 }
 
 fn ingest_routes(state: &AppState) -> Router<AppState> {

@@ -207,25 +207,7 @@ fn legacy_tags(text: &str) -> Result<Query, String> {
                     Literal::Status(code),
                 )
             }
-            _ => {
-                let operand = Operand::Attribute(Scope::Unscoped, key.clone());
-                let as_text = FieldExpr::Compare(
-                    operand.clone(),
-                    CompareOp::Eq,
-                    Literal::String(value.clone()),
-                );
-                match value.parse::<i64>() {
-                    Ok(number) => FieldExpr::Or(
-                        Box::new(as_text),
-                        Box::new(FieldExpr::Compare(
-                            operand,
-                            CompareOp::Eq,
-                            Literal::Int(number),
-                        )),
-                    ),
-                    Err(_) => as_text,
-                }
-            }
+            _ => FieldExpr::equals_text(Operand::Attribute(Scope::Unscoped, key.clone()), &value),
         };
         condition = Some(match condition {
             None => term,

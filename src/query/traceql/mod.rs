@@ -52,6 +52,48 @@ pub enum FieldExpr {
     Constant(bool),
 }
 
+// === impl FieldExpr ===
+
+impl FieldExpr {
+    /// `operand` equals `text` as the tag APIs of Jaeger, Zipkin and Tempo's legacy
+    /// search mean it: as a string, or as the number or boolean it spells (their tags are
+    /// text; OpenTelemetry attributes are typed).
+    pub fn equals_text(operand: Operand, text: &str) -> FieldExpr {
+        let mut alternatives = vec![FieldExpr::Compare(
+            operand.clone(),
+            CompareOp::Eq,
+            Literal::String(text.to_owned()),
+        )];
+        if let Ok(number) = text.parse::<i64>() {
+            alternatives.push(FieldExpr::Compare(
+                operand.clone(),
+                CompareOp::Eq,
+                Literal::Int(number),
+            ));
+        } else if let Ok(number) = text.parse::<f64>() {
+            alternatives.push(FieldExpr::Compare(
+                operand.clone(),
+                CompareOp::Eq,
+                Literal::Float(number),
+            ));
+        }
+        if let Ok(flag) = text.parse::<bool>() {
+            alternatives.push(FieldExpr::Compare(
+                operand,
+                CompareOp::Eq,
+                Literal::Bool(flag),
+            ));
+        }
+        let mut alternatives = alternatives.into_iter();
+        let first = alternatives
+            .next()
+            .expect("the string comparison is always there");
+        alternatives.fold(first, |left, right| {
+            FieldExpr::Or(Box::new(left), Box::new(right))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operand {
     Attribute(Scope, String),
