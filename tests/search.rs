@@ -573,6 +573,51 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
     assert_eq!(lens["queryLimit"], 10);
     assert_eq!(lens["searchEnabled"], true);
 
+    // A trace made without span kinds (the seed's own tracer) still draws its calls in
+    // the service graph once it leaves the head: gateway → orders → payments.
+    let orders = service("orders");
+    {
+        let at = |ms: u64| SystemTime::now() + Duration::from_millis(ms);
+        let gateway_tracer = gateway.provider.tracer("manual");
+        let orders_tracer = orders.provider.tracer("manual");
+        let payments_tracer = payments.provider.tracer("manual");
+        let root = gateway_tracer
+            .span_builder("checkout")
+            .with_start_time(at(0))
+            .start(&gateway_tracer);
+        let root_cx = Context::current_with_span(root);
+        let place = orders_tracer
+            .span_builder("place order")
+            .with_start_time(at(1))
+            .start_with_context(&orders_tracer, &root_cx);
+        let place_cx = root_cx.with_span(place);
+        let mut charge = payments_tracer
+            .span_builder("charge card")
+            .with_start_time(at(2))
+            .start_with_context(&payments_tracer, &place_cx);
+        charge.end_with_timestamp(at(30));
+        place_cx.span().end_with_timestamp(at(40));
+        root_cx.span().end_with_timestamp(at(50));
+    }
+    export(&server, &[&gateway, &orders, &payments]).await;
+    let edge = r#"traces_service_graph_request_total{client="orders",server="payments"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(edge) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(edge), "{metrics}");
+    assert!(metrics
+        .contains(r#"traces_service_graph_request_total{client="gateway",server="orders"} 1"#));
+
     // Tempo's errors: plain text, 400.
     for (params, expected) in [
         (

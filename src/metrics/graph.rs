@@ -3,6 +3,13 @@
 //! another. Whichever half arrives first waits, bounded in number and time, for the other.
 //! Each pair counts in `traces_service_graph_request_total{client, server}` (and
 //! `_failed_total` when either half failed) and observes both durations.
+//!
+//! Whole traces add the calls no client/server pair shows ([`trace_edges`], when a trace
+//! leaves the head): Jaeger's rule, a parent span in service A with a child span in
+//! service B is a call A → B (manual instrumentation without kinds, server-to-server
+//! parents), and a client or producer span with no child calls the peer it names
+//! (`peer.service`, `db.name`, `db.system`, `messaging.system`, `server.address`), a
+//! virtual node as Tempo draws it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -100,6 +107,55 @@ impl ServiceGraph {
     }
 }
 
+/// Attributes that name the peer of a client span whose callee sent no span, in order.
+pub const PEER_KEYS: [&str; 5] = [
+    "peer.service",
+    "db.name",
+    "db.system",
+    "messaging.system",
+    "server.address",
+];
+
+/// The calls of one trace (or fragment) that client/server pairing does not count:
+/// parent and child in different services unless they are a client/producer span and its
+/// server/consumer child, and client/producer spans without a child, to the peer
+/// `peer_of` names.
+pub fn trace_edges(spans: &[&Span], peer_of: impl Fn(&Span) -> Option<String>) -> Vec<Edge> {
+    let by_id: HashMap<SpanId, &Span> = spans.iter().map(|span| (span.span_id, *span)).collect();
+    let parents: std::collections::HashSet<SpanId> = spans
+        .iter()
+        .filter_map(|span| span.parent_span_id)
+        .collect();
+    let seconds = |span: &Span| span.duration_nanos as f64 / 1e9;
+    let mut edges = Vec::new();
+    for span in spans {
+        if let Some(parent) = span.parent_span_id.and_then(|parent| by_id.get(&parent)) {
+            let paired = matches!(parent.kind, 3 | 4) && matches!(span.kind, 2 | 5);
+            if parent.service != span.service && !paired {
+                edges.push(Edge {
+                    client: parent.service.to_string(),
+                    server: span.service.to_string(),
+                    failed: span.status_code == 2,
+                    client_seconds: seconds(parent),
+                    server_seconds: seconds(span),
+                });
+            }
+        }
+        if matches!(span.kind, 3 | 4) && !parents.contains(&span.span_id) {
+            if let Some(peer) = peer_of(span).filter(|peer| **peer != *span.service) {
+                edges.push(Edge {
+                    client: span.service.to_string(),
+                    server: peer,
+                    failed: span.status_code == 2,
+                    client_seconds: seconds(span),
+                    server_seconds: seconds(span),
+                });
+            }
+        }
+    }
+    edges
+}
+
 fn edge(client: Half, server: Half) -> Edge {
     Edge {
         failed: client.failed || server.failed,
@@ -130,6 +186,38 @@ mod tests {
             payload: bytes::Bytes::new(),
             envelope: Arc::new(crate::model::Envelope::new(None, "", None, "")),
         }
+    }
+
+    #[test]
+    fn whole_traces_add_the_calls_pairs_miss() {
+        // The seed's hand-made tracer: no kinds at all.
+        let gateway = span("gateway", 1, None, 0, 0);
+        let orders = span("orders", 2, Some(1), 0, 0);
+        let payments = span("payments", 3, Some(2), 0, 2);
+        let internal = span("payments", 4, Some(3), 1, 0);
+        // A client span whose callee sent nothing: a database.
+        let query = span("orders", 5, Some(2), 3, 0);
+        // A client/server pair: counted at ack, not again here.
+        let call = span("gateway", 6, Some(1), 3, 0);
+        let served = span("inventory", 7, Some(6), 2, 0);
+        let spans = [
+            &gateway, &orders, &payments, &internal, &query, &call, &served,
+        ];
+        let edges = trace_edges(&spans, |span| {
+            (span.span_id == SpanId([5; 8])).then(|| "postgresql".to_owned())
+        });
+        let found: Vec<(&str, &str, bool)> = edges
+            .iter()
+            .map(|edge| (edge.client.as_str(), edge.server.as_str(), edge.failed))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("gateway", "orders", false),
+                ("orders", "payments", true),
+                ("orders", "postgresql", false),
+            ]
+        );
     }
 
     #[test]

@@ -330,20 +330,7 @@ impl Metrics {
             std::collections::HashMap::new();
         for span in spans {
             if let Some(edge) = graph.observe(span, instant) {
-                let labels = EdgeLabels {
-                    client: edge.client,
-                    server: edge.server,
-                };
-                self.graph_requests.get_or_create(&labels).inc();
-                if edge.failed {
-                    self.graph_failed.get_or_create(&labels).inc();
-                }
-                self.graph_server_seconds
-                    .get_or_create(&labels)
-                    .observe(edge.server_seconds);
-                self.graph_client_seconds
-                    .get_or_create(&labels)
-                    .observe(edge.client_seconds);
+                self.record_edge(edge);
             }
             let group = groups
                 .entry((
@@ -415,6 +402,58 @@ impl Metrics {
     }
 
     /// Count late spans (their trace had left the head) by the decision they followed.
+    /// Count the calls a whole trace shows that client/server pairing did not (see
+    /// [`graph::trace_edges`]); every leaving trace, kept or not, comes here once.
+    pub fn record_trace_edges(&self, spans: &[&Span]) {
+        if !self.span_metrics {
+            return;
+        }
+        let peer_of =
+            |span: &Span| {
+                let decoded = Span::decode_payload(&span.payload).ok()?;
+                let attributes = decoded
+                    .scope_spans
+                    .first()?
+                    .spans
+                    .first()?
+                    .attributes
+                    .clone();
+                graph::PEER_KEYS.iter().find_map(|key| {
+                    let value = attributes
+                        .iter()
+                        .find(|kv| kv.key == *key)?
+                        .value
+                        .as_ref()?;
+                    match value.value.as_ref()? {
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                            text,
+                        ) if !text.is_empty() => Some(text.clone()),
+                        _ => None,
+                    }
+                })
+            };
+        for edge in graph::trace_edges(spans, peer_of) {
+            self.record_edge(edge);
+        }
+    }
+
+    fn record_edge(&self, edge: graph::Edge) {
+        let labels = EdgeLabels {
+            client: edge.client,
+            server: edge.server,
+        };
+        self.graph_requests.get_or_create(&labels).inc();
+        if edge.failed {
+            self.graph_failed.get_or_create(&labels).inc();
+        }
+        self.graph_server_seconds
+            .get_or_create(&labels)
+            .observe(edge.server_seconds);
+        self.graph_client_seconds
+            .get_or_create(&labels)
+            .observe(edge.client_seconds);
+    }
+
     pub fn record_late_spans(&self, kept: u64, dropped: u64) {
         for (decision, count) in [("keep", kept), ("drop", dropped)] {
             if count > 0 {

@@ -227,12 +227,13 @@ impl Indexer {
         let head = &self.storage.head;
         for mut trace in leaving {
             let spans = trace.read_spans();
+            let views: Vec<&Span> = spans.iter().map(|held| &held.span).collect();
+            metrics.record_trace_edges(&views);
             let earlier = trace.decided.or_else(|| head.decision(&trace.trace_id));
             let decision = match earlier {
                 Some(decision) => decision,
                 None => {
-                    let spans: Vec<&Span> = spans.iter().map(|held| &held.span).collect();
-                    let decision = self.shared.sampler.decide(&spans, &mut p99_us);
+                    let decision = self.shared.sampler.decide(&views, &mut p99_us);
                     head.decide(trace.trace_id, decision);
                     metrics.record_decision(
                         decision.keep,
