@@ -408,30 +408,9 @@ impl Metrics {
         if !self.span_metrics {
             return;
         }
-        let peer_of =
-            |span: &Span| {
-                let decoded = Span::decode_payload(&span.payload).ok()?;
-                let attributes = decoded
-                    .scope_spans
-                    .first()?
-                    .spans
-                    .first()?
-                    .attributes
-                    .clone();
-                graph::PEER_KEYS.iter().find_map(|key| {
-                    let value = attributes
-                        .iter()
-                        .find(|kv| kv.key == *key)?
-                        .value
-                        .as_ref()?;
-                    match value.value.as_ref()? {
-                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
-                            text,
-                        ) if !text.is_empty() => Some(text.clone()),
-                        _ => None,
-                    }
-                })
-            };
+        let peer_of = |span: &Span| {
+            crate::store::tags::span_string_attribute(&span.payload, &graph::PEER_KEYS)
+        };
         for edge in graph::trace_edges(spans, peer_of) {
             self.record_edge(edge);
         }

@@ -133,6 +133,49 @@ fn walk<'a>(mut bytes: &'a [u8], mut each: impl FnMut(u64, Wire<'a>)) -> Option<
     Some(())
 }
 
+/// The first of `keys` (in their order) that the span of a stored payload has as a
+/// non-empty string attribute, read in place.
+pub fn span_string_attribute(payload: &[u8], keys: &[&str]) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    walk(payload, |number, field| {
+        let (2, Wire::Bytes(scope_spans)) = (number, field) else {
+            return;
+        };
+        walk(scope_spans, |number, field| {
+            let (2, Wire::Bytes(span)) = (number, field) else {
+                return;
+            };
+            walk(span, |number, field| {
+                let (9, Wire::Bytes(key_value)) = (number, field) else {
+                    return;
+                };
+                let mut key = None;
+                let mut text = None;
+                walk(key_value, |number, field| match (number, field) {
+                    (1, Wire::Bytes(bytes)) => key = std::str::from_utf8(bytes).ok(),
+                    (2, Wire::Bytes(value)) => {
+                        walk(value, |number, field| {
+                            if let (1, Wire::Bytes(bytes)) = (number, field) {
+                                text = std::str::from_utf8(bytes).ok();
+                            }
+                        });
+                    }
+                    _ => {}
+                });
+                let (Some(key), Some(text)) = (key, text) else {
+                    return;
+                };
+                if let Some(rank) = keys.iter().position(|wanted| *wanted == key) {
+                    if !text.is_empty() && best.is_none_or(|(best_rank, _)| rank < best_rank) {
+                        best = Some((rank, text));
+                    }
+                }
+            });
+        });
+    });
+    best.map(|(_, text)| text.to_owned())
+}
+
 impl AttributeTerms {
     /// Add the attributes of a stored span payload (a one-span `ResourceSpans`); its
     /// resource's too when `with_resource`.
