@@ -483,6 +483,52 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
         .unwrap();
     let batches = v3["result"]["resourceSpans"].as_array().unwrap();
     assert_eq!(batches.len(), 6, "three traces, two resources each");
+    let summaries = reqwest::Client::new()
+        .get(server.url("/jaeger/api/v3/trace-summaries"))
+        .query(&[
+            ("query.serviceName", "payments".to_owned()),
+            ("query.startTimeMin", rfc3339(0)),
+            ("query.startTimeMax", rfc3339(60)),
+            (
+                "query.attributes",
+                r#"{"http.status_code":"500"}"#.to_owned(),
+            ),
+            ("query.searchDepth", "2".to_owned()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let summaries = summaries["summaries"].as_array().unwrap();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0]["traceId"], failed_newest_first[0].as_str());
+    assert_eq!(summaries[0]["rootServiceName"], "gateway");
+    assert_eq!(summaries[0]["rootOperationName"], "POST /checkout");
+    assert_eq!(summaries[0]["spanCount"], 3);
+    assert_eq!(summaries[0]["errorSpanCount"], 1);
+    assert_eq!(summaries[0]["orphanSpanCount"], 0);
+    let (min, max) = (
+        summaries[0]["minStartTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        summaries[0]["maxEndTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+    );
+    assert_eq!(max - min, 620_000_000);
+    assert_eq!(
+        summaries[0]["services"],
+        serde_json::json!([
+            {"name": "gateway", "spanCount": 2, "errorSpanCount": 0},
+            {"name": "payments", "spanCount": 1, "errorSpanCount": 1}
+        ])
+    );
     let none = reqwest::Client::new()
         .get(server.url("/jaeger/api/v3/traces"))
         .query(&[

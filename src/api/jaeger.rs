@@ -398,70 +398,72 @@ pub async fn trace_v3(State(state): State<AppState>, Path(raw_id): Path<String>)
     }
 }
 
-/// `GET /jaeger/api/v3/traces?query.service_name=…` (and the camelCase forms).
-pub async fn find_traces_v3(
-    State(state): State<AppState>,
-    QueryParams(params): QueryParams<HashMap<String, String>>,
-) -> Response {
+/// The search of a v3 request (`query.service_name`… and the camelCase forms).
+fn v3_search(params: &HashMap<String, String>) -> Result<JaegerSearch, String> {
     let param = |names: &[&str]| {
         names
             .iter()
             .find_map(|name| params.get(*name).filter(|value| !value.is_empty()).cloned())
     };
-    let parsed = (|| -> Result<JaegerSearch, String> {
-        let time = |names: &[&str]| -> Result<Option<u64>, String> {
-            param(names)
-                .map(|text| {
-                    // Grafana appends these unencoded: a `+` of the offset arrives as a space.
-                    let text = text.replace(' ', "+");
-                    chrono::DateTime::parse_from_rfc3339(&text)
-                        .ok()
-                        .and_then(|time| time.timestamp_nanos_opt())
-                        .and_then(|nanos| u64::try_from(nanos).ok())
-                        .ok_or_else(|| format!("malformed parameter {}: {text:?}", names[0]))
-                })
-                .transpose()
-        };
-        let start = time(&["query.start_time_min", "query.startTimeMin"])?;
-        let end = time(&["query.start_time_max", "query.startTimeMax"])?;
-        let (Some(start), Some(end)) = (start, end) else {
-            return Err("query.start_time_min and query.start_time_max are required".into());
-        };
-        if start >= end {
-            return Err("query.start_time_min must be before query.start_time_max".into());
-        }
-        let duration = |names: &[&str]| -> Result<Option<u64>, String> {
-            param(names)
-                .map(|text| {
-                    parse_duration(&text)
-                        .ok_or_else(|| format!("malformed parameter {}: {text:?}", names[0]))
-                })
-                .transpose()
-        };
-        let tags = match param(&["query.attributes"]) {
-            Some(json) => serde_json::from_str::<BTreeMap<String, String>>(&json)
-                .map_err(|error| format!("malformed parameter query.attributes: {error}"))?,
-            None => BTreeMap::new(),
-        };
-        Ok(JaegerSearch {
-            service: param(&["query.service_name", "query.serviceName"]),
-            operation: param(&["query.operation_name", "query.operationName"]),
-            tags,
-            min_duration: duration(&["query.duration_min", "query.durationMin"])?,
-            max_duration: duration(&["query.duration_max", "query.durationMax"])?,
-            start: Some(start),
-            end: Some(end),
-            limit: param(&[
-                "query.search_depth",
-                "query.searchDepth",
-                "query.num_traces",
-            ])
-            .and_then(|limit| limit.parse().ok())
-            .filter(|limit| *limit > 0)
-            .unwrap_or(DEFAULT_LIMIT),
-        })
-    })();
-    let request = match parsed {
+    let time = |names: &[&str]| -> Result<Option<u64>, String> {
+        param(names)
+            .map(|text| {
+                // Grafana appends these unencoded: a `+` of the offset arrives as a space.
+                let text = text.replace(' ', "+");
+                chrono::DateTime::parse_from_rfc3339(&text)
+                    .ok()
+                    .and_then(|time| time.timestamp_nanos_opt())
+                    .and_then(|nanos| u64::try_from(nanos).ok())
+                    .ok_or_else(|| format!("malformed parameter {}: {text:?}", names[0]))
+            })
+            .transpose()
+    };
+    let start = time(&["query.start_time_min", "query.startTimeMin"])?;
+    let end = time(&["query.start_time_max", "query.startTimeMax"])?;
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err("query.start_time_min and query.start_time_max are required".into());
+    };
+    if start >= end {
+        return Err("query.start_time_min must be before query.start_time_max".into());
+    }
+    let duration = |names: &[&str]| -> Result<Option<u64>, String> {
+        param(names)
+            .map(|text| {
+                parse_duration(&text)
+                    .ok_or_else(|| format!("malformed parameter {}: {text:?}", names[0]))
+            })
+            .transpose()
+    };
+    let tags = match param(&["query.attributes"]) {
+        Some(json) => serde_json::from_str::<BTreeMap<String, String>>(&json)
+            .map_err(|error| format!("malformed parameter query.attributes: {error}"))?,
+        None => BTreeMap::new(),
+    };
+    Ok(JaegerSearch {
+        service: param(&["query.service_name", "query.serviceName"]),
+        operation: param(&["query.operation_name", "query.operationName"]),
+        tags,
+        min_duration: duration(&["query.duration_min", "query.durationMin"])?,
+        max_duration: duration(&["query.duration_max", "query.durationMax"])?,
+        start: Some(start),
+        end: Some(end),
+        limit: param(&[
+            "query.search_depth",
+            "query.searchDepth",
+            "query.num_traces",
+        ])
+        .and_then(|limit| limit.parse().ok())
+        .filter(|limit| *limit > 0)
+        .unwrap_or(DEFAULT_LIMIT),
+    })
+}
+
+/// `GET /jaeger/api/v3/traces?query.service_name=…` (and the camelCase forms).
+pub async fn find_traces_v3(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let request = match v3_search(&params) {
         Ok(request) => request,
         Err(message) => return v3_error(StatusCode::BAD_REQUEST, message),
     };
@@ -473,6 +475,87 @@ pub async fn find_traces_v3(
         }
         Err(error) => v3_error(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
+}
+
+/// `GET /jaeger/api/v3/trace-summaries?query.serviceName=…`: what Jaeger UI 2.20 lists,
+/// one summary per trace (int64 values as decimal strings); an empty search is `[]`.
+pub async fn trace_summaries(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let request = match v3_search(&params) {
+        Ok(request) => request,
+        Err(message) => return v3_error(StatusCode::BAD_REQUEST, message),
+    };
+    match run(&state, request).await {
+        Ok(traces) => {
+            let summaries: Vec<JsonValue> = traces.iter().map(|batches| summary(batches)).collect();
+            Json(json!({"summaries": summaries})).into_response()
+        }
+        Err(error) => v3_error(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+fn summary(batches: &[ResourceSpans]) -> JsonValue {
+    let mut trace_id = String::new();
+    let mut start = u64::MAX;
+    let mut end = 0u64;
+    let mut spans = 0u64;
+    let mut errors = 0u64;
+    let mut ids = std::collections::HashSet::new();
+    let mut parents = Vec::new();
+    let mut services: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut root: Option<(u64, String, String)> = None;
+    for batch in batches {
+        let service = crate::model::service_name(batch.resource.as_ref()).to_owned();
+        for span in batch.scope_spans.iter().flat_map(|scope| &scope.spans) {
+            trace_id = to_hex(&span.trace_id);
+            start = start.min(span.start_time_unix_nano);
+            end = end.max(span.end_time_unix_nano);
+            spans += 1;
+            let failed = span.status.as_ref().is_some_and(|status| status.code == 2);
+            errors += u64::from(failed);
+            let entry = services.entry(service.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(failed);
+            ids.insert(span.span_id.clone());
+            let has_parent = span.parent_span_id.iter().any(|byte| *byte != 0);
+            if has_parent {
+                parents.push(span.parent_span_id.clone());
+            } else if root
+                .as_ref()
+                .is_none_or(|(earliest, _, _)| span.start_time_unix_nano < *earliest)
+            {
+                root = Some((
+                    span.start_time_unix_nano,
+                    service.clone(),
+                    span.name.clone(),
+                ));
+            }
+        }
+    }
+    let orphans = parents
+        .iter()
+        .filter(|parent| !ids.contains(*parent))
+        .count();
+    let (root_service, root_name) = root
+        .map(|(_, service, name)| (service, name))
+        .unwrap_or_default();
+    let services: Vec<JsonValue> = services
+        .into_iter()
+        .map(|(name, (spans, errors))| json!({"name": name, "spanCount": spans, "errorSpanCount": errors}))
+        .collect();
+    json!({
+        "traceId": trace_id,
+        "rootServiceName": root_service,
+        "rootOperationName": root_name,
+        "minStartTimeUnixNano": start.min(end).to_string(),
+        "maxEndTimeUnixNano": end.to_string(),
+        "spanCount": spans,
+        "errorSpanCount": errors,
+        "orphanSpanCount": orphans,
+        "services": services,
+    })
 }
 
 /// A Jaeger tag from an OTLP attribute.

@@ -94,6 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jaeger/api/v3/services", get(jaeger::services_v3))
         .route("/jaeger/api/v3/operations", get(jaeger::operations_v3))
         .route("/jaeger/api/v3/traces", get(jaeger::find_traces_v3))
+        .route(
+            "/jaeger/api/v3/trace-summaries",
+            get(jaeger::trace_summaries),
+        )
         .route("/jaeger/api/v3/traces/{trace_id}", get(jaeger::trace_v3))
         .merge(zipkin_routes("/api/v2"))
         .merge(zipkin_routes("/zipkin/api/v2"))
