@@ -663,6 +663,24 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
     assert!(metrics.contains(edge), "{metrics}");
     assert!(metrics
         .contains(r#"traces_service_graph_request_total{client="gateway",server="orders"} 1"#));
+    // The same edges in Jaeger's and Zipkin's dependency views.
+    let jaeger_links = get("/jaeger/api/dependencies".into()).await;
+    let links = jaeger_links["data"].as_array().unwrap();
+    assert!(links
+        .contains(&serde_json::json!({"parent": "orders", "child": "payments", "callCount": 1})));
+    assert!(links
+        .contains(&serde_json::json!({"parent": "gateway", "child": "orders", "callCount": 1})));
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let zipkin_links = get(format!(
+        "/api/v2/dependencies?endTs={now_ms}&lookback=3600000"
+    ))
+    .await;
+    assert!(zipkin_links.as_array().unwrap().contains(
+        &serde_json::json!({"parent": "orders", "child": "payments", "callCount": 1, "errorCount": 0})
+    ));
 
     // Tempo's errors: plain text, 400.
     for (params, expected) in [

@@ -180,6 +180,41 @@ pub async fn operations_v3(
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `GET /jaeger/api/dependencies?endTs=<ms>&lookback=<ms>` (a day back by default).
+pub async fn dependencies(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        params
+            .get(name)
+            .filter(|value| !value.is_empty())
+            .map(|value| {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("unable to parse param '{name}': {value:?}"))
+            })
+            .transpose()
+    };
+    let (end, lookback) = match (number("endTs"), number("lookback")) {
+        (Ok(end), Ok(lookback)) => (end.unwrap_or_else(now_ms), lookback.unwrap_or(86_400_000)),
+        (Err(message), _) | (_, Err(message)) => return v1_error(StatusCode::BAD_REQUEST, message),
+    };
+    let links = crate::lock(&state.pipeline.metrics.dependencies).links(end, lookback);
+    let data: Vec<JsonValue> = links
+        .into_iter()
+        .map(|link| json!({"parent": link.parent, "child": link.child, "callCount": link.calls}))
+        .collect();
+    v1(StatusCode::OK, json!(data), None)
+}
+
 /// What a Jaeger search asks, whichever API it came by.
 struct JaegerSearch {
     service: Option<String>,

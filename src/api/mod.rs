@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             get(jaeger::service_operations),
         )
         .route("/jaeger/api/operations", get(jaeger::operations))
+        .route("/jaeger/api/dependencies", get(jaeger::dependencies))
         .route("/jaeger/api/traces", get(jaeger::find_traces))
         .route("/jaeger/api/traces/{trace_id}", get(jaeger::trace))
         .route("/jaeger/api/v3/services", get(jaeger::services_v3))
@@ -162,6 +163,10 @@ fn zipkin_routes(prefix: &str) -> Router<AppState> {
         .route(
             &format!("{prefix}/traceMany"),
             get(zipkin_query::trace_many),
+        )
+        .route(
+            &format!("{prefix}/dependencies"),
+            get(zipkin_query::dependencies),
         )
         .route(
             &format!("{prefix}/autocompleteKeys"),

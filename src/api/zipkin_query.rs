@@ -205,6 +205,31 @@ pub async fn autocomplete_values(
     }
 }
 
+/// `GET /api/v2/dependencies?endTs=<ms>&lookback=<ms>`: links with call and error counts.
+pub async fn dependencies(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let (end, lookback) = match (number(&params, "endTs"), number(&params, "lookback")) {
+        (Ok(Some(end)), Ok(lookback)) => (end, lookback.unwrap_or(DEFAULT_LOOKBACK_MS)),
+        (Ok(None), _) => return error(StatusCode::BAD_REQUEST, "endTs is required"),
+        (Err(failure), _) | (_, Err(failure)) => return failure.into_response(),
+    };
+    let links = crate::lock(&state.pipeline.metrics.dependencies).links(end, lookback);
+    let links: Vec<JsonValue> = links
+        .into_iter()
+        .map(|link| {
+            json!({
+                "parent": link.parent.to_lowercase(),
+                "child": link.child.to_lowercase(),
+                "callCount": link.calls,
+                "errorCount": link.errors,
+            })
+        })
+        .collect();
+    Json(json!(links)).into_response()
+}
+
 /// `GET /zipkin/config.json`: what Lens needs to start.
 pub async fn config() -> Json<JsonValue> {
     Json(json!({
@@ -212,7 +237,7 @@ pub async fn config() -> Json<JsonValue> {
         "queryLimit": DEFAULT_LIMIT,
         "defaultLookback": 7 * DEFAULT_LOOKBACK_MS,
         "searchEnabled": true,
-        "dependency": {"enabled": false, "lowErrorRate": 0.5, "highErrorRate": 0.75},
+        "dependency": {"enabled": true, "lowErrorRate": 0.5, "highErrorRate": 0.75},
     }))
 }
 

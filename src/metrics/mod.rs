@@ -10,6 +10,7 @@
 //! returns from then on. Span names that embed ids are normalised, and each metric keeps at
 //! most `max_series` label sets; the rest go to one `__overflow__` series and are counted.
 
+pub mod dependencies;
 pub mod graph;
 pub mod latency;
 pub mod names;
@@ -162,6 +163,8 @@ pub struct Metrics {
     calls: Family<SpanLabels, CounterWithExemplar<TraceExemplar>>,
     log_records: Family<LogLabels, CounterWithExemplar<LogExemplar>>,
     graph: Mutex<graph::ServiceGraph>,
+    /// The same edges per minute, for Jaeger's and Zipkin's dependency views.
+    pub dependencies: Mutex<dependencies::Dependencies>,
     graph_requests: Family<EdgeLabels, Counter>,
     graph_failed: Family<EdgeLabels, Counter>,
     graph_server_seconds: Family<EdgeLabels, Histogram, Buckets2>,
@@ -271,6 +274,7 @@ impl Metrics {
             calls,
             log_records,
             graph: Mutex::new(graph::ServiceGraph::default()),
+            dependencies: Mutex::new(dependencies::Dependencies::default()),
             graph_requests,
             graph_failed,
             graph_server_seconds,
@@ -417,6 +421,11 @@ impl Metrics {
     }
 
     fn record_edge(&self, edge: graph::Edge) {
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() / 60)
+            .unwrap_or(0);
+        lock(&self.dependencies).record(minute, &edge.client, &edge.server, edge.failed);
         let labels = EdgeLabels {
             client: edge.client,
             server: edge.server,

@@ -1,0 +1,106 @@
+//! Dependency links for Jaeger's and Zipkin's dependency views: the service-graph edges
+//! counted per minute (calls and failed calls per caller → callee), kept for a week in
+//! memory, summed over the window a query asks for. Fed by the same edges as the
+//! `traces_service_graph_*` metrics.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Minutes kept: Zipkin Lens looks back 7 days at most by default.
+const KEPT_MINUTES: u64 = 7 * 24 * 60;
+/// Distinct links kept per minute; past it a minute's new links are not counted.
+const MAX_LINKS_PER_MINUTE: usize = 10_000;
+
+/// One caller → callee link over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub parent: String,
+    pub child: String,
+    pub calls: u64,
+    pub errors: u64,
+}
+
+/// (parent, child) → (calls, errors) of one minute.
+type MinuteLinks = HashMap<(String, String), (u64, u64)>;
+
+#[derive(Default)]
+pub struct Dependencies {
+    /// Minute since the epoch → its links.
+    minutes: BTreeMap<u64, MinuteLinks>,
+}
+
+impl Dependencies {
+    pub fn record(&mut self, minute: u64, parent: &str, child: &str, failed: bool) {
+        let links = self.minutes.entry(minute).or_default();
+        let key = (parent.to_owned(), child.to_owned());
+        if links.len() >= MAX_LINKS_PER_MINUTE && !links.contains_key(&key) {
+            return;
+        }
+        let counts = links.entry(key).or_default();
+        counts.0 += 1;
+        counts.1 += u64::from(failed);
+        let oldest_kept = minute.saturating_sub(KEPT_MINUTES);
+        while let Some((&oldest, _)) = self.minutes.first_key_value() {
+            if oldest >= oldest_kept {
+                break;
+            }
+            self.minutes.pop_first();
+        }
+    }
+
+    /// Links of the minutes in `[end_ms - lookback_ms, end_ms]`, by parent then child.
+    pub fn links(&self, end_ms: u64, lookback_ms: u64) -> Vec<Link> {
+        let first = end_ms.saturating_sub(lookback_ms) / 60_000;
+        let last = end_ms / 60_000;
+        let mut summed: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+        for links in self.minutes.range(first..=last).map(|(_, links)| links) {
+            for ((parent, child), (calls, errors)) in links {
+                let entry = summed.entry((parent, child)).or_default();
+                entry.0 += calls;
+                entry.1 += errors;
+            }
+        }
+        summed
+            .into_iter()
+            .map(|((parent, child), (calls, errors))| Link {
+                parent: parent.to_owned(),
+                child: child.to_owned(),
+                calls,
+                errors,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_sum_over_the_window_asked_and_old_minutes_go() {
+        let mut dependencies = Dependencies::default();
+        dependencies.record(100, "gateway", "orders", false);
+        dependencies.record(101, "gateway", "orders", true);
+        dependencies.record(105, "orders", "payments", false);
+        let all = dependencies.links(105 * 60_000, 10 * 60_000);
+        assert_eq!(
+            all,
+            vec![
+                Link {
+                    parent: "gateway".into(),
+                    child: "orders".into(),
+                    calls: 2,
+                    errors: 1
+                },
+                Link {
+                    parent: "orders".into(),
+                    child: "payments".into(),
+                    calls: 1,
+                    errors: 0
+                },
+            ]
+        );
+        assert_eq!(dependencies.links(105 * 60_000, 60_000).len(), 1);
+        dependencies.record(100 + KEPT_MINUTES + 2, "a", "b", false);
+        assert_eq!(dependencies.links(101 * 60_000, 60_000 * 5), vec![]);
+    }
+}
