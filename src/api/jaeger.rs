@@ -18,20 +18,13 @@ use serde_json::{json, Value as JsonValue};
 
 use super::AppState;
 use crate::model::{to_hex, TraceId};
-use crate::query::search::{search, SearchRequest};
+use crate::query::search::{search_traces, SearchRequest};
 use crate::query::traceql::{
     parse_duration, CompareOp, FieldExpr, Intrinsic, Literal, Operand, Query, Scope, SpansetExpr,
+    KINDS,
 };
 
 const DEFAULT_LIMIT: usize = 100;
-const KINDS: [&str; 6] = [
-    "unspecified",
-    "internal",
-    "server",
-    "client",
-    "producer",
-    "consumer",
-];
 
 /// Jaeger v1's envelope around data or errors.
 fn v1(status: StatusCode, data: JsonValue, errors: Option<(u16, String)>) -> Response {
@@ -297,19 +290,7 @@ async fn run(state: &AppState, request: JaegerSearch) -> Result<Vec<Vec<Resource
         min_duration_nanos: None,
         max_duration_nanos: None,
     };
-    let found = tokio::task::spawn_blocking(move || {
-        let found = search(&storage, &search_request)?;
-        found
-            .traces
-            .iter()
-            .map(|trace| {
-                storage
-                    .find_trace(&trace.trace_id)
-                    .map(Option::unwrap_or_default)
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await;
+    let found = tokio::task::spawn_blocking(move || search_traces(&storage, &search_request)).await;
     match found {
         Ok(Ok(traces)) => Ok(traces),
         Ok(Err(error)) => Err(error.to_string()),

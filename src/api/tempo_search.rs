@@ -313,17 +313,10 @@ fn span_attributes(span: &SpanView, shown: &[Operand]) -> Vec<JsonValue> {
             Operand::Intrinsic(Intrinsic::Kind) => (
                 "kind".to_owned(),
                 Value::String(
-                    [
-                        "unspecified",
-                        "internal",
-                        "server",
-                        "client",
-                        "producer",
-                        "consumer",
-                    ]
-                    .get(span.kind as usize)
-                    .unwrap_or(&"unspecified")
-                    .to_string(),
+                    traceql::KINDS
+                        .get(span.kind as usize)
+                        .unwrap_or(&"unspecified")
+                        .to_string(),
                 ),
             ),
             Operand::Intrinsic(Intrinsic::StatusMessage) => (

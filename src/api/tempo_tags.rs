@@ -17,7 +17,7 @@ use serde_json::json;
 use super::AppState;
 use crate::query::search::{search, SearchRequest};
 use crate::query::traceql::eval::Value;
-use crate::query::traceql::{self, Intrinsic, Operand, Query, Scope, SpansetExpr};
+use crate::query::traceql::{self, Intrinsic, Operand, Query, Scope, SpansetExpr, KINDS};
 use crate::store::tags::{TagScope, TagType};
 use crate::store::StoreError;
 
@@ -35,14 +35,6 @@ const INTRINSICS: [&str; 8] = [
     "traceDuration",
 ];
 const STATUSES: [&str; 3] = ["error", "ok", "unset"];
-const KINDS: [&str; 6] = [
-    "unspecified",
-    "internal",
-    "server",
-    "client",
-    "producer",
-    "consumer",
-];
 
 /// Why a tag lookup got no answer: Tempo's plain-text 400, or a 500 whose detail goes
 /// to the log.

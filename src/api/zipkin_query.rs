@@ -18,7 +18,7 @@ use serde_json::{json, Value as JsonValue};
 
 use super::AppState;
 use crate::model::{to_hex, TraceId};
-use crate::query::search::{search, SearchRequest};
+use crate::query::search::{search, search_traces, SearchRequest};
 use crate::query::traceql::{
     CompareOp, FieldExpr, Intrinsic, Literal, Operand, Query, Scope, SpansetExpr,
 };
@@ -377,19 +377,7 @@ pub async fn traces(
         max_duration_nanos: None,
     };
     let storage = state.storage.clone();
-    let found = blocking(move || {
-        let found = search(&storage, &request)?;
-        found
-            .traces
-            .iter()
-            .map(|trace| {
-                storage
-                    .find_trace(&trace.trace_id)
-                    .map(Option::unwrap_or_default)
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await;
+    let found = blocking(move || search_traces(&storage, &request)).await;
     match found {
         Ok(traces) => {
             let traces: Vec<Vec<JsonValue>> =

@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
 use crate::model::TraceId;
 use crate::store::{Storage, StoreError};
 
@@ -122,4 +124,21 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
             .then(a.trace_id.0.cmp(&b.trace_id.0))
     });
     Ok(result)
+}
+
+/// [`search`], then every matching trace whole, as OTLP batches (for APIs that answer
+/// with full traces: Jaeger's and Zipkin's searches). Blocking.
+pub fn search_traces(
+    storage: &Storage,
+    request: &SearchRequest,
+) -> Result<Vec<Vec<ResourceSpans>>, StoreError> {
+    search(storage, request)?
+        .traces
+        .iter()
+        .map(|trace| {
+            storage
+                .find_trace(&trace.trace_id)
+                .map(Option::unwrap_or_default)
+        })
+        .collect()
 }

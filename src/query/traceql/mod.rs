@@ -183,7 +183,8 @@ const INTRINSICS: [(&str, Intrinsic); 8] = [
     ("traceDuration", Intrinsic::TraceDuration),
 ];
 
-const KINDS: [&str; 6] = [
+/// OTLP span kinds 0–5 as TraceQL (and Jaeger, and Tempo's tag values) name them.
+pub const KINDS: [&str; 6] = [
     "unspecified",
     "internal",
     "server",
