@@ -51,6 +51,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Tempo search latency over traces spread across the last 24 hours.
+    Search {
+        /// Spans to ingest (10 a trace) before the queries.
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: u64,
+        /// How long to measure each query.
+        #[arg(long, default_value_t = 5)]
+        query_seconds: u64,
+        /// Keep the data here instead of a removed temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// OTLP span ingest (gRPC) and trace-by-id latency under load.
     Spans {
         /// Spans to ingest in the throughput phase (and to hold during the query phase).
@@ -222,6 +234,20 @@ fn bench(target: BenchTarget) -> ExitCode {
                         .await
                     }
                     BenchTarget::NullSink => tracelink::bench::child::run_null_sink().await,
+                    BenchTarget::Search {
+                        spans,
+                        query_seconds,
+                        data_dir,
+                    } => {
+                        tracelink::bench::search::run(
+                            tracelink::bench::search::SearchBenchOptions {
+                                spans,
+                                query_seconds,
+                                data_dir,
+                            },
+                        )
+                        .await
+                    }
                     BenchTarget::Join {
                         spans,
                         query_seconds,

@@ -6,6 +6,7 @@ pub mod child;
 pub mod join;
 pub mod logs;
 pub mod metrics;
+pub mod search;
 pub mod spans;
 
 use std::net::SocketAddr;

@@ -162,8 +162,8 @@ impl Sender {
 }
 
 /// What one full-speed ingest phase measured.
-struct Ingest {
-    spans: u64,
+pub(super) struct Ingest {
+    pub(super) spans: u64,
     seconds: f64,
     server_cpu: f64,
     client_cpu: f64,
@@ -172,11 +172,11 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.spans as f64 / self.seconds
     }
 
-    fn report(&mut self, what: &str) {
+    pub(super) fn report(&mut self, what: &str) {
         println!(
             "{what}: {:.0} spans/s acked (wall); {:.0} spans per CPU-second of the server process ({:.2} cores busy), {:.0} µs of server CPU per span; load generator {:.2} cores; {} overload refusals retried",
             self.rate(),
@@ -200,40 +200,66 @@ async fn ingest(
     run_tag: u64,
     batches: u64,
 ) -> anyhow::Result<Ingest> {
+    let batch = options.batch;
+    ingest_with(server, options.senders, batches, move |number| {
+        make_batch(run_tag, number * batch as u64, batch)
+    })
+    .await
+}
+
+/// `senders` gRPC clients send batches `0..batches`, made by `make`, as fast as they are
+/// acked.
+pub(super) async fn ingest_with(
+    server: &ChildServer,
+    senders_wanted: usize,
+    batches: u64,
+    make: impl Fn(u64) -> ExportTraceServiceRequest + Send + Sync + 'static,
+) -> anyhow::Result<Ingest> {
+    let make = Arc::new(make);
     let endpoint = format!("http://{}", server.otlp_grpc);
     let refusals = Arc::new(AtomicU64::new(0));
     let next_batch = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
-    for _ in 0..options.senders {
+    for _ in 0..senders_wanted {
         senders.push(Sender::connect(&endpoint, refusals.clone()).await?);
     }
     let server_cpu_before = server.cpu_seconds();
     let client_cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let mut spans = 0u64;
     for mut sender in senders {
         let next_batch = next_batch.clone();
-        let batch = options.batch;
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
                 let number = next_batch.fetch_add(1, Ordering::Relaxed);
                 if number >= batches {
-                    return Ok::<Vec<Duration>, tonic::Status>(latencies);
+                    return Ok::<Vec<(Duration, u64)>, tonic::Status>(latencies);
                 }
-                let request = make_batch(run_tag, number * batch as u64, batch);
+                let request = make(number);
+                let count = request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|resource| &resource.scope_spans)
+                    .map(|scope| scope.spans.len() as u64)
+                    .sum::<u64>();
                 let sent = Instant::now();
                 sender.send(request).await?;
-                latencies.push(sent.elapsed());
+                latencies.push((sent.elapsed(), count));
             }
         }));
     }
     let mut ack_latencies = Vec::new();
     for task in tasks {
-        ack_latencies.extend(task.await??);
+        for (latency, count) in task.await?? {
+            ack_latencies.push(latency);
+            spans += count;
+        }
     }
     Ok(Ingest {
-        spans: batches * options.batch as u64,
+        spans,
         seconds: started.elapsed().as_secs_f64(),
         server_cpu: server.cpu_seconds() - server_cpu_before,
         client_cpu: cpu_seconds() - client_cpu_before,
@@ -242,7 +268,7 @@ async fn ingest(
     })
 }
 
-async fn wait_ready(http: std::net::SocketAddr) -> anyhow::Result<()> {
+pub(super) async fn wait_ready(http: std::net::SocketAddr) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     loop {
         let ready = client

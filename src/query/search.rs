@@ -9,10 +9,13 @@ use std::collections::HashSet;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use crate::model::TraceId;
+use crate::store::traces::FragmentHas;
 use crate::store::{Storage, StoreError};
 
 use super::traceql::eval::{Evaluator, Matched, TraceView};
-use super::traceql::Query;
+use super::traceql::{
+    CompareOp, FieldExpr, Intrinsic, Literal, Operand, Query, Scope, SpansetExpr, SpansetOp,
+};
 
 /// Fragments read from the index per page.
 const PAGE: usize = 256;
@@ -58,6 +61,7 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
         .peekable();
     let mut offset = 0;
     let limit = request.limit.max(1);
+    let required = required_terms(&request.query.spansets);
     let mut inspect = |trace_id: TraceId, result: &mut SearchResult| -> Result<(), StoreError> {
         if !seen.insert(trace_id) {
             return Ok(());
@@ -91,6 +95,7 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
         let (page, scanned) = storage.traces.fragments_newest_first(
             request.start_unix_nano,
             request.end_unix_nano,
+            &required,
             offset,
             PAGE,
         )?;
@@ -124,6 +129,61 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
             .then(a.trace_id.0.cmp(&b.trace_id.0))
     });
     Ok(result)
+}
+
+/// Index terms that one fragment of every matching trace holds: those a spanset filter's
+/// top-level `&&` conditions require of one span (`resource.service.name = "x"`,
+/// `name = "x"`, `status = …`, `kind = …`), which lie in that span's fragment; for `&&`
+/// and structural operators between spansets those of one side; nothing for `||`. The
+/// candidates are the traces of fragments holding them all, each still loaded whole and
+/// checked exactly.
+fn required_terms(expr: &SpansetExpr) -> Vec<FragmentHas> {
+    fn from_condition(condition: &FieldExpr, out: &mut Vec<FragmentHas>) {
+        match condition {
+            FieldExpr::And(left, right) => {
+                from_condition(left, out);
+                from_condition(right, out);
+            }
+            FieldExpr::Compare(operand, CompareOp::Eq, literal) => {
+                let has = match (operand, literal) {
+                    (Operand::Attribute(Scope::Resource, key), Literal::String(service))
+                        if key == "service.name" =>
+                    {
+                        Some(FragmentHas::Service(service.clone()))
+                    }
+                    (Operand::Intrinsic(Intrinsic::Name), Literal::String(name)) => {
+                        Some(FragmentHas::SpanName(name.clone()))
+                    }
+                    (Operand::Intrinsic(Intrinsic::Status), Literal::Status(code)) => {
+                        Some(FragmentHas::StatusCode(*code as u64))
+                    }
+                    (Operand::Intrinsic(Intrinsic::Kind), Literal::Kind(kind)) => {
+                        Some(FragmentHas::Kind(*kind as u64))
+                    }
+                    _ => None,
+                };
+                out.extend(has);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    match expr {
+        SpansetExpr::Filter(Some(condition)) => from_condition(condition, &mut out),
+        SpansetExpr::Filter(None) => {}
+        SpansetExpr::Binary(_, SpansetOp::Or, _) => {}
+        // Each side's span may lie in another fragment of the trace: narrow by one side
+        // (the one that says more), which some fragment of every match satisfies.
+        SpansetExpr::Binary(left, _, right) => {
+            let (left, right) = (required_terms(left), required_terms(right));
+            out = if left.len() >= right.len() {
+                left
+            } else {
+                right
+            };
+        }
+    }
+    out
 }
 
 /// [`search`], then every matching trace whole, as OTLP batches (for APIs that answer

@@ -25,6 +25,16 @@ use super::{open_index, CommitPayload, StoreError};
 use crate::model::{SpanId, TraceId};
 use crate::pipeline::head::HeadSpan;
 
+/// What a fragment must hold for its trace to be a search candidate (each an indexed
+/// term of the fragment document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FragmentHas {
+    Service(String),
+    SpanName(String),
+    StatusCode(u64),
+    Kind(u64),
+}
+
 /// How long a fragment may last and still be found by a search whose range starts after
 /// the fragment did: a trace leaves the head after `trace_max_age_ms` (30 s by default),
 /// so only spans that themselves last longer than this are missed.
@@ -317,6 +327,7 @@ impl TraceIndex {
         &self,
         from: Option<u64>,
         to: Option<u64>,
+        required: &[FragmentHas],
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<(TraceId, u64)>, usize), StoreError> {
@@ -328,10 +339,33 @@ impl TraceIndex {
             None => std::ops::Bound::Unbounded,
         };
         let lower = from.map(|from| from.saturating_sub(LONGEST_FRAGMENT_NANOS));
-        let query: Box<dyn Query> = if lower.is_none() && to.is_none() {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if lower.is_some() || to.is_some() {
+            clauses.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(bound(lower), bound(to))),
+            ));
+        }
+        for has in required {
+            let term = match has {
+                FragmentHas::Service(service) => {
+                    Term::from_field_text(self.fields.service, service)
+                }
+                FragmentHas::SpanName(name) => Term::from_field_text(self.fields.name, name),
+                FragmentHas::StatusCode(code) => {
+                    Term::from_field_u64(self.fields.status_code, *code)
+                }
+                FragmentHas::Kind(kind) => Term::from_field_u64(self.fields.kind, *kind),
+            };
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            ));
+        }
+        let query: Box<dyn Query> = if clauses.is_empty() {
             Box::new(tantivy::query::AllQuery)
         } else {
-            Box::new(RangeQuery::new(bound(lower), bound(to)))
+            Box::new(BooleanQuery::new(clauses))
         };
         let top = searcher.search(
             &query,
