@@ -2,14 +2,23 @@
 //! installed, installing the Debian packages that provide them when they are missing,
 //! then run every test of the workspace (`cargo test --all-targets`).
 //!
-//! The end-to-end tests drive real servers: Prometheus and promtool (Debian's
-//! `prometheus`) scrape and lint `/metrics`. A missing program is installed with
-//! `apt-get` when we are root, and named with the command to run otherwise.
+//! The end-to-end tests drive real servers and clients: Prometheus and promtool (Debian's
+//! `prometheus`) scrape and lint `/metrics`; Debian's `python3-aiozipkin` sends Zipkin
+//! spans. A missing one is installed with `apt-get` when we are root, and named with the
+//! command to run otherwise.
 
 use std::process::{Command, ExitCode};
 
-/// (program the tests run, Debian package that provides it)
-const NEEDED: &[(&str, &str)] = &[("prometheus", "prometheus"), ("promtool", "prometheus")];
+/// (shell check that succeeds when it is there, Debian package that provides it)
+const NEEDED: &[(&str, &str)] = &[
+    ("command -v prometheus", "prometheus"),
+    ("command -v promtool", "prometheus"),
+    // Debian's interpreter: another python3 may come first on the PATH.
+    (
+        "/usr/bin/python3 -c 'import aiozipkin'",
+        "python3-aiozipkin",
+    ),
+];
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -22,10 +31,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn found(program: &str) -> bool {
+fn found(check: &str) -> bool {
     Command::new("sh")
         .arg("-c")
-        .arg(format!("command -v {program}"))
+        .arg(check)
         .output()
         .is_ok_and(|output| output.status.success())
 }
@@ -44,7 +53,7 @@ fn run(command: &mut Command) -> bool {
 fn install_missing() -> Result<(), String> {
     let mut packages: Vec<&str> = NEEDED
         .iter()
-        .filter(|(program, _)| !found(program))
+        .filter(|(check, _)| !found(check))
         .map(|(_, package)| *package)
         .collect();
     packages.dedup();
@@ -66,10 +75,8 @@ fn install_missing() -> Result<(), String> {
     if !(updated && installed) {
         return Err(format!("apt-get could not install {list}"));
     }
-    match NEEDED.iter().find(|(program, _)| !found(program)) {
-        Some((program, package)) => Err(format!(
-            "{program} is still missing after installing {package}"
-        )),
+    match NEEDED.iter().find(|(check, _)| !found(check)) {
+        Some((check, package)) => Err(format!("`{check}` still fails after installing {package}")),
         None => Ok(()),
     }
 }
