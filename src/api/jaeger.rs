@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde_json::{json, Value as JsonValue};
 
-use super::AppState;
+use super::{blocking, AppState};
 use crate::model::{to_hex, TraceId};
 use crate::query::search::{search_traces, SearchRequest};
 use crate::query::traceql::{
@@ -72,11 +72,7 @@ fn v3_error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn operations_of(state: &AppState) -> Result<BTreeSet<(String, i32, String)>, String> {
     let storage = state.storage.clone();
-    match tokio::task::spawn_blocking(move || storage.traces.operations()).await {
-        Ok(Ok(operations)) => Ok(operations),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
+    blocking(move || storage.traces.operations()).await
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -268,14 +264,8 @@ fn plan(request: &JaegerSearch) -> Query {
             Literal::Duration(max),
         ));
     }
-    let mut terms = terms.into_iter();
-    let condition = terms.next().map(|first| {
-        terms.fold(first, |left, right| {
-            FieldExpr::And(Box::new(left), Box::new(right))
-        })
-    });
     Query {
-        spansets: SpansetExpr::Filter(condition),
+        spansets: SpansetExpr::Filter(FieldExpr::all(terms)),
         stages: Vec::new(),
     }
 }
@@ -290,12 +280,7 @@ async fn run(state: &AppState, request: JaegerSearch) -> Result<Vec<Vec<Resource
         min_duration_nanos: None,
         max_duration_nanos: None,
     };
-    let found = tokio::task::spawn_blocking(move || search_traces(&storage, &search_request)).await;
-    match found {
-        Ok(Ok(traces)) => Ok(traces),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
+    blocking(move || search_traces(&storage, &search_request)).await
 }
 
 fn micros(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
@@ -389,11 +374,9 @@ async fn load(
         )
     })?;
     let storage = state.storage.clone();
-    match tokio::task::spawn_blocking(move || storage.find_trace(&trace_id)).await {
-        Ok(Ok(found)) => Ok(found),
-        Ok(Err(error)) => Err((StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
-        Err(error) => Err((StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
-    }
+    blocking(move || storage.find_trace(&trace_id))
+        .await
+        .map_err(|error| (StatusCode::INTERNAL_SERVER_ERROR, error))
 }
 
 /// `GET /jaeger/api/traces/{id}`

@@ -334,6 +334,18 @@ pub async fn decode_ingest_body<T: Send + 'static>(
     })
 }
 
+/// Run a blocking store call (tantivy reads) off the async workers. The failure comes back
+/// as text for the service's log: each API answers it in its own protocol's form.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Map an axum body rejection (the body limit, a broken connection) to our error.
 fn body_rejection(
     rejection: axum::extract::rejection::BytesRejection,

@@ -40,18 +40,12 @@ pub async fn search(
     };
     let (request, spss) = request;
     let storage = state.storage.clone();
-    let searched = tokio::task::spawn_blocking(move || {
-        run_search(&storage, &request).map(|found| (found, request))
-    })
-    .await;
+    let searched =
+        super::blocking(move || run_search(&storage, &request).map(|found| (found, request))).await;
     let (found, request) = match searched {
-        Ok(Ok(found)) => found,
-        Ok(Err(error)) => {
-            tracing::error!(%error, "search failed");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
-        }
+        Ok(found) => found,
         Err(error) => {
-            tracing::error!(%error, "search task failed");
+            tracing::error!(%error, "search failed");
             return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
         }
     };
@@ -182,7 +176,7 @@ fn request_from(params: &HashMap<String, String>) -> Result<(SearchRequest, usiz
 fn legacy_tags(text: &str) -> Result<Query, String> {
     let pairs = crate::ingest::logline::logfmt_fields(text)
         .ok_or_else(|| format!("invalid tags: {text:?} is not logfmt"))?;
-    let mut condition: Option<FieldExpr> = None;
+    let mut terms = Vec::new();
     for (key, value) in pairs {
         let value = match value {
             serde_json::Value::String(text) => text,
@@ -209,13 +203,10 @@ fn legacy_tags(text: &str) -> Result<Query, String> {
             }
             _ => FieldExpr::equals_text(Operand::Attribute(Scope::Unscoped, key.clone()), &value),
         };
-        condition = Some(match condition {
-            None => term,
-            Some(before) => FieldExpr::And(Box::new(before), Box::new(term)),
-        });
+        terms.push(term);
     }
     Ok(Query {
-        spansets: SpansetExpr::Filter(condition),
+        spansets: SpansetExpr::Filter(FieldExpr::all(terms)),
         stages: Vec::new(),
     })
 }

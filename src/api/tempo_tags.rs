@@ -58,11 +58,7 @@ impl IntoResponse for TagError {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, TagError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(TagError::Internal(error.to_string())),
-        Err(error) => Err(TagError::Internal(error.to_string())),
-    }
+    super::blocking(work).await.map_err(TagError::Internal)
 }
 
 fn scope_param(params: &HashMap<String, String>) -> Result<Option<String>, TagError> {
@@ -75,18 +71,24 @@ fn scope_param(params: &HashMap<String, String>) -> Result<Option<String>, TagEr
     }
 }
 
+/// The `scope` asked for (`None`: all) and every stored (scope, attribute key).
+async fn stored_tag_names(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<(Option<String>, BTreeSet<(TagScope, String)>), TagError> {
+    let scope = scope_param(params)?;
+    let storage = state.storage.clone();
+    let names = blocking(move || storage.traces.tag_names()).await?;
+    Ok((scope, names))
+}
+
 /// `GET /api/search/tags`: `{"tagNames": [...]}`.
 pub async fn tag_names_v1(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
-    let scope = match scope_param(&params) {
-        Ok(scope) => scope,
-        Err(error) => return error.into_response(),
-    };
-    let storage = state.storage.clone();
-    let names = match blocking(move || storage.traces.tag_names()).await {
-        Ok(names) => names,
+    let (scope, names) = match stored_tag_names(&state, &params).await {
+        Ok(found) => found,
         Err(error) => return error.into_response(),
     };
     let mut tag_names: BTreeSet<String> = BTreeSet::new();
@@ -109,13 +111,8 @@ pub async fn tag_names_v2(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
-    let scope = match scope_param(&params) {
-        Ok(scope) => scope,
-        Err(error) => return error.into_response(),
-    };
-    let storage = state.storage.clone();
-    let names = match blocking(move || storage.traces.tag_names()).await {
-        Ok(names) => names,
+    let (scope, names) = match stored_tag_names(&state, &params).await {
+        Ok(found) => found,
         Err(error) => return error.into_response(),
     };
     let mut scopes = Vec::new();

@@ -72,11 +72,7 @@ fn names(names: BTreeSet<String>) -> Response {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ZipkinError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(failure)) => Err(ZipkinError::Internal(failure.to_string())),
-        Err(failure) => Err(ZipkinError::Internal(failure.to_string())),
-    }
+    super::blocking(work).await.map_err(ZipkinError::Internal)
 }
 
 /// `GET /api/v2/services`
@@ -357,15 +353,9 @@ pub async fn traces(
             .unwrap_or(0)
     });
     let start_ms = end_ms.saturating_sub(lookback_ms.unwrap_or(DEFAULT_LOOKBACK_MS));
-    let mut terms = terms.into_iter();
-    let condition = terms.next().map(|first| {
-        terms.fold(first, |left, right| {
-            FieldExpr::And(Box::new(left), Box::new(right))
-        })
-    });
     let request = SearchRequest {
         query: Query {
-            spansets: SpansetExpr::Filter(condition),
+            spansets: SpansetExpr::Filter(FieldExpr::all(terms)),
             stages: Vec::new(),
         },
         limit: limit

@@ -81,38 +81,23 @@ pub async fn run(options: SearchBenchOptions) -> anyhow::Result<()> {
     let hour = (end - 3600).to_string();
     let day = (end - 86_400).to_string();
     let end = end.to_string();
-    let queries: [(&str, String, &String); 6] = [
+    let queries = [
         (
-            "errors of a service, last hour",
-            r#"{resource.service.name="orders" && status=error}"#.into(),
-            &hour,
+            "errors of a service",
+            r#"{resource.service.name="orders" && status=error}"#,
         ),
         (
-            "slow spans of a service, last hour",
-            r#"{resource.service.name="orders" && duration > 10ms}"#.into(),
-            &hour,
+            "slow spans of a service",
+            r#"{resource.service.name="orders" && duration > 10ms}"#,
         ),
-        (
-            "errors of a service, 24 h",
-            r#"{resource.service.name="orders" && status=error}"#.into(),
-            &day,
-        ),
-        (
-            "slow spans of a service, 24 h",
-            r#"{resource.service.name="orders" && duration > 10ms}"#.into(),
-            &day,
-        ),
-        (
-            "no match, last hour",
-            r#"{resource.service.name="nobody"}"#.into(),
-            &hour,
-        ),
-        (
-            "no match, 24 h",
-            r#"{resource.service.name="nobody"}"#.into(),
-            &day,
-        ),
+        ("no match", r#"{resource.service.name="nobody"}"#),
     ];
+    let windows = [("last hour", &hour), ("24 h", &day)];
+    let queries = queries.iter().flat_map(|(what, query)| {
+        windows
+            .iter()
+            .map(move |(window, start)| (format!("{what}, {window}"), *query, *start))
+    });
     let client = reqwest::Client::new();
     for (what, query, start) in queries {
         let mut latencies = Vec::new();
@@ -123,7 +108,7 @@ pub async fn run(options: SearchBenchOptions) -> anyhow::Result<()> {
             let body: serde_json::Value = client
                 .get(format!("http://{http}/api/search"))
                 .query(&[
-                    ("q", query.as_str()),
+                    ("q", query),
                     ("limit", "20"),
                     ("start", start),
                     ("end", end.as_str()),

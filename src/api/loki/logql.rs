@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use crate::query::scan::Scan;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LogqlError {
     #[error("unsupported LogQL: {0}")]
@@ -112,26 +114,21 @@ struct Parser<'a> {
     position: usize,
 }
 
+impl Scan for Parser<'_> {
+    fn text(&self) -> &str {
+        self.text
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn set_position(&mut self, position: usize) {
+        self.position = position;
+    }
+}
+
 impl Parser<'_> {
-    fn rest(&self) -> &str {
-        &self.text[self.position..]
-    }
-
-    fn skip_space(&mut self) {
-        let trimmed = self.rest().trim_start();
-        self.position = self.text.len() - trimmed.len();
-    }
-
-    fn eat(&mut self, token: &str) -> bool {
-        self.skip_space();
-        if self.rest().starts_with(token) {
-            self.position += token.len();
-            true
-        } else {
-            false
-        }
-    }
-
     fn expect(&mut self, token: &str) -> Result<(), LogqlError> {
         if self.eat(token) {
             Ok(())

@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use super::scan::Scan;
+
 pub mod eval;
 
 #[cfg(test)]
@@ -55,6 +57,13 @@ pub enum FieldExpr {
 // === impl FieldExpr ===
 
 impl FieldExpr {
+    /// The conditions joined with `&&`; `None` when there are none (`{}`).
+    pub fn all(conditions: impl IntoIterator<Item = FieldExpr>) -> Option<FieldExpr> {
+        conditions
+            .into_iter()
+            .reduce(|left, right| FieldExpr::And(Box::new(left), Box::new(right)))
+    }
+
     /// `operand` equals `text` as the tag APIs of Jaeger, Zipkin and Tempo's legacy
     /// search mean it: as a string, or as the number or boolean it spells (their tags are
     /// text; OpenTelemetry attributes are typed).
@@ -216,11 +225,21 @@ struct Parser<'a> {
     position: usize,
 }
 
-impl Parser<'_> {
-    fn rest(&self) -> &str {
-        &self.text[self.position..]
+impl Scan for Parser<'_> {
+    fn text(&self) -> &str {
+        self.text
     }
 
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn set_position(&mut self, position: usize) {
+        self.position = position;
+    }
+}
+
+impl Parser<'_> {
     fn at_end(&self) -> bool {
         self.rest().is_empty()
     }
@@ -229,22 +248,6 @@ impl Parser<'_> {
         ParseError {
             column: self.text[..self.position].chars().count() + 1,
             message: message.into(),
-        }
-    }
-
-    fn skip_space(&mut self) {
-        let trimmed = self.rest().trim_start();
-        self.position = self.text.len() - trimmed.len();
-    }
-
-    /// Consume `token` (after spaces) if it comes next.
-    fn eat(&mut self, token: &str) -> bool {
-        self.skip_space();
-        if self.rest().starts_with(token) {
-            self.position += token.len();
-            true
-        } else {
-            false
         }
     }
 
