@@ -89,6 +89,10 @@ enum BenchTarget {
         /// Keep the data here instead of a removed temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Measure the server of this tracelink binary (an earlier build, say) with this
+        /// binary's load generator and null sink: before and after in one run.
+        #[arg(long)]
+        server_binary: Option<PathBuf>,
     },
     /// `/api/join/trace/{id}` latency for a 50-span trace with 200 log lines.
     Join {
@@ -220,6 +224,7 @@ fn bench(target: BenchTarget) -> ExitCode {
                         sampling_fraction,
                         query_seconds,
                         data_dir,
+                        server_binary,
                     } => {
                         tracelink::bench::spans::run(tracelink::bench::BenchOptions {
                             spans,
@@ -230,6 +235,7 @@ fn bench(target: BenchTarget) -> ExitCode {
                             span_metrics: !no_span_metrics,
                             null_sink: !no_null_sink,
                             sampling_fraction,
+                            server_binary,
                         })
                         .await
                     }

@@ -520,6 +520,31 @@ async fn bad_grpc_input_gets_grpc_codes_and_the_service_keeps_serving() {
         "{refused:?}"
     );
 
+    // Not a protobuf of the request, or a span name that is not UTF-8: INVALID_ARGUMENT
+    // (not retried by the SDKs), and nothing of it stored.
+    let mut bad_name = proto_request(14, 2).encode_to_vec();
+    let at = bad_name
+        .windows(4)
+        .position(|window| window == b"op-0")
+        .unwrap();
+    bad_name[at] = 0xff;
+    for body in [vec![0x0a, 0x05, 0x12], bad_name] {
+        let refused = raw_export(&endpoint, TRACE_EXPORT, body).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("protobuf"), "{refused:?}");
+    }
+    assert!(common::fetch_trace(server.http, &hex_id(14))
+        .await
+        .is_none());
+    let refused = raw_export(
+        &endpoint,
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Import",
+        proto_request(15, 1).encode_to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
     // Bad ids: partial success.
     let mut request = proto_request(11, 3);
     request.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
@@ -549,4 +574,75 @@ async fn bad_grpc_input_gets_grpc_codes_and_the_service_keeps_serving() {
     );
     assert_still_serving(&server, 13).await;
     server.stop().await;
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Any bytes as a gRPC request to `path`: what a broken or hostile client sends.
+async fn raw_export(
+    endpoint: &str,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::new(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(bytes::Bytes::from(body)),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Sends bytes as they are; decodes the answer as OTLP's response.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(buf)
+            .map(Some)
+            .map_err(|error| tonic::Status::internal(error.to_string()))
+    }
 }

@@ -25,9 +25,18 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
-    /// `tracelink serve` on 127.0.0.1:0 over `data_dir`, with `TRACELINK_*` overrides.
-    pub fn serve(data_dir: &Path, env: &[(&str, String)]) -> anyhow::Result<ChildServer> {
-        let mut command = Command::new(std::env::current_exe()?);
+    /// `tracelink serve` on 127.0.0.1:0 over `data_dir`, with `TRACELINK_*` overrides; this
+    /// binary's, or `binary`'s.
+    pub fn serve(
+        binary: Option<&Path>,
+        data_dir: &Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<ChildServer> {
+        let binary = match binary {
+            Some(binary) => binary.to_owned(),
+            None => std::env::current_exe()?,
+        };
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env("TRACELINK_SERVER_HTTP_ADDR", "127.0.0.1:0")

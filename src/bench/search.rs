@@ -61,7 +61,7 @@ pub async fn run(options: SearchBenchOptions) -> anyhow::Result<()> {
     let batches = options.spans.div_ceil(BATCH as u64);
     let traces = batches * BATCH as u64 / SPANS_PER_TRACE;
     let env = [("TRACELINK_STORAGE_TRACE_IDLE_MS", "500".to_owned())];
-    let server = ChildServer::serve(&scratch, &env)?;
+    let server = ChildServer::serve(None, &scratch, &env)?;
     let http = server
         .http
         .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;

@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub null_sink: bool,
     /// `sampling.fraction` for the server (its default, 1.0, keeps everything).
     pub sampling_fraction: Option<f64>,
+    /// Another tracelink binary whose server is measured instead of this one's.
+    pub server_binary: Option<PathBuf>,
 }
 
 const SPANS_PER_TRACE: u64 = 10;
@@ -165,6 +167,8 @@ impl Sender {
 pub(super) struct Ingest {
     pub(super) spans: u64,
     seconds: f64,
+    /// The server's CPU seconds when the phase began, and what it used during it.
+    server_cpu_before: f64,
     server_cpu: f64,
     client_cpu: f64,
     ack_latencies: Vec<Duration>,
@@ -261,11 +265,38 @@ pub(super) async fn ingest_with(
     Ok(Ingest {
         spans,
         seconds: started.elapsed().as_secs_f64(),
+        server_cpu_before,
         server_cpu: server.cpu_seconds() - server_cpu_before,
         client_cpu: cpu_seconds() - client_cpu_before,
         ack_latencies,
         refusals: refusals.load(Ordering::Relaxed),
     })
+}
+
+/// Wait until the server says it has indexed `spans` spans (its own counter).
+async fn wait_indexed(http: std::net::SocketAddr, spans: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = client
+            .get(format!("http://{http}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let indexed = text
+            .lines()
+            .find_map(|line| line.strip_prefix("tracelink_spans_indexed_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no tracelink_spans_indexed_total in /metrics"))?;
+        if indexed as u64 >= spans {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {indexed} of {spans} spans indexed after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub(super) async fn wait_ready(http: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -316,7 +347,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     if let Some(fraction) = options.sampling_fraction {
         env.push(("TRACELINK_SAMPLING_FRACTION", fraction.to_string()));
     }
-    let server = ChildServer::serve(&scratch, &env)?;
+    let server = ChildServer::serve(options.server_binary.as_deref(), &scratch, &env)?;
     let http = server
         .http
         .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;
@@ -336,6 +367,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     let (peak_mib, _, _) = server.memory_mib();
     println!("memory: peak resident {peak_mib:.0} MiB during full-rate ingest (VmHWM)");
+    // The acked rate leaves out what the indexer still had to do (the head holds traces
+    // for trace_idle_ms, and more when the indexer is behind): count the server's CPU
+    // until every acked span is in the index too.
+    let acked_at = Instant::now();
+    wait_indexed(http, measured.spans).await?;
+    let all_in_cpu = server.cpu_seconds() - measured.server_cpu_before;
+    println!(
+        "tracelink: every acked span indexed {:.1} s after the last ack; counting that work, {:.0} spans per CPU-second of the server process, {:.1} µs per span",
+        acked_at.elapsed().as_secs_f64(),
+        measured.spans as f64 / all_in_cpu,
+        all_in_cpu / measured.spans as f64 * 1e6
+    );
     let ingested = measured.spans;
     let rate = measured.rate();
 
@@ -416,7 +459,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
 
     // === phase 3: start again on what is stored ===
     let started = Instant::now();
-    let server = ChildServer::serve(&scratch, &env)?;
+    let server = ChildServer::serve(options.server_binary.as_deref(), &scratch, &env)?;
     let http = server
         .http
         .ok_or_else(|| anyhow::anyhow!("tracelink did not say its http address"))?;

@@ -6,6 +6,7 @@
 pub mod logline;
 pub mod otlp;
 pub mod otlp_logs;
+pub mod otlp_wire;
 pub mod tail;
 pub mod zipkin;
 

@@ -11,19 +11,18 @@ use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::{Span as OtlpSpan, Status};
-use prost::Message;
 use serde::{Deserialize, Deserializer};
 
 use super::{DecodedSpans, IngestError};
 use crate::model::{Envelope, RejectedSpan, Span};
 
+/// An OTLP/HTTP protobuf body, read off the wire (see [`super::otlp_wire`]).
 pub fn decode_protobuf(body: &[u8]) -> Result<DecodedSpans, IngestError> {
-    let request = ExportTraceServiceRequest::decode(body).map_err(|error| {
+    super::otlp_wire::decode_request(body).map_err(|error| {
         IngestError::BadRequest(format!(
             "body is not a valid OTLP ExportTraceServiceRequest protobuf: {error}"
         ))
-    })?;
-    Ok(from_request(request))
+    })
 }
 
 /// Validate every span of a decoded request.

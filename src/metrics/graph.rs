@@ -11,11 +11,12 @@
 //! (`peer.service`, `db.name`, `db.system`, `messaging.system`, `server.address`), a
 //! virtual node as Tempo draws it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{Span, SpanId, TraceId};
+use crate::{FastMap, FastSet};
 
 /// Halves kept waiting at most (the oldest go first), and for at most this long: Tempo's
 /// service-graph processor keeps 10,000 for 10 s by default.
@@ -42,8 +43,8 @@ struct Half {
 /// Halves waiting for their other half, keyed by (trace, client span id).
 #[derive(Default)]
 pub struct ServiceGraph {
-    clients: HashMap<(TraceId, SpanId), Half>,
-    servers: HashMap<(TraceId, SpanId), Half>,
+    clients: FastMap<(TraceId, SpanId), Half>,
+    servers: FastMap<(TraceId, SpanId), Half>,
     order: VecDeque<(Instant, bool, (TraceId, SpanId))>,
     pub expired: u64,
 }
@@ -121,8 +122,8 @@ pub const PEER_KEYS: [&str; 5] = [
 /// server/consumer child, and client/producer spans without a child, to the peer
 /// `peer_of` names.
 pub fn trace_edges(spans: &[&Span], peer_of: impl Fn(&Span) -> Option<String>) -> Vec<Edge> {
-    let by_id: HashMap<SpanId, &Span> = spans.iter().map(|span| (span.span_id, *span)).collect();
-    let parents: std::collections::HashSet<SpanId> = spans
+    let by_id: FastMap<SpanId, &Span> = spans.iter().map(|span| (span.span_id, *span)).collect();
+    let parents: FastSet<SpanId> = spans
         .iter()
         .filter_map(|span| span.parent_span_id)
         .collect();

@@ -330,8 +330,7 @@ impl Metrics {
             spans: u64,
             observations: Vec<Observation>,
         }
-        let mut groups: std::collections::HashMap<(&str, &str, i32, i32), Group> =
-            std::collections::HashMap::new();
+        let mut groups: crate::FastMap<(&str, &str, i32, i32), Group> = crate::FastMap::default();
         for span in spans {
             if let Some(edge) = graph.observe(span, instant) {
                 self.record_edge(edge);

@@ -280,8 +280,18 @@ impl Envelope {
     /// The one-span `ResourceSpans` protobuf of `span` in this envelope, exactly as prost
     /// encodes the whole.
     fn payload_of(&self, span: &OtlpSpan) -> Bytes {
+        self.wrap(span.encoded_len(), |out| span.encode_raw(out))
+    }
+
+    /// The one-span `ResourceSpans` protobuf around a span's own encoding as it came off
+    /// the wire (`Span` message bytes, without key or length): what the request held,
+    /// not encoded again.
+    pub fn wrap_encoded(&self, span: &[u8]) -> Bytes {
+        self.wrap(span.len(), |out| out.extend_from_slice(span))
+    }
+
+    fn wrap(&self, span_len: usize, write_span: impl FnOnce(&mut Vec<u8>)) -> Bytes {
         use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-        let span_len = span.encoded_len();
         let scope_len = self.scope_head.len()
             + 1
             + encoded_len_varint(span_len as u64)
@@ -299,16 +309,54 @@ impl Envelope {
         out.extend_from_slice(&self.scope_head);
         encode_key(2, WireType::LengthDelimited, &mut out);
         encode_varint(span_len as u64, &mut out);
-        span.encode_raw(&mut out);
+        write_span(&mut out);
         out.extend_from_slice(&self.scope_tail);
         out.extend_from_slice(&self.resource_tail);
+        debug_assert_eq!(out.len(), total);
         Bytes::from(out)
+    }
+}
+
+/// A span's ids, checked: trace and span id present, of their length, not all zeros; the
+/// parent id empty or of its length, where an all-zero parent (some SDKs send one for a
+/// root) counts as none.
+pub(crate) struct SpanIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub parent_all_zero: bool,
+}
+
+impl SpanIds {
+    pub(crate) fn check(
+        name: &str,
+        trace_id: &[u8],
+        span_id: &[u8],
+        parent_span_id: &[u8],
+    ) -> Result<SpanIds, RejectedSpan> {
+        let refuse = |field: &str, error: IdError| RejectedSpan {
+            reason: format!("span {name:?}: {field}: {error}"),
+        };
+        let trace_id = TraceId::from_bytes(trace_id).map_err(|error| refuse("trace id", error))?;
+        let span_id = SpanId::from_bytes(span_id).map_err(|error| refuse("span id", error))?;
+        let (parent_span_id, parent_all_zero) = match SpanId::from_bytes(parent_span_id) {
+            Ok(parent) => (Some(parent), false),
+            Err(IdError::Empty) => (None, false),
+            Err(IdError::AllZero) => (None, true),
+            Err(error) => return Err(refuse("parent span id", error)),
+        };
+        Ok(SpanIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+            parent_all_zero,
+        })
     }
 }
 
 /// The `rv` value of the `ot` entry of a W3C tracestate (`ot=th:0;rv:0123456789abcd`):
 /// 14 lowercase hex digits.
-fn tracestate_randomness(trace_state: &str) -> Option<u64> {
+pub(crate) fn tracestate_randomness(trace_state: &str) -> Option<u64> {
     let entry = trace_state
         .split(',')
         .map(str::trim)
@@ -355,26 +403,20 @@ impl Span {
         envelope: &Arc<Envelope>,
         mut span: OtlpSpan,
     ) -> Result<Span, RejectedSpan> {
-        let trace_id = TraceId::from_bytes(&span.trace_id).map_err(|error| RejectedSpan {
-            reason: format!("span {:?}: trace id: {error}", span.name),
-        })?;
-        let span_id = SpanId::from_bytes(&span.span_id).map_err(|error| RejectedSpan {
-            reason: format!("span {:?}: span id: {error}", span.name),
-        })?;
-        match SpanId::from_bytes(&span.parent_span_id) {
-            Ok(_) | Err(IdError::Empty) => {}
-            Err(IdError::AllZero) => span.parent_span_id.clear(),
-            Err(error) => {
-                return Err(RejectedSpan {
-                    reason: format!("span {:?}: parent span id: {error}", span.name),
-                })
-            }
+        let ids = SpanIds::check(
+            &span.name,
+            &span.trace_id,
+            &span.span_id,
+            &span.parent_span_id,
+        )?;
+        if ids.parent_all_zero {
+            span.parent_span_id.clear();
         }
         let payload = envelope.payload_of(&span);
         Ok(Span {
-            trace_id,
-            span_id,
-            parent_span_id: SpanId::from_bytes(&span.parent_span_id).ok(),
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
             service: envelope.service.clone(),
             kind: span.kind,
             status_code: span.status.as_ref().map_or(0, |status| status.code),
@@ -390,11 +432,11 @@ impl Span {
         })
     }
 
-    /// Rebuild the record from its stored payload (WAL replay).
-    /// The payload is encoded again (prost's encoding is canonical, so the bytes are the
-    /// same) to learn where the span lies in it.
+    /// Rebuild the record from its stored payload (WAL replay). The record keeps the
+    /// payload's own bytes: the span in it may be encoded as its client encoded it, and
+    /// the head finds payloads in the log by their length.
     pub fn from_payload(payload: Bytes) -> Result<Span, String> {
-        let decoded = ResourceSpans::decode(payload)
+        let decoded = ResourceSpans::decode(&payload[..])
             .map_err(|error| format!("stored span does not decode: {error}"))?;
         let scope_spans = decoded
             .scope_spans
@@ -413,6 +455,7 @@ impl Span {
             &scope_spans.schema_url,
             span,
         )
+        .map(|span| Span { payload, ..span })
         .map_err(|rejected| rejected.reason)
     }
 

@@ -12,13 +12,14 @@
 //! and a trace is kept when R ≥ T. Two tracelinks, or tracelink behind an SDK sampling at
 //! the same fraction, keep the same traces. Runs on the indexer thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use crate::config::{RuleAction, RuleMatcher, SamplingConfig};
 use crate::model::{Span, TraceId};
+use crate::FastMap;
 
 const TWO_POW_56: f64 = 72_057_594_037_927_936.0;
 const RANDOMNESS_MASK: u64 = (1 << 56) - 1;
@@ -221,7 +222,7 @@ fn value_text(value: Option<&AnyValue>) -> Option<String> {
 /// decision, and the join can say why a trace is not stored.
 pub struct DecisionCache {
     capacity: usize,
-    decisions: HashMap<TraceId, Decision>,
+    decisions: FastMap<TraceId, Decision>,
     order: VecDeque<TraceId>,
 }
 
@@ -229,7 +230,7 @@ impl DecisionCache {
     pub fn new(capacity: usize) -> DecisionCache {
         DecisionCache {
             capacity: capacity.max(1),
-            decisions: HashMap::new(),
+            decisions: FastMap::default(),
             order: VecDeque::new(),
         }
     }

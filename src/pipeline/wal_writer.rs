@@ -5,9 +5,9 @@
 //! indexer, in WAL order, followed by the position the whole group reached.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Batch, IndexJob, IngestQueue, PipelineStats, SubmitError, WalJob};
 use crate::metrics::Metrics;
@@ -45,7 +45,35 @@ impl WalWriter {
     pub(super) fn run(mut self, jobs: Receiver<WalJob>) {
         let mut buffer = Vec::new();
         let mut offsets = Vec::new();
-        while let Ok(first) = jobs.recv() {
+        // A `Through` the indexer had no room for (it is committing): positions only grow,
+        // so the next one stands for it, and ingest never waits on a commit for it.
+        let mut through_due = None;
+        loop {
+            let first = match through_due {
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+                Some(wal_position) => match jobs.recv_timeout(THROUGH_RETRY) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        through_due = self.send_through(wal_position);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self
+                            .index_sender
+                            .send(IndexJob::Through { wal_position })
+                            .is_err()
+                        {
+                            tracing::error!(
+                                "indexer has stopped; records stay in the WAL for replay"
+                            );
+                        }
+                        return;
+                    }
+                },
+            };
             let mut group = vec![first];
             while group.len() < 4096 {
                 match jobs.try_recv() {
@@ -134,12 +162,26 @@ impl WalWriter {
                     tracing::error!("indexer has stopped; records stay in the WAL for replay");
                 }
             }
-            let through = IndexJob::Through {
-                wal_position: self.wal.position(),
-            };
-            if self.index_sender.send(through).is_err() {
+            through_due = self.send_through(self.wal.position());
+        }
+    }
+
+    /// Tell the indexer every record up to `wal_position` is handed over, if it has room;
+    /// the position if it had none.
+    fn send_through(&self, wal_position: u64) -> Option<u64> {
+        match self
+            .index_sender
+            .try_send(IndexJob::Through { wal_position })
+        {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some(wal_position),
+            Err(TrySendError::Disconnected(_)) => {
                 tracing::error!("indexer has stopped; records stay in the WAL for replay");
+                None
             }
         }
     }
 }
+
+/// How long the WAL thread waits for work before offering a held-back `Through` again.
+const THROUGH_RETRY: Duration = Duration::from_millis(20);

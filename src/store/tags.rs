@@ -149,26 +149,29 @@ pub fn span_string_attribute(payload: &[u8], keys: &[&str]) -> Option<String> {
                 let (9, Wire::Bytes(key_value)) = (number, field) else {
                     return;
                 };
-                let mut key = None;
-                let mut text = None;
+                let mut key: &[u8] = &[];
+                let mut value: &[u8] = &[];
                 walk(key_value, |number, field| match (number, field) {
-                    (1, Wire::Bytes(bytes)) => key = std::str::from_utf8(bytes).ok(),
-                    (2, Wire::Bytes(value)) => {
-                        walk(value, |number, field| {
-                            if let (1, Wire::Bytes(bytes)) = (number, field) {
-                                text = std::str::from_utf8(bytes).ok();
-                            }
-                        });
-                    }
+                    (1, Wire::Bytes(bytes)) => key = bytes,
+                    (2, Wire::Bytes(bytes)) => value = bytes,
                     _ => {}
                 });
-                let (Some(key), Some(text)) = (key, text) else {
+                // The key first: most attributes are not wanted, and their values are
+                // then never looked at.
+                let Some(rank) = keys.iter().position(|wanted| wanted.as_bytes() == key) else {
                     return;
                 };
-                if let Some(rank) = keys.iter().position(|wanted| *wanted == key) {
-                    if !text.is_empty() && best.is_none_or(|(best_rank, _)| rank < best_rank) {
-                        best = Some((rank, text));
+                if best.is_some_and(|(best_rank, _)| best_rank <= rank) {
+                    return;
+                }
+                let mut text = None;
+                walk(value, |number, field| {
+                    if let (1, Wire::Bytes(bytes)) = (number, field) {
+                        text = std::str::from_utf8(bytes).ok();
                     }
+                });
+                if let Some(text) = text.filter(|text| !text.is_empty()) {
+                    best = Some((rank, text));
                 }
             });
         });

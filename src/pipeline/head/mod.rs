@@ -17,7 +17,9 @@
 //! not a span). One mutex guards it all; every operation is short.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::FastMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -141,12 +143,12 @@ struct OpenTrace {
 
 #[derive(Default)]
 struct HeadInner {
-    open: HashMap<TraceId, OpenTrace>,
+    open: FastMap<TraceId, OpenTrace>,
     /// Left the head, decision pending, or kept and waiting for the commit that holds
     /// them: still served by id, from the log.
-    leaving: HashMap<TraceId, Vec<Place>>,
+    leaving: FastMap<TraceId, Vec<Place>>,
     /// The earliest span start of each leaving trace (for search).
-    leaving_starts: HashMap<TraceId, u64>,
+    leaving_starts: FastMap<TraceId, u64>,
     /// Full traces, due to leave at the next pass.
     full: Vec<Departing>,
     /// When to look at a trace again: (deadline, trace id, generation).
@@ -485,7 +487,7 @@ impl Head {
     /// start, newest first: the head's share of a search's candidates.
     pub fn trace_starts(&self) -> Vec<(TraceId, u64)> {
         let inner = lock(&self.inner);
-        let mut starts: HashMap<TraceId, u64> = HashMap::new();
+        let mut starts: FastMap<TraceId, u64> = FastMap::default();
         let mut note = |trace_id: TraceId, start: Option<u64>| {
             if let Some(start) = start {
                 let earliest = starts.entry(trace_id).or_insert(start);

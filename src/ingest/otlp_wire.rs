@@ -1,0 +1,500 @@
+//! OTLP trace requests read off the protobuf wire, without decoding each span into an
+//! owned message and encoding it again.
+//!
+//! Decoding an `ExportTraceServiceRequest` with prost copies every span's name, every
+//! attribute key and value into its own allocation, and storing a span then encodes it
+//! all again; together that was most of the request handlers' CPU at full rate. Here a
+//! span is checked in place, exactly as strictly as prost decodes it (wire types of
+//! known fields, lengths, varints, UTF-8 of every string, nesting depth; unknown fields
+//! skipped), the few fields the pipeline needs are read from it, and its bytes are
+//! copied once, as they came, into its stored payload. The small resource and scope
+//! messages are still decoded with prost (they are few per request).
+//!
+//! No crate does this: prost has no borrowed decoding, and a generic protobuf reflection
+//! crate would read every field into values too. The checker is tested against prost on
+//! mutated encodings (see the tests).
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use prost::Message;
+
+use super::DecodedSpans;
+use crate::model::{tracestate_randomness, Envelope, Span, SpanIds};
+
+/// Why a body is not a valid protobuf of the expected message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(String);
+
+type Wire<T> = Result<T, WireError>;
+
+fn error(message: &str) -> WireError {
+    WireError(message.to_owned())
+}
+
+/// Nesting prost allows below the request (its recursion limit, 100, counts the request).
+const DEPTH: u32 = 99;
+
+/// Decode an OTLP `ExportTraceServiceRequest`: every valid span, and the ones refused one
+/// by one (bad ids). A body that is not a valid protobuf of that message is an error as a
+/// whole, as prost would make it.
+pub fn decode_request(body: &[u8]) -> Wire<DecodedSpans> {
+    let mut decoded = DecodedSpans::default();
+    let mut fields = Fields::new(body, DEPTH);
+    while let Some((tag, value)) = fields.next()? {
+        if tag == 1 {
+            resource_spans(value.message()?, DEPTH.saturating_sub(1), &mut decoded)?;
+        }
+    }
+    Ok(decoded)
+}
+
+fn resource_spans(bytes: &[u8], depth: u32, decoded: &mut DecodedSpans) -> Wire<()> {
+    let mut resource: Option<Resource> = None;
+    let mut schema_url = "";
+    let mut scopes = Vec::new();
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 => merge(resource.get_or_insert_default(), value.message()?)?,
+            2 => scopes.push(value.message()?),
+            3 => schema_url = value.string()?,
+            _ => {}
+        }
+    }
+    for scope in scopes {
+        scope_spans(
+            scope,
+            depth.saturating_sub(1),
+            resource.as_ref(),
+            schema_url,
+            decoded,
+        )?;
+    }
+    Ok(())
+}
+
+fn scope_spans(
+    bytes: &[u8],
+    depth: u32,
+    resource: Option<&Resource>,
+    resource_schema_url: &str,
+    decoded: &mut DecodedSpans,
+) -> Wire<()> {
+    let mut scope: Option<InstrumentationScope> = None;
+    let mut schema_url = "";
+    let mut spans = Vec::new();
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 => merge(scope.get_or_insert_default(), value.message()?)?,
+            2 => spans.push(value.message()?),
+            3 => schema_url = value.string()?,
+            _ => {}
+        }
+    }
+    let envelope = Arc::new(Envelope::new(
+        resource,
+        resource_schema_url,
+        scope.as_ref(),
+        schema_url,
+    ));
+    decoded.spans.reserve(spans.len());
+    for encoded in spans {
+        let fields = SpanFields::read(encoded, depth.saturating_sub(1))?;
+        match fields.into_span(&envelope, encoded)? {
+            Ok(span) => decoded.spans.push(span),
+            Err(rejected) => decoded.rejected.push(rejected),
+        }
+    }
+    Ok(())
+}
+
+fn merge<M: Message>(message: &mut M, bytes: &[u8]) -> Wire<()> {
+    message
+        .merge(bytes)
+        .map_err(|decode_error| WireError(decode_error.to_string()))
+}
+
+/// What the pipeline reads of a span, borrowed from its encoding; the last occurrence of
+/// a field wins, as in prost.
+#[derive(Debug, Default, PartialEq)]
+struct SpanFields<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    trace_state: &'a str,
+    name: &'a str,
+    kind: i32,
+    start_time_unix_nano: u64,
+    end_time_unix_nano: u64,
+    status_code: i32,
+    has_exception: bool,
+}
+
+impl<'a> SpanFields<'a> {
+    /// Check a `Span` message as prost would decode it, reading the fields on the way.
+    fn read(bytes: &'a [u8], depth: u32) -> Wire<SpanFields<'a>> {
+        let mut span = SpanFields::default();
+        let mut fields = Fields::new(bytes, depth);
+        while let Some((tag, value)) = fields.next()? {
+            match tag {
+                1 => span.trace_id = value.bytes()?,
+                2 => span.span_id = value.bytes()?,
+                3 => span.trace_state = value.string()?,
+                4 => span.parent_span_id = value.bytes()?,
+                5 => span.name = value.string()?,
+                6 => span.kind = value.varint()? as i32,
+                7 => span.start_time_unix_nano = value.fixed64()?,
+                8 => span.end_time_unix_nano = value.fixed64()?,
+                9 => key_value(value.message()?, depth.saturating_sub(1))?,
+                10 | 12 | 14 => {
+                    value.varint()?;
+                }
+                11 => span.has_exception |= event(value.message()?, depth.saturating_sub(1))?,
+                13 => link(value.message()?, depth.saturating_sub(1))?,
+                15 => {
+                    let code = status(value.message()?, depth.saturating_sub(1))?;
+                    span.status_code = code.unwrap_or(span.status_code);
+                }
+                16 => {
+                    value.fixed32()?;
+                }
+                _ => {}
+            }
+        }
+        Ok(span)
+    }
+
+    /// The pipeline's span, or its refusal (bad ids). A span with an all-zero parent id
+    /// is decoded and encoded again without it, so that no stored span carries one.
+    fn into_span(
+        self,
+        envelope: &Arc<Envelope>,
+        encoded: &[u8],
+    ) -> Wire<Result<Span, crate::model::RejectedSpan>> {
+        let ids = match SpanIds::check(self.name, self.trace_id, self.span_id, self.parent_span_id)
+        {
+            Ok(ids) => ids,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        if ids.parent_all_zero {
+            let span = OtlpSpan::decode(encoded)
+                .map_err(|decode_error| WireError(decode_error.to_string()))?;
+            return Ok(Span::from_otlp_in(envelope, span));
+        }
+        Ok(Ok(Span {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
+            service: envelope.service().clone(),
+            name: self.name.to_owned(),
+            kind: self.kind,
+            status_code: self.status_code,
+            start_time_unix_nano: self.start_time_unix_nano,
+            duration_nanos: self
+                .end_time_unix_nano
+                .saturating_sub(self.start_time_unix_nano),
+            has_exception: self.has_exception,
+            randomness: tracestate_randomness(self.trace_state),
+            payload: envelope.wrap_encoded(encoded),
+            envelope: envelope.clone(),
+        }))
+    }
+}
+
+/// `Span.Event`; says whether its name is `exception`.
+fn event(bytes: &[u8], depth: u32) -> Wire<bool> {
+    let mut name = "";
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 => {
+                value.fixed64()?;
+            }
+            2 => name = value.string()?,
+            3 => key_value(value.message()?, depth.saturating_sub(1))?,
+            4 => {
+                value.varint()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(name == "exception")
+}
+
+/// `Span.Link`.
+fn link(bytes: &[u8], depth: u32) -> Wire<()> {
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 | 2 => {
+                value.bytes()?;
+            }
+            3 => {
+                value.string()?;
+            }
+            4 => key_value(value.message()?, depth.saturating_sub(1))?,
+            5 => {
+                value.varint()?;
+            }
+            6 => {
+                value.fixed32()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `Status`; its code if this occurrence sets one.
+fn status(bytes: &[u8], depth: u32) -> Wire<Option<i32>> {
+    let mut code = None;
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            2 => {
+                value.string()?;
+            }
+            3 => code = Some(value.varint()? as i32),
+            _ => {}
+        }
+    }
+    Ok(code)
+}
+
+/// `KeyValue`.
+fn key_value(bytes: &[u8], depth: u32) -> Wire<()> {
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 => {
+                value.string()?;
+            }
+            2 => any_value(value.message()?, depth.saturating_sub(1))?,
+            3 => {
+                value.varint()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `AnyValue`, and the arrays and key-value lists it nests.
+fn any_value(bytes: &[u8], depth: u32) -> Wire<()> {
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        match tag {
+            1 => {
+                value.string()?;
+            }
+            2 | 3 | 8 => {
+                value.varint()?;
+            }
+            4 => {
+                value.fixed64()?;
+            }
+            5 => {
+                let mut items = Fields::new(value.message()?, depth.saturating_sub(1));
+                while let Some((tag, item)) = items.next()? {
+                    if tag == 1 {
+                        any_value(item.message()?, depth.saturating_sub(2))?;
+                    }
+                }
+            }
+            6 => {
+                let mut items = Fields::new(value.message()?, depth.saturating_sub(1));
+                while let Some((tag, item)) = items.next()? {
+                    if tag == 1 {
+                        key_value(item.message()?, depth.saturating_sub(2))?;
+                    }
+                }
+            }
+            7 => {
+                value.bytes()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One field's value as it lies on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Len(&'a [u8]),
+    /// A skipped group (proto2; valid only for unknown fields here).
+    Group,
+    /// A message field whose nesting is past prost's limit.
+    TooDeep,
+}
+
+impl<'a> Value<'a> {
+    fn varint(self) -> Wire<u64> {
+        match self {
+            Value::Varint(value) => Ok(value),
+            _ => Err(error("invalid wire type: expected varint")),
+        }
+    }
+
+    fn fixed64(self) -> Wire<u64> {
+        match self {
+            Value::Fixed64(value) => Ok(value),
+            _ => Err(error("invalid wire type: expected 64-bit")),
+        }
+    }
+
+    fn fixed32(self) -> Wire<u32> {
+        match self {
+            Value::Fixed32(value) => Ok(value),
+            _ => Err(error("invalid wire type: expected 32-bit")),
+        }
+    }
+
+    fn bytes(self) -> Wire<&'a [u8]> {
+        match self {
+            Value::Len(bytes) => Ok(bytes),
+            _ => Err(error("invalid wire type: expected length-delimited")),
+        }
+    }
+
+    fn string(self) -> Wire<&'a str> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| error("invalid string value: data is not UTF-8 encoded"))
+    }
+
+    /// A nested message's bytes.
+    fn message(self) -> Wire<&'a [u8]> {
+        match self {
+            Value::TooDeep => Err(error("recursion limit reached")),
+            other => other.bytes(),
+        }
+    }
+}
+
+/// The fields of one message, in order, with unknown groups skipped.
+struct Fields<'a> {
+    rest: &'a [u8],
+    /// How many more levels of messages may nest below this one.
+    depth: u32,
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8], depth: u32) -> Fields<'a> {
+        Fields { rest: bytes, depth }
+    }
+
+    fn next(&mut self) -> Wire<Option<(u32, Value<'a>)>> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let (tag, wire_type) = self.key()?;
+        let value = match wire_type {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take_array()?)),
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|len| *len <= self.rest.len())
+                    .ok_or_else(|| error("buffer underflow"))?;
+                let (bytes, rest) = self.rest.split_at(len);
+                self.rest = rest;
+                if self.depth == 0 {
+                    Value::TooDeep
+                } else {
+                    Value::Len(bytes)
+                }
+            }
+            3 => {
+                self.skip_group(tag, self.depth)?;
+                Value::Group
+            }
+            4 => return Err(error("unexpected end group tag")),
+            5 => Value::Fixed32(u32::from_le_bytes(self.take_array()?)),
+            _ => return Err(error("invalid wire type value")),
+        };
+        Ok(Some((tag, value)))
+    }
+
+    fn key(&mut self) -> Wire<(u32, u8)> {
+        let key = self.varint()?;
+        let key = u32::try_from(key).map_err(|_| error("invalid key value"))?;
+        let tag = key >> 3;
+        if tag == 0 {
+            return Err(error("invalid tag value: 0"));
+        }
+        Ok((tag, (key & 7) as u8))
+    }
+
+    fn varint(&mut self) -> Wire<u64> {
+        let mut value = 0u64;
+        for (index, &byte) in self.rest.iter().enumerate().take(10) {
+            if index == 9 && byte > 1 {
+                return Err(error("invalid varint"));
+            }
+            value |= u64::from(byte & 0x7f) << (7 * index);
+            if byte < 0x80 {
+                self.rest = &self.rest[index + 1..];
+                return Ok(value);
+            }
+        }
+        Err(error("invalid varint"))
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Wire<[u8; N]> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or_else(|| error("buffer underflow"))?;
+        self.rest = rest;
+        Ok(*head)
+    }
+
+    /// Skip a group's fields up to its end, as prost's `skip_field` does (each level of
+    /// group counts against the nesting limit).
+    fn skip_group(&mut self, tag: u32, depth: u32) -> Wire<()> {
+        if depth == 0 {
+            return Err(error("recursion limit reached"));
+        }
+        loop {
+            if self.rest.is_empty() {
+                return Err(error("buffer underflow"));
+            }
+            let (inner_tag, wire_type) = self.key()?;
+            match wire_type {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.take_array::<8>()?;
+                }
+                2 => {
+                    let len = self.varint()?;
+                    let len = usize::try_from(len)
+                        .ok()
+                        .filter(|len| *len <= self.rest.len())
+                        .ok_or_else(|| error("buffer underflow"))?;
+                    self.rest = &self.rest[len..];
+                }
+                3 => self.skip_group(inner_tag, depth.saturating_sub(1))?,
+                4 if inner_tag == tag => return Ok(()),
+                4 => return Err(error("unexpected end group tag")),
+                5 => {
+                    self.take_array::<4>()?;
+                }
+                _ => return Err(error("invalid wire type value")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
