@@ -460,6 +460,46 @@ async fn full_queue_answers_429_and_unavailable_until_a_commit_frees_it() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
+
+    // 400 + 500 held, 100 left: a batch of 100 fills the queue exactly; after it, every
+    // request is refused before its body is even read, Zipkin's and gRPC's too.
+    let response = post(
+        &otlp,
+        "application/x-protobuf",
+        None,
+        proto_request(6, 100).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = post(
+        &otlp,
+        "application/x-protobuf",
+        None,
+        b"not even protobuf".to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let refused = grpc.export(proto_request(7, 1)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let zipkin = reqwest::Client::new()
+        .post(format!("http://{}/api/v2/spans", server.http))
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipkin.status(), StatusCode::TOO_MANY_REQUESTS);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tracelink_requests_refused_overload_total 3"),
+        "{metrics}"
+    );
     server.stop().await;
 
     // Once committed (the graceful stop's final commit), the room is back.

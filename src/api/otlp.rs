@@ -98,6 +98,9 @@ async fn post_otlp(
             )
         }
     };
+    if let Err(error) = state.pipeline.check_room() {
+        return submit_failure(encoding, error);
+    }
     let limit = state.config.max_request_bytes;
     let decoded = decode_ingest_body(&headers, body, limit, move |body| {
         decode(signal, encoding, body)

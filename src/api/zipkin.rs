@@ -21,6 +21,7 @@ pub async fn post_spans(
             )))
         }
     }
+    state.pipeline.check_room()?;
     let limit = state.config.max_request_bytes;
     let decoded = decode_ingest_body(&headers, body, limit, ingest::zipkin::decode_json).await?;
     state.pipeline.submit_spans(decoded.spans).await?;

@@ -391,6 +391,7 @@ impl<'a> Fields<'a> {
         Fields { rest: bytes, depth }
     }
 
+    #[inline]
     fn next(&mut self) -> Wire<Option<(u32, Value<'a>)>> {
         if self.rest.is_empty() {
             return Ok(None);
@@ -424,6 +425,7 @@ impl<'a> Fields<'a> {
         Ok(Some((tag, value)))
     }
 
+    #[inline]
     fn key(&mut self) -> Wire<(u32, u8)> {
         let key = self.varint()?;
         let key = u32::try_from(key).map_err(|_| error("invalid key value"))?;
@@ -434,7 +436,19 @@ impl<'a> Fields<'a> {
         Ok((tag, (key & 7) as u8))
     }
 
+    #[inline]
     fn varint(&mut self) -> Wire<u64> {
+        // Keys, lengths and small numbers are one byte as a rule.
+        if let Some((&byte, rest)) = self.rest.split_first() {
+            if byte < 0x80 {
+                self.rest = rest;
+                return Ok(u64::from(byte));
+            }
+        }
+        self.long_varint()
+    }
+
+    fn long_varint(&mut self) -> Wire<u64> {
         let mut value = 0u64;
         for (index, &byte) in self.rest.iter().enumerate().take(10) {
             if index == 9 && byte > 1 {

@@ -75,6 +75,12 @@ impl Collector for OwnMetrics {
         )?;
         counter(
             &mut encoder,
+            "tracelink_requests_refused_overload",
+            "Ingest requests refused before decoding because the ingest queue was full",
+            load(&stats.requests_refused_undecoded),
+        )?;
+        counter(
+            &mut encoder,
             "tracelink_spans_indexed",
             "Spans of kept traces added to the tantivy traces index",
             load(&stats.spans_indexed),

@@ -60,6 +60,9 @@ pub struct PipelineStats {
     pub spans_accepted: AtomicU64,
     pub logs_accepted: AtomicU64,
     pub records_refused_overload: AtomicU64,
+    /// Requests refused before decoding because the queue was full (their records are
+    /// not counted: they were never read).
+    pub requests_refused_undecoded: AtomicU64,
     pub spans_indexed: AtomicU64,
     pub logs_indexed: AtomicU64,
     pub wal_bytes: AtomicU64,
@@ -175,6 +178,19 @@ impl Batch {
                 (Batch::Logs(records), Vec::new())
             }
         }
+    }
+}
+
+/// The nice value of the indexing threads: below the query and ingest threads (0), so
+/// that the scheduler runs those first, yet with a share of the CPU the indexer keeps
+/// when it has to catch up (a nice-5 thread weighs a third of a nice-0 one).
+const INDEXER_NICE: i32 = 5;
+
+/// Lower this thread's priority to [`INDEXER_NICE`] (threads it starts inherit it).
+fn background_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), INDEXER_NICE) {
+        tracing::warn!(%error, "indexer priority not lowered; it runs at the queries' priority");
     }
 }
 
@@ -306,21 +322,42 @@ impl Pipeline {
         let stats = Arc::new(PipelineStats::default());
         let queue = Arc::new(IngestQueue::new(config.ingest_queue_spans));
         let sampler = Arc::new(sample::Sampler::new(config.sampling.clone()));
-        let indexer = indexer::Indexer::new(
-            storage.clone(),
-            config,
-            committed_spans,
-            logs_commit.clone(),
-            indexer::Shared {
-                queue: queue.clone(),
-                stats: stats.clone(),
-                metrics: metrics.clone(),
-                sampler: sampler.clone(),
-            },
-        )?;
+        let shared = indexer::Shared {
+            queue: queue.clone(),
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+            sampler: sampler.clone(),
+        };
+        // The indexer is made on its own thread, after that thread has lowered its
+        // priority, so that tantivy's indexing, compressing and merging threads (which
+        // inherit it) give way to queries and to acking ingest: trace by id stays fast
+        // while the index catches up.
+        let (made, made_result) = mpsc::sync_channel(1);
+        let (indexer_storage, indexer_config, indexer_logs) =
+            (storage.clone(), config.clone(), logs_commit.clone());
         let indexer_thread = std::thread::Builder::new()
             .name("tracelink-indexer".into())
-            .spawn(move || indexer.run(index_receiver))?;
+            .spawn(move || {
+                background_priority();
+                match indexer::Indexer::new(
+                    indexer_storage,
+                    &indexer_config,
+                    committed_spans,
+                    indexer_logs,
+                    shared,
+                ) {
+                    Ok(indexer) => {
+                        let _ = made.send(Ok(()));
+                        indexer.run(index_receiver);
+                    }
+                    Err(error) => {
+                        let _ = made.send(Err(error));
+                    }
+                }
+            })?;
+        made_result
+            .recv()
+            .map_err(|_| std::io::Error::other("the indexer thread ended before it started"))??;
         Ok(Arc::new(Pipeline {
             storage,
             wal_dir: config.data_dir.join("wal"),
@@ -457,6 +494,22 @@ impl Pipeline {
 
     pub async fn submit_logs(&self, records: Vec<LogRecord>) -> Result<(), SubmitError> {
         self.submit(Batch::Logs(records)).await
+    }
+
+    /// Refuse a request before its body is decoded when no record could be taken now
+    /// (not ready, or the queue is full): a client retrying against a full queue then
+    /// costs no decoding.
+    pub fn check_room(&self) -> Result<(), SubmitError> {
+        if !self.is_ready() {
+            return Err(SubmitError::NotReady);
+        }
+        if self.queue.depth() >= self.config.ingest_queue_spans {
+            self.stats
+                .requests_refused_undecoded
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Overloaded);
+        }
+        Ok(())
     }
 
     /// Make a batch durable. Returns once it is fsynced in the WAL (and, for spans,
