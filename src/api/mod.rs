@@ -13,6 +13,7 @@ pub mod loki;
 pub mod metrics;
 pub mod otlp;
 pub mod tempo;
+pub mod tempo_metrics;
 pub mod tempo_search;
 pub mod tempo_tags;
 pub mod zipkin;
@@ -73,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/traces/{trace_id}", get(tempo::trace_v1))
         .route("/api/v2/traces/{trace_id}", get(tempo::trace_v2))
         .route("/api/search", get(tempo_search::search))
+        .route("/api/metrics/query_range", get(tempo_metrics::query_range))
+        .route("/api/metrics/query", get(tempo_metrics::query_instant))
         .route("/api/search/tags", get(tempo_tags::tag_names_v1))
         .route("/api/v2/search/tags", get(tempo_tags::tag_names_v2))
         .route(

@@ -92,6 +92,11 @@ fn request_from(params: &HashMap<String, String>) -> Result<(SearchRequest, usiz
             traceql::eval::check_regexes(&query).map_err(|error| {
                 Box::new(bad_request(format!("invalid TraceQL query: {error}")))
             })?;
+            if query.metrics().is_some() {
+                return Err(Box::new(bad_request(
+                    "invalid TraceQL query: a metrics query is answered by /api/metrics/query_range, not search",
+                )));
+            }
             query
         }
         (None, Some(tags)) => legacy_tags(tags).map_err(|error| Box::new(bad_request(error)))?,

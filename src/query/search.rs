@@ -47,11 +47,34 @@ pub struct SearchResult {
 
 /// Run a search. Blocking (tantivy reads): call it from a blocking thread.
 pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult, StoreError> {
-    let mut result = SearchResult {
-        traces: Vec::new(),
-        inspected_traces: 0,
-        inspected_spans: 0,
-    };
+    let limit = request.limit.max(1);
+    let mut traces = Vec::new();
+    let (inspected_traces, inspected_spans) = scan(storage, request, |found| {
+        traces.push(found);
+        traces.len() < limit
+    })?;
+    traces.sort_by(|a, b| {
+        b.trace
+            .start()
+            .cmp(&a.trace.start())
+            .then(a.trace_id.0.cmp(&b.trace_id.0))
+    });
+    Ok(SearchResult {
+        traces,
+        inspected_traces,
+        inspected_spans,
+    })
+}
+
+/// Hand every trace the request matches to `visit`, newest first, until it returns
+/// `false` (`request.limit` is not looked at). Returns the traces and spans inspected.
+/// Blocking.
+pub fn scan(
+    storage: &Storage,
+    request: &SearchRequest,
+    mut visit: impl FnMut(FoundTrace) -> bool,
+) -> Result<(u64, u64), StoreError> {
+    let mut inspected = (0u64, 0u64);
     let mut evaluator = Evaluator::default();
     let mut seen: HashSet<TraceId> = HashSet::new();
     let head = storage.head.trace_starts();
@@ -60,18 +83,18 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
         .filter(|(_, start)| request.end_unix_nano.is_none_or(|end| *start <= end))
         .peekable();
     let mut offset = 0;
-    let limit = request.limit.max(1);
     let required = required_terms(&request.query.spansets);
-    let mut inspect = |trace_id: TraceId, result: &mut SearchResult| -> Result<(), StoreError> {
+    // `Ok(false)` once `visit` wants no more.
+    let mut inspect = |trace_id: TraceId, inspected: &mut (u64, u64)| -> Result<bool, StoreError> {
         if !seen.insert(trace_id) {
-            return Ok(());
+            return Ok(true);
         }
         let Some(batches) = storage.find_trace(&trace_id)? else {
-            return Ok(());
+            return Ok(true);
         };
         let trace = TraceView::from_batches(&batches);
-        result.inspected_traces += 1;
-        result.inspected_spans += trace.spans.len() as u64;
+        inspected.0 += 1;
+        inspected.1 += trace.spans.len() as u64;
         let start = trace.start();
         let end = start + trace.duration_nanos();
         let duration = trace.duration_nanos();
@@ -80,18 +103,18 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
             && request.min_duration_nanos.is_none_or(|min| duration >= min)
             && request.max_duration_nanos.is_none_or(|max| duration <= max);
         if !in_range {
-            return Ok(());
+            return Ok(true);
         }
-        if let Some(matched) = evaluator.eval(&request.query, &trace) {
-            result.traces.push(FoundTrace {
+        Ok(match evaluator.eval(&request.query, &trace) {
+            Some(matched) => visit(FoundTrace {
                 trace_id,
                 trace,
                 matched,
-            });
-        }
-        Ok(())
+            }),
+            None => true,
+        })
     };
-    'pages: loop {
+    loop {
         let (page, scanned) = storage.traces.fragments_newest_first(
             request.start_unix_nano,
             request.end_unix_nano,
@@ -102,33 +125,23 @@ pub fn search(storage: &Storage, request: &SearchRequest) -> Result<SearchResult
         offset += PAGE;
         for (trace_id, start) in &page {
             while let Some((head_trace, _)) = head.next_if(|(_, head_start)| head_start >= start) {
-                inspect(head_trace, &mut result)?;
-                if result.traces.len() >= limit {
-                    break 'pages;
+                if !inspect(head_trace, &mut inspected)? {
+                    return Ok(inspected);
                 }
             }
-            inspect(*trace_id, &mut result)?;
-            if result.traces.len() >= limit {
-                break 'pages;
+            if !inspect(*trace_id, &mut inspected)? {
+                return Ok(inspected);
             }
         }
         if scanned < PAGE {
             for (head_trace, _) in head.by_ref() {
-                inspect(head_trace, &mut result)?;
-                if result.traces.len() >= limit {
-                    break 'pages;
+                if !inspect(head_trace, &mut inspected)? {
+                    return Ok(inspected);
                 }
             }
-            break;
+            return Ok(inspected);
         }
     }
-    result.traces.sort_by(|a, b| {
-        b.trace
-            .start()
-            .cmp(&a.trace.start())
-            .then(a.trace_id.0.cmp(&b.trace_id.0))
-    });
-    Ok(result)
 }
 
 /// Index terms that one fragment of every matching trace holds: those a spanset filter's

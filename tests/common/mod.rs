@@ -13,6 +13,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan, Tra
 use prost::Message;
 use tracelink::config::RawConfig;
 
+pub mod sdk;
+
 /// A tracelink running inside the test process.
 pub struct TestServer {
     pub http: SocketAddr,

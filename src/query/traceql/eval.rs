@@ -168,10 +168,24 @@ struct Context<'a> {
     parents: HashMap<[u8; 8], usize>,
 }
 
-impl Evaluator {
-    /// The spans `query` selects in `trace`, or `None` when the trace does not match.
-    pub fn eval(&mut self, query: &Query, trace: &TraceView) -> Option<Matched> {
-        let context = Context {
+/// What operands are for the spans of one trace (the trace-level intrinsics need the
+/// whole trace).
+pub struct Lookup<'a>(Context<'a>);
+
+impl<'a> Lookup<'a> {
+    pub fn new(trace: &'a TraceView) -> Lookup<'a> {
+        Lookup(Context::new(trace))
+    }
+
+    /// The operand's value for the span at `index`; `None` when it has none.
+    pub fn value(&self, index: usize, operand: &Operand) -> Option<Value> {
+        self.0.value(&self.0.trace.spans[index], operand)
+    }
+}
+
+impl<'a> Context<'a> {
+    fn new(trace: &'a TraceView) -> Context<'a> {
+        Context {
             trace,
             root: trace.root(),
             trace_duration: trace.duration_nanos(),
@@ -181,7 +195,14 @@ impl Evaluator {
                 .enumerate()
                 .map(|(index, span)| (span.span_id, index))
                 .collect(),
-        };
+        }
+    }
+}
+
+impl Evaluator {
+    /// The spans `query` selects in `trace`, or `None` when the trace does not match.
+    pub fn eval(&mut self, query: &Query, trace: &TraceView) -> Option<Matched> {
+        let context = Context::new(trace);
         let mut spans = self.spanset(&query.spansets, &context);
         if spans.is_empty() {
             return None;
@@ -214,6 +235,8 @@ impl Evaluator {
                     }
                 }
                 Stage::Select(operands) => selected.extend(operands.iter().cloned()),
+                // Aggregates the matches over time; selects nothing by itself.
+                Stage::Metrics(_) => {}
             }
         }
         spans.sort_by_key(|index| (trace.spans[*index].start_time_unix_nano, *index));

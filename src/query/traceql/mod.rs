@@ -163,6 +163,72 @@ pub enum Stage {
     /// `avg|min|max|sum(operand) op value`
     Aggregate(Aggregate, Operand, CompareOp, Literal),
     Select(Vec<Operand>),
+    /// A metrics function (`rate()`, `quantile_over_time(duration, 0.9)` …), always the
+    /// last stage: the query is then answered by the metrics API, not search.
+    Metrics(MetricsStage),
+}
+
+/// `<function> [by(operand, …)] [with(hint = value, …)]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsStage {
+    pub function: MetricsFunction,
+    pub by: Vec<Operand>,
+    /// `with(…)` hints (`sample`, `exemplars`): accepted, and answered exactly anyway.
+    pub hints: Vec<(String, Literal)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsFunction {
+    /// Matching spans per second.
+    Rate,
+    /// Matching spans per step.
+    CountOverTime,
+    MinOverTime(Operand),
+    MaxOverTime(Operand),
+    AvgOverTime(Operand),
+    SumOverTime(Operand),
+    /// Exact quantiles of the operand per step, one series per quantile (label `p`).
+    QuantileOverTime(Operand, Vec<f64>),
+    /// Counts per power-of-two bucket of the operand (label `__bucket`).
+    HistogramOverTime(Operand),
+}
+
+impl MetricsFunction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetricsFunction::Rate => "rate",
+            MetricsFunction::CountOverTime => "count_over_time",
+            MetricsFunction::MinOverTime(_) => "min_over_time",
+            MetricsFunction::MaxOverTime(_) => "max_over_time",
+            MetricsFunction::AvgOverTime(_) => "avg_over_time",
+            MetricsFunction::SumOverTime(_) => "sum_over_time",
+            MetricsFunction::QuantileOverTime(..) => "quantile_over_time",
+            MetricsFunction::HistogramOverTime(_) => "histogram_over_time",
+        }
+    }
+
+    /// The operand the function reads, if any.
+    pub fn operand(&self) -> Option<&Operand> {
+        match self {
+            MetricsFunction::Rate | MetricsFunction::CountOverTime => None,
+            MetricsFunction::MinOverTime(operand)
+            | MetricsFunction::MaxOverTime(operand)
+            | MetricsFunction::AvgOverTime(operand)
+            | MetricsFunction::SumOverTime(operand)
+            | MetricsFunction::QuantileOverTime(operand, _)
+            | MetricsFunction::HistogramOverTime(operand) => Some(operand),
+        }
+    }
+}
+
+impl Query {
+    /// The metrics stage, when the query is a metrics query.
+    pub fn metrics(&self) -> Option<&MetricsStage> {
+        match self.stages.last() {
+            Some(Stage::Metrics(metrics)) => Some(metrics),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +280,11 @@ pub fn parse(text: &str) -> Result<Query, ParseError> {
         }
         if !parser.eat("|") {
             return Err(parser.error("unexpected input after the query; expected `|` or the end"));
+        }
+        if matches!(stages.last(), Some(Stage::Metrics(_))) {
+            return Err(parser.error(
+                "nothing may follow a metrics function (second stages such as topk are not supported)",
+            ));
         }
         stages.push(parser.stage()?);
     }
@@ -542,10 +613,15 @@ impl Parser<'_> {
                 self.expect(")")?;
                 return Ok(Stage::Select(operands));
             }
+            "rate" | "count_over_time" | "min_over_time" | "max_over_time" | "avg_over_time"
+            | "sum_over_time" | "quantile_over_time" | "histogram_over_time" => {
+                self.position += length;
+                return self.metrics_stage(&word).map(Stage::Metrics);
+            }
             "" => return Err(self.error("expected a pipeline stage after `|`")),
             other => {
                 return Err(self.error(format!(
-                    "the pipeline stage `{other}` is not supported (count, avg, min, max, sum, select are)"
+                    "the pipeline stage `{other}` is not supported (count, avg, min, max, sum, select, rate, count_over_time, min/max/avg/sum_over_time, quantile_over_time, histogram_over_time are)"
                 )))
             }
         };
@@ -569,6 +645,90 @@ impl Parser<'_> {
         let op = self.compare_op()?;
         let literal = self.literal()?;
         Ok(Stage::Aggregate(aggregate, operand, op, literal))
+    }
+}
+
+impl Parser<'_> {
+    /// After the function's name: its arguments, then `by(…)` and `with(…)`.
+    fn metrics_stage(&mut self, name: &str) -> Result<MetricsStage, ParseError> {
+        self.expect("(")?;
+        let function = match name {
+            "rate" => MetricsFunction::Rate,
+            "count_over_time" => MetricsFunction::CountOverTime,
+            "quantile_over_time" => {
+                let operand = self.operand()?;
+                let mut quantiles = Vec::new();
+                while self.eat(",") {
+                    self.skip_space();
+                    let at = self.position;
+                    let quantile = match self.literal()? {
+                        Literal::Float(value) => value,
+                        Literal::Int(value) => value as f64,
+                        _ => f64::NAN,
+                    };
+                    if !(0.0..=1.0).contains(&quantile) {
+                        self.position = at;
+                        return Err(self.error("a quantile is a number from 0 to 1"));
+                    }
+                    quantiles.push(quantile);
+                }
+                if quantiles.is_empty() {
+                    return Err(self.error("quantile_over_time needs at least one quantile"));
+                }
+                MetricsFunction::QuantileOverTime(operand, quantiles)
+            }
+            other => {
+                let operand = self.operand()?;
+                match other {
+                    "min_over_time" => MetricsFunction::MinOverTime(operand),
+                    "max_over_time" => MetricsFunction::MaxOverTime(operand),
+                    "avg_over_time" => MetricsFunction::AvgOverTime(operand),
+                    "sum_over_time" => MetricsFunction::SumOverTime(operand),
+                    _ => MetricsFunction::HistogramOverTime(operand),
+                }
+            }
+        };
+        self.expect(")")?;
+        let mut by = Vec::new();
+        let mut hints = Vec::new();
+        loop {
+            self.skip_space();
+            if self.eat("by") {
+                self.expect("(")?;
+                by.push(self.operand()?);
+                while self.eat(",") {
+                    by.push(self.operand()?);
+                }
+                self.expect(")")?;
+            } else if self.eat("with") {
+                self.expect("(")?;
+                loop {
+                    self.skip_space();
+                    let length = self
+                        .rest()
+                        .find(|character: char| !character.is_alphanumeric() && character != '_')
+                        .unwrap_or(self.rest().len());
+                    if length == 0 {
+                        return Err(self.error("expected a hint name in with(…)"));
+                    }
+                    let key = self.rest()[..length].to_owned();
+                    self.position += length;
+                    self.expect("=")?;
+                    hints.push((key, self.literal()?));
+                    if !self.eat(",") {
+                        break;
+                    }
+                }
+                self.expect(")")?;
+            } else {
+                break;
+            }
+        }
+        Ok(MetricsStage {
+            function,
+            by,
+            hints,
+        })
     }
 }
 
@@ -730,7 +890,42 @@ impl fmt::Display for Stage {
                 let list: Vec<String> = operands.iter().map(ToString::to_string).collect();
                 write!(f, "select({})", list.join(", "))
             }
+            Stage::Metrics(metrics) => write!(f, "{metrics}"),
         }
+    }
+}
+
+impl fmt::Display for MetricsStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}(", self.function.name())?;
+        match &self.function {
+            MetricsFunction::Rate | MetricsFunction::CountOverTime => {}
+            MetricsFunction::QuantileOverTime(operand, quantiles) => {
+                write!(f, "{operand}")?;
+                for quantile in quantiles {
+                    write!(f, ", {}", Literal::Float(*quantile))?;
+                }
+            }
+            other => {
+                if let Some(operand) = other.operand() {
+                    write!(f, "{operand}")?;
+                }
+            }
+        }
+        f.write_str(")")?;
+        if !self.by.is_empty() {
+            let list: Vec<String> = self.by.iter().map(ToString::to_string).collect();
+            write!(f, " by({})", list.join(", "))?;
+        }
+        if !self.hints.is_empty() {
+            let list: Vec<String> = self
+                .hints
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            write!(f, " with({})", list.join(", "))?;
+        }
+        Ok(())
     }
 }
 

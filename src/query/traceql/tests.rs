@@ -23,6 +23,14 @@ fn grafana_builder_queries_parse() {
         "{ status = error } && { rootServiceName =~ \"gate.*\" } | count() > 2",
         "{} | avg(duration) > 20ms | select(span.http.method, resource.host.name)",
         "{ span.retry = true && span.size >= -3.5 && statusMessage != nil }",
+        // Traces Drilldown's metrics queries.
+        "{ resource.service.name = \"a\" } | rate() by(resource.service.name)",
+        "{ status = error } | rate() by(span.http.route, kind)",
+        "{} | quantile_over_time(duration, 0.5, 0.9, 0.99) by(resource.service.name)",
+        "{} | histogram_over_time(duration) with(sample=true)",
+        "{ kind = server } | count_over_time()",
+        "{} | avg_over_time(span.size) by(name) with(exemplars=true, sample=false)",
+        "{} | min_over_time(duration)",
     ] {
         let query = parse(text).unwrap_or_else(|error| panic!("{text}: {error}"));
         assert_eq!(parse(&query.to_string()).unwrap(), query, "{text}");
@@ -37,7 +45,26 @@ fn errors_say_where_and_what_in_tempos_words() {
         ("{ .a = 1 ", 10, "expected `}`"),
         ("{ .a == 1 }", 7, "expected a value"),
         ("{ .a = \"x }", 8, "unterminated string"),
-        ("{ .a = 1 } | rate()", 14, "`rate` is not supported"),
+        (
+            "{ .a = 1 } | compare({ .b = 2 })",
+            14,
+            "`compare` is not supported",
+        ),
+        (
+            "{ .a = 1 } | rate() | topk(5)",
+            22,
+            "nothing may follow a metrics function",
+        ),
+        (
+            "{} | quantile_over_time(duration, 1.5)",
+            35,
+            "a quantile is a number from 0 to 1",
+        ),
+        (
+            "{} | quantile_over_time(duration)",
+            33,
+            "at least one quantile",
+        ),
         ("{ .a = 1 } &>> { .b = 2 }", 12, "not supported"),
         (
             "{ event.name = \"x\" }",

@@ -1,0 +1,466 @@
+//! TraceQL metrics: `{…} | rate() by(…)` and the other `…_over_time` functions, over
+//! the spans a query matches in a time range (the head's and the index's, as search finds
+//! them), one value per step and series. Values are exact: quantiles come from every
+//! matching span's value, not from approximating buckets.
+
+use std::collections::BTreeMap;
+
+use crate::model::{SpanId, TraceId};
+use crate::store::{Storage, StoreError};
+
+use super::search::{scan, SearchRequest};
+use super::traceql::eval::{Lookup, Value};
+use super::traceql::{Intrinsic, MetricsFunction, MetricsStage, Operand, Query, KINDS};
+
+pub struct MetricsRequest {
+    /// A query whose last stage is a metrics function.
+    pub query: Query,
+    /// Spans that started in `[start, end)` count, ns.
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    /// The step; `None` for an instant query (one value over the whole range).
+    pub step_nanos: Option<u64>,
+    /// Exemplars per series, at most.
+    pub exemplars: usize,
+    /// Series beyond this many are left out (the answer says it is partial).
+    pub max_series: usize,
+}
+
+/// A label's value, as TraceQL metrics label a series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelValue {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A `by()` operand the span does not have.
+    Nil,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub at_unix_nano: u64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Vec<(String, LabelValue)>,
+    /// (interval start, ns; value), oldest first; an interval without a value (no span
+    /// for a quantile, say) is left out.
+    pub samples: Vec<(u64, f64)>,
+    pub exemplars: Vec<Exemplar>,
+}
+
+pub struct MetricsResult {
+    pub series: Vec<Series>,
+    /// Series were left out past `max_series`.
+    pub truncated: bool,
+    pub inspected_traces: u64,
+    pub inspected_spans: u64,
+}
+
+/// The step Tempo uses when none is asked: about 240 points over the range, in whole
+/// seconds.
+pub fn default_step_nanos(start_unix_nano: u64, end_unix_nano: u64) -> u64 {
+    let seconds = end_unix_nano
+        .saturating_sub(start_unix_nano)
+        .div_ceil(1_000_000_000);
+    seconds.div_ceil(240).max(1) * 1_000_000_000
+}
+
+/// What one series accumulates per interval.
+#[derive(Default)]
+struct Interval {
+    count: u64,
+    values: Vec<f64>,
+    /// The slowest span, the interval's exemplar candidate.
+    exemplar: Option<Exemplar>,
+}
+
+/// The label values of one group (`by()`), made hashable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum GroupKey {
+    String(String),
+    Int(i64),
+    Float(u64),
+    Bool(bool),
+    Nil,
+}
+
+impl GroupKey {
+    fn label(&self) -> LabelValue {
+        match self {
+            GroupKey::String(text) => LabelValue::String(text.clone()),
+            GroupKey::Int(number) => LabelValue::Int(*number),
+            GroupKey::Float(bits) => LabelValue::Float(f64::from_bits(*bits)),
+            GroupKey::Bool(flag) => LabelValue::Bool(*flag),
+            GroupKey::Nil => LabelValue::Nil,
+        }
+    }
+}
+
+/// Run a metrics query. Blocking (tantivy reads).
+pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResult, StoreError> {
+    let Some(stage) = request.query.metrics() else {
+        return Ok(MetricsResult {
+            series: Vec::new(),
+            truncated: false,
+            inspected_traces: 0,
+            inspected_spans: 0,
+        });
+    };
+    let (origin, step, intervals) = intervals(request);
+    let search = SearchRequest {
+        query: request.query.clone(),
+        limit: usize::MAX,
+        start_unix_nano: Some(request.start_unix_nano),
+        end_unix_nano: Some(request.end_unix_nano.saturating_sub(1)),
+        min_duration_nanos: None,
+        max_duration_nanos: None,
+    };
+    // (group, histogram bucket) → intervals.
+    let mut groups: BTreeMap<(Vec<GroupKey>, Option<u64>), Vec<Interval>> = BTreeMap::new();
+    let (inspected_traces, inspected_spans) = scan(storage, &search, |found| {
+        let lookup = Lookup::new(&found.trace);
+        for &index in &found.matched.spans {
+            let span = &found.trace.spans[index];
+            let start = span.start_time_unix_nano;
+            if start < request.start_unix_nano || start >= request.end_unix_nano {
+                continue;
+            }
+            let value = match stage.function.operand() {
+                None => None,
+                Some(operand) => match number(lookup.value(index, operand), operand) {
+                    Some(value) => Some(value),
+                    // A span without the value the function reads counts nowhere.
+                    None => continue,
+                },
+            };
+            let bucket = match (&stage.function, value) {
+                (MetricsFunction::HistogramOverTime(_), Some(value)) => {
+                    Some(power_of_two_bucket(value).to_bits())
+                }
+                _ => None,
+            };
+            let key: Vec<GroupKey> = stage
+                .by
+                .iter()
+                .map(|operand| group_key(lookup.value(index, operand), operand))
+                .collect();
+            let slot = ((start.saturating_sub(origin)) / step).min(intervals as u64 - 1) as usize;
+            let series = groups
+                .entry((key, bucket))
+                .or_insert_with(|| (0..intervals).map(|_| Interval::default()).collect());
+            let interval = &mut series[slot];
+            interval.count += 1;
+            if let Some(value) = value {
+                interval.values.push(value);
+            }
+            let duration = span.duration_nanos as f64 / 1e9;
+            let candidate = value.unwrap_or(duration);
+            if interval
+                .exemplar
+                .as_ref()
+                .is_none_or(|best| candidate > best.value)
+            {
+                interval.exemplar = Some(Exemplar {
+                    trace_id: found.trace_id,
+                    span_id: SpanId(span.span_id),
+                    at_unix_nano: start,
+                    value: candidate,
+                });
+            }
+        }
+        true
+    })?;
+    let mut result = MetricsResult {
+        series: Vec::new(),
+        truncated: false,
+        inspected_traces,
+        inspected_spans,
+    };
+    for ((key, bucket), mut accumulated) in groups {
+        let mut labels: Vec<(String, LabelValue)> = if stage.by.is_empty() {
+            vec![(
+                "__name__".to_owned(),
+                LabelValue::String(stage.function.name().to_owned()),
+            )]
+        } else {
+            stage
+                .by
+                .iter()
+                .zip(&key)
+                .map(|(operand, key)| (operand.to_string(), key.label()))
+                .collect()
+        };
+        if let Some(bucket) = bucket {
+            labels.push((
+                "__bucket".to_owned(),
+                LabelValue::Float(f64::from_bits(bucket)),
+            ));
+        }
+        let made = series_of(
+            stage,
+            &labels,
+            &mut accumulated,
+            origin,
+            step,
+            request.exemplars,
+        );
+        for series in made {
+            if result.series.len() >= request.max_series {
+                result.truncated = true;
+                break;
+            }
+            result.series.push(series);
+        }
+    }
+    Ok(result)
+}
+
+/// The first interval's start, the step, and how many intervals cover the range.
+fn intervals(request: &MetricsRequest) -> (u64, u64, usize) {
+    let range = request
+        .end_unix_nano
+        .saturating_sub(request.start_unix_nano)
+        .max(1);
+    match request.step_nanos {
+        None => (request.start_unix_nano, range, 1),
+        Some(step) => {
+            let step = step.max(1);
+            // Intervals are aligned to the step, as Tempo's (and Prometheus's) are.
+            let origin = request.start_unix_nano - request.start_unix_nano % step;
+            let count = (request.end_unix_nano - origin).div_ceil(step).max(1);
+            (origin, step, count.min(100_000) as usize)
+        }
+    }
+}
+
+type Labels = Vec<(String, LabelValue)>;
+
+/// The series one group makes: one, or one per quantile.
+fn series_of(
+    stage: &MetricsStage,
+    labels: &[(String, LabelValue)],
+    intervals: &mut [Interval],
+    origin: u64,
+    step: u64,
+    exemplar_cap: usize,
+) -> Vec<Series> {
+    let step_seconds = step as f64 / 1e9;
+    let at = |slot: usize| origin + slot as u64 * step;
+    let per_interval = |value: &dyn Fn(&mut Interval) -> Option<f64>,
+                        intervals: &mut [Interval]| {
+        intervals
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(slot, interval)| value(interval).map(|value| (at(slot), value)))
+            .collect::<Vec<_>>()
+    };
+    let samples_and_labels: Vec<(Labels, Vec<(u64, f64)>)> = match &stage.function {
+        MetricsFunction::Rate => vec![(
+            labels.to_vec(),
+            per_interval(
+                &|interval| Some(interval.count as f64 / step_seconds),
+                intervals,
+            ),
+        )],
+        MetricsFunction::CountOverTime | MetricsFunction::HistogramOverTime(_) => vec![(
+            labels.to_vec(),
+            per_interval(&|interval| Some(interval.count as f64), intervals),
+        )],
+        MetricsFunction::MinOverTime(_) => vec![(
+            labels.to_vec(),
+            per_interval(
+                &|interval| interval.values.iter().copied().reduce(f64::min),
+                intervals,
+            ),
+        )],
+        MetricsFunction::MaxOverTime(_) => vec![(
+            labels.to_vec(),
+            per_interval(
+                &|interval| interval.values.iter().copied().reduce(f64::max),
+                intervals,
+            ),
+        )],
+        MetricsFunction::SumOverTime(_) => vec![(
+            labels.to_vec(),
+            per_interval(
+                &|interval| (!interval.values.is_empty()).then(|| interval.values.iter().sum()),
+                intervals,
+            ),
+        )],
+        MetricsFunction::AvgOverTime(_) => vec![(
+            labels.to_vec(),
+            per_interval(
+                &|interval| {
+                    (!interval.values.is_empty())
+                        .then(|| interval.values.iter().sum::<f64>() / interval.values.len() as f64)
+                },
+                intervals,
+            ),
+        )],
+        MetricsFunction::QuantileOverTime(_, quantiles) => {
+            for interval in intervals.iter_mut() {
+                interval.values.sort_by(f64::total_cmp);
+            }
+            quantiles
+                .iter()
+                .map(|quantile| {
+                    let mut labels = labels.to_vec();
+                    labels.push(("p".to_owned(), LabelValue::Float(*quantile)));
+                    let samples = per_interval(
+                        &|interval| quantile_of(&interval.values, *quantile),
+                        intervals,
+                    );
+                    (labels, samples)
+                })
+                .collect()
+        }
+    };
+    // The slowest span of each interval, the slowest first, as many as asked; a rate's
+    // or count's exemplar sits on its interval's value, so it is drawn on the line.
+    let mut exemplars: Vec<(usize, Exemplar)> = intervals
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(slot, interval)| interval.exemplar.take().map(|exemplar| (slot, exemplar)))
+        .collect();
+    exemplars.sort_by(|a, b| b.1.value.total_cmp(&a.1.value));
+    exemplars.truncate(exemplar_cap);
+    exemplars.sort_by_key(|(slot, exemplar)| (*slot, exemplar.at_unix_nano));
+    samples_and_labels
+        .into_iter()
+        .map(|(labels, samples)| {
+            let exemplars = exemplars
+                .iter()
+                .map(|(slot, exemplar)| {
+                    let mut exemplar = exemplar.clone();
+                    if matches!(
+                        stage.function,
+                        MetricsFunction::Rate | MetricsFunction::CountOverTime
+                    ) {
+                        let value = samples
+                            .iter()
+                            .find(|(at_slot, _)| *at_slot == at(*slot))
+                            .map_or(0.0, |(_, value)| *value);
+                        exemplar.value = value;
+                    }
+                    exemplar
+                })
+                .collect();
+            Series {
+                labels,
+                samples,
+                exemplars,
+            }
+        })
+        .collect()
+}
+
+/// The `q` quantile of sorted values, interpolated between neighbours (as Prometheus's
+/// `quantile_over_time`); `None` for no values.
+fn quantile_of(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = q.clamp(0.0, 1.0) * last as f64;
+    let below = rank.floor() as usize;
+    let above = rank.ceil() as usize;
+    let weight = rank - below as f64;
+    Some(sorted[below] * (1.0 - weight) + sorted[above] * weight)
+}
+
+/// The smallest power of two (seconds for durations) at or above `value`, Tempo's
+/// `histogram_over_time` bucket.
+fn power_of_two_bucket(value: f64) -> f64 {
+    if value <= 0.0 || !value.is_finite() {
+        return 0.0;
+    }
+    2f64.powi(value.log2().ceil() as i32)
+}
+
+/// A numeric operand value; durations in seconds, as Tempo's metrics give them.
+fn number(value: Option<Value>, operand: &Operand) -> Option<f64> {
+    let is_duration = matches!(
+        operand,
+        Operand::Intrinsic(Intrinsic::Duration | Intrinsic::TraceDuration)
+    );
+    match value? {
+        Value::Int(nanos) if is_duration => Some(nanos as f64 / 1e9),
+        Value::Int(number) => Some(number as f64),
+        Value::Float(number) => Some(number),
+        _ => None,
+    }
+}
+
+/// A `by()` value; statuses and kinds by name, durations in seconds.
+fn group_key(value: Option<Value>, operand: &Operand) -> GroupKey {
+    let Some(value) = value else {
+        return GroupKey::Nil;
+    };
+    match (operand, value) {
+        (Operand::Intrinsic(Intrinsic::Status), Value::Int(code)) => GroupKey::String(
+            match code {
+                2 => "error",
+                1 => "ok",
+                _ => "unset",
+            }
+            .to_owned(),
+        ),
+        (Operand::Intrinsic(Intrinsic::Kind), Value::Int(kind)) => GroupKey::String(
+            KINDS
+                .get(kind as usize)
+                .copied()
+                .unwrap_or("unspecified")
+                .to_owned(),
+        ),
+        (Operand::Intrinsic(Intrinsic::Duration | Intrinsic::TraceDuration), Value::Int(nanos)) => {
+            GroupKey::Float((nanos as f64 / 1e9).to_bits())
+        }
+        (_, Value::String(text)) => GroupKey::String(text),
+        (_, Value::Int(number)) => GroupKey::Int(number),
+        (_, Value::Float(number)) => GroupKey::Float(number.to_bits()),
+        (_, Value::Bool(flag)) => GroupKey::Bool(flag),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_between_neighbours() {
+        assert_eq!(quantile_of(&[], 0.5), None);
+        assert_eq!(quantile_of(&[3.0], 0.99), Some(3.0));
+        assert_eq!(quantile_of(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
+        assert_eq!(quantile_of(&[1.0, 2.0, 3.0, 4.0], 1.0), Some(4.0));
+        assert_eq!(quantile_of(&[1.0, 2.0, 3.0, 4.0], 0.0), Some(1.0));
+    }
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two() {
+        assert_eq!(power_of_two_bucket(0.3), 0.5);
+        assert_eq!(power_of_two_bucket(0.5), 0.5);
+        assert_eq!(power_of_two_bucket(3.0), 4.0);
+        assert_eq!(power_of_two_bucket(0.001), 2f64.powi(-9));
+    }
+
+    #[test]
+    fn steps_are_aligned_and_default_to_about_240_points() {
+        assert_eq!(default_step_nanos(0, 3_600_000_000_000), 15_000_000_000);
+        assert_eq!(default_step_nanos(0, 60_000_000_000), 1_000_000_000);
+        let request = MetricsRequest {
+            query: super::super::traceql::parse("{} | rate()").unwrap(),
+            start_unix_nano: 1_700_000_007_000_000_000,
+            end_unix_nano: 1_700_000_067_000_000_000,
+            step_nanos: Some(15_000_000_000),
+            exemplars: 0,
+            max_series: 10,
+        };
+        let (origin, step, count) = intervals(&request);
+        assert_eq!(origin, 1_699_999_995_000_000_000);
+        assert_eq!(origin % step, 0);
+        assert_eq!(count, 5);
+    }
+}
