@@ -625,4 +625,20 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
         assert!(body.starts_with(expected), "{params:?}: {body}");
     }
     server.stop().await;
+
+    // The dependency links outlive a restart (written with the latency snapshot).
+    let server = TestServer::start(&data, |_| {}).await;
+    let jaeger_links = reqwest::get(server.url("/jaeger/api/dependencies"))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(
+        jaeger_links["data"].as_array().unwrap().contains(
+            &serde_json::json!({"parent": "orders", "child": "payments", "callCount": 1})
+        ),
+        "{jaeger_links}"
+    );
+    server.stop().await;
 }

@@ -112,17 +112,12 @@ impl ChildServer {
     /// Peak resident memory (VmHWM), current resident memory (VmRSS) and its anonymous
     /// part (RssAnon: the heap, without the mapped index files the page cache holds), MiB.
     pub fn memory_mib(&self) -> (f64, f64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|line| line.starts_with(name))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-                .map_or(f64::NAN, |kib| kib / 1024.0)
-        };
-        (field("VmHWM:"), field("VmRSS:"), field("RssAnon:"))
+        let status = format!("/proc/{}/status", self.pid());
+        (
+            status_mib(&status, "VmHWM:"),
+            status_mib(&status, "VmRSS:"),
+            status_mib(&status, "RssAnon:"),
+        )
     }
 
     /// SIGTERM (drain, final commit) and wait for the exit.
@@ -148,6 +143,17 @@ impl Drop for ChildServer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One kB field of a `/proc/…/status` file, in MiB (NaN when unreadable).
+pub fn status_mib(path: &str, field: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 /// utime + stime of a `/proc/…/stat` file, in seconds (Linux's clock tick is 100 Hz).

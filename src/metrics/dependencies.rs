@@ -1,7 +1,8 @@
 //! Dependency links for Jaeger's and Zipkin's dependency views: the service-graph edges
 //! counted per minute (calls and failed calls per caller → callee), kept for a week in
 //! memory, summed over the window a query asks for. Fed by the same edges as the
-//! `traces_service_graph_*` metrics.
+//! `traces_service_graph_*` metrics. Written out with the latency snapshot (and read back
+//! at start-up), so a restart keeps the week.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,7 +29,39 @@ pub struct Dependencies {
     minutes: BTreeMap<u64, MinuteLinks>,
 }
 
+/// One minute's link as the snapshot file holds it: minute, parent, child, calls, errors.
+type SavedLink = (u64, String, String, u64, u64);
+
 impl Dependencies {
+    /// Every kept minute's links, as JSON.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let links: Vec<SavedLink> = self
+            .minutes
+            .iter()
+            .flat_map(|(minute, links)| {
+                links.iter().map(|((parent, child), (calls, errors))| {
+                    (*minute, parent.clone(), child.clone(), *calls, *errors)
+                })
+            })
+            .collect();
+        serde_json::to_vec(&links).unwrap_or_default()
+    }
+
+    /// The links of a [`Dependencies::snapshot`].
+    pub fn restore(bytes: &[u8]) -> Result<Dependencies, String> {
+        let links: Vec<SavedLink> =
+            serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+        let mut dependencies = Dependencies::default();
+        for (minute, parent, child, calls, errors) in links {
+            dependencies
+                .minutes
+                .entry(minute)
+                .or_default()
+                .insert((parent, child), (calls, errors));
+        }
+        Ok(dependencies)
+    }
+
     pub fn record(&mut self, minute: u64, parent: &str, child: &str, failed: bool) {
         let links = self.minutes.entry(minute).or_default();
         let key = (parent.to_owned(), child.to_owned());
@@ -74,6 +107,21 @@ impl Dependencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_restores_every_minute() {
+        let mut dependencies = Dependencies::default();
+        dependencies.record(100, "gateway", "orders", false);
+        dependencies.record(100, "gateway", "orders", true);
+        dependencies.record(103, "orders", "db:postgres", false);
+        let restored = Dependencies::restore(&dependencies.snapshot()).unwrap();
+        assert_eq!(
+            restored.links(103 * 60_000, 10 * 60_000),
+            dependencies.links(103 * 60_000, 10 * 60_000)
+        );
+        assert_eq!(restored.links(103 * 60_000, 10 * 60_000).len(), 2);
+        assert!(Dependencies::restore(b"{").is_err());
+    }
 
     #[test]
     fn links_sum_over_the_window_asked_and_old_minutes_go() {

@@ -32,6 +32,8 @@ use crate::store::{CommitPayload, Storage, StoreError};
 /// How often the latency histograms are written out (and at shutdown). WAL segments
 /// are kept back to the last snapshot, so a restart observes what came after it again.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the dependency links are written out (and at shutdown).
+const DEPENDENCIES_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What the indexer shares with the rest of the pipeline.
 pub(super) struct Shared {
@@ -64,6 +66,7 @@ pub(super) struct Indexer {
     /// The observed WAL position of the last latency snapshot written.
     snapshot_position: u64,
     last_snapshot: Instant,
+    last_dependencies: Instant,
     scratch: Vec<u8>,
     shared: Shared,
 }
@@ -98,6 +101,7 @@ impl Indexer {
             records_pending: 0,
             snapshot_position,
             last_snapshot: Instant::now(),
+            last_dependencies: Instant::now(),
             scratch: Vec::new(),
             shared,
         })
@@ -197,7 +201,7 @@ impl Indexer {
         }
         self.commit();
         if everything || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
-            self.snapshot();
+            self.snapshot(everything);
         }
         self.remove_wal_segments();
     }
@@ -324,12 +328,25 @@ impl Indexer {
     }
 
     /// Write the latency histograms, atomically (temporary file, fsync, rename).
-    fn snapshot(&mut self) {
+    /// Also the dependency links, every [`DEPENDENCIES_INTERVAL`] and on `last` (they
+    /// are a week of minutes: written less often, a crash loses the links since).
+    fn snapshot(&mut self, last: bool) {
         self.last_snapshot = Instant::now();
-        let (bytes, position) = {
+        let links_due = last || self.last_dependencies.elapsed() >= DEPENDENCIES_INTERVAL;
+        let (bytes, position, links) = {
+            // Under the latency lock, which span observation holds while it records
+            // links: the two snapshots cover the same spans.
             let latency = lock(&self.shared.metrics.latency);
-            (latency.snapshot(), latency.observed_position())
+            let links = links_due.then(|| lock(&self.shared.metrics.dependencies).snapshot());
+            (latency.snapshot(), latency.observed_position(), links)
         };
+        if let Some(links) = links {
+            self.last_dependencies = Instant::now();
+            let path = super::dependencies_snapshot_path(&self.data_dir);
+            if let Err(error) = write_atomically(&path, &links) {
+                tracing::warn!(path = %path.display(), %error, "dependency links snapshot not written");
+            }
+        }
         if position == self.snapshot_position && position != 0 {
             return;
         }

@@ -277,6 +277,11 @@ pub fn latency_snapshot_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("metrics").join("latency.json")
 }
 
+/// The dependency links, written with the latency snapshot.
+pub fn dependencies_snapshot_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("metrics").join("dependencies.json")
+}
+
 impl Pipeline {
     /// Load the latency snapshot and start the indexer thread. Ingest is refused
     /// (`NotReady`) until [`Pipeline::replay_and_start`] has replayed the WAL.
@@ -316,6 +321,21 @@ impl Pipeline {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => {
                 tracing::warn!(path = %snapshot_path.display(), %error, "latency snapshot not read")
+            }
+        }
+        let dependencies_path = dependencies_snapshot_path(&config.data_dir);
+        match std::fs::read(&dependencies_path) {
+            Ok(bytes) => match crate::metrics::dependencies::Dependencies::restore(&bytes) {
+                Ok(restored) => *lock(&metrics.dependencies) = restored,
+                Err(problem) => tracing::warn!(
+                    path = %dependencies_path.display(),
+                    %problem,
+                    "dependency links snapshot not understood; links start empty"
+                ),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %dependencies_path.display(), %error, "dependency links snapshot not read")
             }
         }
         let (index_sender, index_receiver) = mpsc::sync_channel(256);
