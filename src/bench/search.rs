@@ -3,8 +3,8 @@
 //! load: 10-span traces of five services, 8 attributes a span, one trace in five failing),
 //! their start times spread evenly over the day before now; then, for each query, one
 //! HTTP client asks `GET /api/search` (or a tag-values route) again and again for
-//! `query_seconds` and the latency percentiles are printed with the traces found.
-//! Nothing is asserted.
+//! `query_seconds` and the latency percentiles are printed with the traces found; then
+//! TraceQL metrics queries over the last hour. Nothing is asserted.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -122,6 +122,43 @@ pub async fn run(options: SearchBenchOptions) -> anyhow::Result<()> {
         }
         println!(
             "search: {what} ({found} traces, limit 20): {}",
+            latency_summary(&mut latencies)
+        );
+    }
+    // TraceQL metrics over the last hour: every matching trace is read whole.
+    let metrics_queries = [
+        (
+            "error rate by service",
+            r#"{status=error} | rate() by(resource.service.name)"#,
+        ),
+        (
+            "p50/p99 of a service",
+            r#"{resource.service.name="orders"} | quantile_over_time(duration, 0.5, 0.99)"#,
+        ),
+    ];
+    for (what, query) in metrics_queries {
+        let mut latencies = Vec::new();
+        let mut inspected = String::new();
+        let until = Instant::now() + Duration::from_secs(options.query_seconds.max(1));
+        while Instant::now() < until || latencies.is_empty() {
+            let asked = Instant::now();
+            let body: serde_json::Value = client
+                .get(format!("http://{http}/api/metrics/query_range"))
+                .query(&[
+                    ("q", query),
+                    ("start", hour.as_str()),
+                    ("end", end.as_str()),
+                    ("step", "60s"),
+                ])
+                .send()
+                .await?
+                .json()
+                .await?;
+            latencies.push(asked.elapsed());
+            inspected = body["metrics"]["inspectedTraces"].to_string();
+        }
+        println!(
+            "metrics: {what}, last hour ({inspected} traces inspected): {}",
             latency_summary(&mut latencies)
         );
     }
