@@ -38,6 +38,73 @@ pub struct RawConfig {
     pub logs: RawLogs,
     pub metrics: RawMetrics,
     pub sampling: RawSampling,
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: tokens for sending and for querying. Each entry is a token, `file:<path>`
+/// (one token per line; blank lines and `#` comments skipped) or `env:<NAME>`, so that no
+/// token need live in a committed file. A single string is one entry.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    pub ingest_tokens: TokenEntries,
+    pub query_tokens: TokenEntries,
+    /// Listen beyond loopback with a scope that needs no token.
+    pub allow_unauthenticated: bool,
+}
+
+/// A list of token entries, or one (`TRACELINK_AUTH_INGEST_TOKENS=env:OTLP_TOKEN`).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenEntries {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for TokenEntries {
+    fn default() -> Self {
+        TokenEntries::Many(Vec::new())
+    }
+}
+
+impl TokenEntries {
+    fn entries(&self) -> &[String] {
+        match self {
+            TokenEntries::One(entry) => std::slice::from_ref(entry),
+            TokenEntries::Many(entries) => entries,
+        }
+    }
+
+    /// The tokens the entries name.
+    fn resolve(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let invalid = |problem: String| ConfigError::Invalid {
+            key: key.into(),
+            problem,
+        };
+        let mut tokens = Vec::new();
+        for entry in self.entries() {
+            if let Some(path) = entry.strip_prefix("file:") {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| invalid(format!("token file {path:?}: {error}")))?;
+                tokens.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            } else if let Some(name) = entry.strip_prefix("env:") {
+                let value = std::env::var(name)
+                    .map_err(|_| invalid(format!("environment variable {name} is not set")))?;
+                tokens.push(value.trim().to_owned());
+            } else {
+                tokens.push(entry.trim().to_owned());
+            }
+        }
+        if tokens.iter().any(String::is_empty) {
+            return Err(invalid("a token is empty".into()));
+        }
+        Ok(tokens)
+    }
 }
 
 /// `[sampling]`: tail sampling of whole traces as they leave the head.
@@ -266,6 +333,7 @@ pub struct Config {
     pub max_spans_per_trace: usize,
     pub max_bytes_per_trace: usize,
     pub sampling: SamplingConfig,
+    pub tokens: crate::auth::Tokens,
 }
 
 impl Config {
@@ -337,7 +405,9 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 6] = ["server", "storage", "limits", "logs", "metrics", "sampling"];
+const SECTIONS: [&str; 7] = [
+    "server", "storage", "limits", "logs", "metrics", "sampling", "auth",
+];
 
 impl RawConfig {
     /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
@@ -490,7 +560,50 @@ impl RawConfig {
                 self.limits.max_bytes_per_trace,
             )? as usize,
             sampling: validate_sampling(&self.sampling)?,
+            tokens: crate::auth::Tokens::new(
+                self.auth.ingest_tokens.resolve("auth.ingest_tokens")?,
+                self.auth.query_tokens.resolve("auth.query_tokens")?,
+            ),
         };
+        if !self.auth.allow_unauthenticated {
+            use crate::auth::Scope;
+            // Protected by default: a listener beyond loopback needs the tokens of what
+            // it serves (Redis's protected mode).
+            let listeners = [
+                (
+                    "server.http_addr",
+                    config.http_addr,
+                    &[Scope::Ingest, Scope::Query][..],
+                ),
+                (
+                    "server.otlp_http_addr",
+                    config.otlp_http_addr,
+                    &[Scope::Ingest][..],
+                ),
+                (
+                    "server.otlp_grpc_addr",
+                    config.otlp_grpc_addr,
+                    &[Scope::Ingest][..],
+                ),
+            ];
+            for (key, address, scopes) in listeners {
+                if address.ip().is_loopback() {
+                    continue;
+                }
+                if let Some(scope) = scopes.iter().find(|scope| !config.tokens.required(**scope)) {
+                    let tokens = match scope {
+                        Scope::Ingest => "auth.ingest_tokens",
+                        Scope::Query => "auth.query_tokens",
+                    };
+                    return Err(ConfigError::Invalid {
+                        key: key.into(),
+                        problem: format!(
+                            "{address} is reachable beyond this machine but {tokens} is empty; set tokens, listen on 127.0.0.1, or set auth.allow_unauthenticated = true"
+                        ),
+                    });
+                }
+            }
+        }
         let buckets = &config.latency_buckets;
         if buckets.is_empty()
             || buckets.windows(2).any(|pair| pair[0] >= pair[1])

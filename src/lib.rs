@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -183,8 +184,15 @@ impl Server {
             // delayed ACK (~40 ms with Nagle's algorithm on).
             let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc)
                 .with_nodelay(Some(true));
-            let traces = grpc::trace_service(state.clone());
-            let logs = grpc::logs_service(state.clone());
+            let guard = auth::grpc_guard(state.config.tokens.clone());
+            let traces = tonic::service::interceptor::InterceptedService::new(
+                grpc::trace_service(state.clone()),
+                guard.clone(),
+            );
+            let logs = tonic::service::interceptor::InterceptedService::new(
+                grpc::logs_service(state.clone()),
+                guard,
+            );
             servers.spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .layer(tower::util::MapResponseLayer::new(

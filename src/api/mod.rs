@@ -122,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/latency", get(metrics::latency))
         .merge(ingest)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.tokens.clone(),
+            crate::auth::http_guard,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
@@ -142,6 +146,10 @@ pub fn otlp_router(state: AppState) -> Router {
                 "no such route; OTLP/HTTP serves POST /v1/traces and /v1/logs".into(),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.tokens.clone(),
+            crate::auth::http_guard,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
