@@ -256,6 +256,9 @@ pub struct RawStorage {
     /// Unset: the same as `trace_idle_ms`.
     pub trace_idle_after_root_ms: Option<u64>,
     pub trace_max_age_ms: u64,
+    /// Below this much free space on the data directory's filesystem, ingest is refused
+    /// (503 / `UNAVAILABLE`) until there is room again; 0 turns the check off.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -290,6 +293,7 @@ impl Default for RawStorage {
             trace_idle_ms: 5000,
             trace_idle_after_root_ms: None,
             trace_max_age_ms: 30_000,
+            min_free_bytes: 1 << 30,
         }
     }
 }
@@ -330,6 +334,7 @@ pub struct Config {
     /// `trace_idle`).
     pub trace_idle_after_root: Duration,
     pub trace_max_age: Duration,
+    pub min_free_bytes: u64,
     pub max_spans_per_trace: usize,
     pub max_bytes_per_trace: usize,
     pub sampling: SamplingConfig,
@@ -547,6 +552,7 @@ impl RawConfig {
                 }
                 .min(self.storage.trace_idle_ms),
             ),
+            min_free_bytes: self.storage.min_free_bytes,
             trace_max_age: Duration::from_millis(positive(
                 "storage.trace_max_age_ms",
                 self.storage.trace_max_age_ms,

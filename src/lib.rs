@@ -153,6 +153,20 @@ impl Server {
         let token = CancellationToken::new();
         let mut servers = tokio::task::JoinSet::new();
         {
+            // The disk guard's eye on free space, for as long as the servers run.
+            let token = token.clone();
+            let disk = self.pipeline.disk.clone();
+            servers.spawn(async move {
+                let mut ticks = tokio::time::interval(pipeline::disk::CHECK_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = ticks.tick() => disk.check(),
+                    }
+                }
+            });
+        }
+        {
             let token = token.clone();
             let app = api::router(state.clone());
             let listener = self.http.tap_io(no_delay);

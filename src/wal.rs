@@ -30,6 +30,22 @@ const MAX_RECORD_BYTES: u32 = 1 << 30;
 pub enum WalError {
     #[error("wal io on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// fsync failed: what was written since the last sync cannot be trusted.
+    #[error("wal fsync of {path} failed: {source}")]
+    Fsync { path: PathBuf, source: io::Error },
+}
+
+impl WalError {
+    /// A write (not an fsync) that failed for want of space (ENOSPC, EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            WalError::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || source.kind() == io::ErrorKind::QuotaExceeded
+            }
+            WalError::Fsync { .. } => false,
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -75,6 +91,8 @@ pub struct Wal {
     segment_start: u64,
     writer: BufWriter<File>,
     position: u64,
+    /// The position the last fsync made durable.
+    synced_position: u64,
     unsynced: bool,
     files: Arc<WalFiles>,
 }
@@ -137,6 +155,7 @@ impl Wal {
             segment_start: next_position,
             writer,
             position: next_position,
+            synced_position: next_position,
             unsynced: false,
             files,
         })
@@ -172,16 +191,56 @@ impl Wal {
         if self.unsynced {
             let path = &self.segment_path;
             self.writer.flush().map_err(io_error(path))?;
-            self.writer.get_ref().sync_data().map_err(io_error(path))?;
+            self.writer
+                .get_ref()
+                .sync_data()
+                .map_err(|source| WalError::Fsync {
+                    path: path.clone(),
+                    source,
+                })?;
             self.unsynced = false;
+            self.synced_position = self.position;
         }
         if self.position - self.segment_start >= self.segment_bytes {
-            let (segment_path, writer) = create_segment(&self.dir, self.position)?;
-            self.files.add(self.position, &segment_path)?;
-            self.segment_path = segment_path;
-            self.writer = writer;
-            self.segment_start = self.position;
+            // A new segment that cannot be made now (no space) is tried again after the
+            // next sync; this one takes the records meanwhile.
+            match create_segment(&self.dir, self.position) {
+                Ok((segment_path, writer)) => {
+                    self.files.add(self.position, &segment_path)?;
+                    self.segment_path = segment_path;
+                    self.writer = writer;
+                    self.segment_start = self.position;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "new write-ahead log segment not made; the current one goes on")
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// After an append or a flush failed (nothing of it was fsynced): cut the segment back
+    /// to the last fsynced record and go on from there, as if the failed records had never
+    /// been appended.
+    pub fn discard_unsynced(&mut self) -> Result<(), WalError> {
+        let path = self.segment_path.clone();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        // The old writer's buffer is dropped unwritten (`into_parts` does not flush).
+        let old = std::mem::replace(
+            &mut self.writer,
+            BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+        );
+        let _ = old.into_parts();
+        let keep = self.synced_position - self.segment_start;
+        self.writer
+            .get_mut()
+            .set_len(keep)
+            .map_err(io_error(&path))?;
+        self.position = self.synced_position;
+        self.unsynced = false;
         Ok(())
     }
 
@@ -313,6 +372,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(segments)
 }
 
+/// The appending side's buffer: records go to the kernel when it fills or at each sync.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
 fn create_segment(dir: &Path, start: u64) -> Result<(PathBuf, BufWriter<File>), WalError> {
     let path = dir.join(format!("{start:020}{SEGMENT_SUFFIX}"));
     let file = OpenOptions::new()
@@ -324,7 +386,7 @@ fn create_segment(dir: &Path, start: u64) -> Result<(PathBuf, BufWriter<File>), 
     File::open(dir)
         .and_then(|dir_handle| dir_handle.sync_all())
         .map_err(io_error(dir))?;
-    Ok((path, BufWriter::with_capacity(1 << 20, file)))
+    Ok((path, BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)))
 }
 
 /// Read one segment; hand over records ending after `committed`; return the position just

@@ -209,7 +209,14 @@ async fn limit_ingest_concurrency(
 
 async fn ready(State(state): State<AppState>) -> Response {
     if state.pipeline.is_ready() {
-        (StatusCode::OK, "ready").into_response()
+        // Queries go on while ingest waits for disk space: still ready, and saying why
+        // ingest is paused.
+        match state.pipeline.disk.refusal() {
+            None => (StatusCode::OK, "ready").into_response(),
+            Some(reason) => {
+                (StatusCode::OK, format!("ready; ingest paused: {reason}")).into_response()
+            }
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,9 +276,10 @@ impl From<SubmitError> for ApiError {
         match error {
             SubmitError::Overloaded => ApiError::TooManyRequests(error.to_string()),
             SubmitError::BatchTooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
-            SubmitError::NotReady | SubmitError::ShuttingDown | SubmitError::WalFailed => {
-                ApiError::Unavailable(error.to_string())
-            }
+            SubmitError::NotReady
+            | SubmitError::ShuttingDown
+            | SubmitError::WalFailed
+            | SubmitError::DiskFull(_) => ApiError::Unavailable(error.to_string()),
         }
     }
 }

@@ -207,9 +207,10 @@ fn submit_failure(encoding: Encoding, error: SubmitError) -> Response {
         SubmitError::BatchTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, GRPC_RESOURCE_EXHAUSTED)
         }
-        SubmitError::NotReady | SubmitError::ShuttingDown | SubmitError::WalFailed => {
-            (StatusCode::SERVICE_UNAVAILABLE, GRPC_UNAVAILABLE)
-        }
+        SubmitError::NotReady
+        | SubmitError::ShuttingDown
+        | SubmitError::WalFailed
+        | SubmitError::DiskFull(_) => (StatusCode::SERVICE_UNAVAILABLE, GRPC_UNAVAILABLE),
     };
     failure(encoding, status, code, error.to_string())
 }

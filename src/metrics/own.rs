@@ -122,6 +122,34 @@ impl Collector for OwnMetrics {
                 "Records accepted and not yet committed to tantivy",
                 pipeline.queue_depth() as i64,
             )?;
+            let disk = &pipeline.disk;
+            let free = disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            if free != u64::MAX {
+                gauge(
+                    &mut encoder,
+                    "tracelink_storage_free_bytes",
+                    "Free space on the data directory's filesystem, as last read",
+                    free.min(i64::MAX as u64) as i64,
+                )?;
+            }
+            gauge(
+                &mut encoder,
+                "tracelink_ingest_paused_disk",
+                "1 while ingest is refused for want of disk space",
+                i64::from(disk.refusal().is_some()),
+            )?;
+            counter(
+                &mut encoder,
+                "tracelink_ingest_refused_disk",
+                "Ingest requests refused for want of disk space",
+                load(&disk.refused_requests),
+            )?;
+            counter(
+                &mut encoder,
+                "tracelink_disk_full_episodes",
+                "Times ingest stopped for want of disk space",
+                load(&disk.episodes),
+            )?;
         }
         if let Some(storage) = self.storage.upgrade() {
             gauge(

@@ -18,6 +18,7 @@
 //! `UNAVAILABLE`) and a counter goes up. The tailer instead blocks on a bounded channel:
 //! its file is its buffer.
 
+pub mod disk;
 pub mod head;
 mod indexer;
 pub mod sample;
@@ -52,6 +53,9 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("write-ahead log write failed")]
     WalFailed,
+    /// The disk guard refuses ingest (503 / `UNAVAILABLE`, retried later).
+    #[error("ingest is paused: {0}")]
+    DiskFull(String),
 }
 
 /// Counters of the pipeline, read by `/metrics`.
@@ -241,9 +245,15 @@ struct WalJob {
 #[derive(Clone)]
 pub struct TailSender {
     sender: SyncSender<IndexJob>,
+    disk: Arc<disk::DiskGuard>,
 }
 
 impl TailSender {
+    /// Whether the tailer should leave its files unread for now (no space to index them).
+    pub fn paused(&self) -> bool {
+        self.disk.refusal().is_some()
+    }
+
     /// `false` once the pipeline has shut down.
     pub fn send(&self, batch: TailedBatch) -> bool {
         self.sender.send(IndexJob::Tailed(batch)).is_ok()
@@ -269,6 +279,8 @@ pub struct Pipeline {
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<PipelineStats>,
     pub metrics: Arc<Metrics>,
+    /// Free space on the data directory, and whether ingest waits for it.
+    pub disk: Arc<disk::DiskGuard>,
     pub sampler: Arc<sample::Sampler>,
 }
 
@@ -394,6 +406,10 @@ impl Pipeline {
             stats,
             metrics,
             sampler,
+            disk: Arc::new(disk::DiskGuard::new(
+                config.data_dir.clone(),
+                config.min_free_bytes,
+            )),
         }))
     }
 
@@ -478,6 +494,7 @@ impl Pipeline {
             self.queue.clone(),
             self.stats.clone(),
             self.metrics.clone(),
+            self.disk.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("tracelink-wal".into())
@@ -503,9 +520,10 @@ impl Pipeline {
 
     /// A sender for the tailer, `None` once shut down.
     pub fn tail_sender(&self) -> Option<TailSender> {
-        lock(&self.index_sender)
-            .clone()
-            .map(|sender| TailSender { sender })
+        lock(&self.index_sender).clone().map(|sender| TailSender {
+            sender,
+            disk: self.disk.clone(),
+        })
     }
 
     pub async fn submit_spans(&self, spans: Vec<Span>) -> Result<(), SubmitError> {
@@ -522,6 +540,10 @@ impl Pipeline {
     pub fn check_room(&self) -> Result<(), SubmitError> {
         if !self.is_ready() {
             return Err(SubmitError::NotReady);
+        }
+        if let Some(reason) = self.disk.refusal() {
+            self.disk.refused_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::DiskFull(reason));
         }
         if self.queue.depth() >= self.config.ingest_queue_spans {
             self.stats

@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::disk::DiskGuard;
 use super::{Batch, IndexJob, IngestQueue, PipelineStats, SubmitError, WalJob};
 use crate::metrics::Metrics;
 use crate::store::Storage;
@@ -21,6 +22,7 @@ pub(super) struct WalWriter {
     queue: Arc<IngestQueue>,
     stats: Arc<PipelineStats>,
     metrics: Arc<Metrics>,
+    disk: Arc<DiskGuard>,
 }
 
 impl WalWriter {
@@ -31,6 +33,7 @@ impl WalWriter {
         queue: Arc<IngestQueue>,
         stats: Arc<PipelineStats>,
         metrics: Arc<Metrics>,
+        disk: Arc<DiskGuard>,
     ) -> WalWriter {
         WalWriter {
             wal,
@@ -39,6 +42,7 @@ impl WalWriter {
             queue,
             stats,
             metrics,
+            disk,
         }
     }
 
@@ -83,7 +87,7 @@ impl WalWriter {
             }
             let before = self.wal.position();
             let mut positions = Vec::with_capacity(group.len());
-            let mut failed = false;
+            let mut failed = None;
             for job in &group {
                 let start = self.wal.position();
                 job.batch.encode(&mut buffer, &mut offsets);
@@ -95,26 +99,47 @@ impl WalWriter {
                 match self.wal.append(job.batch.kind(), &buffer) {
                     Ok(end) => positions.push((start, end, payload_at)),
                     Err(error) => {
-                        tracing::error!(%error, "write-ahead log append failed");
-                        failed = true;
+                        failed = Some(error);
                         break;
                     }
                 }
             }
-            if !failed {
+            if failed.is_none() {
                 let fsync_started = Instant::now();
                 let synced = self.wal.sync();
                 self.metrics
                     .fsync_seconds
                     .observe(fsync_started.elapsed().as_secs_f64());
-                if let Err(error) = synced {
-                    tracing::error!(%error, "write-ahead log fsync failed");
-                    failed = true;
-                }
+                failed = synced.err();
             }
-            if failed {
-                // Nothing of this group is acked; the WAL is left for replay to judge and
-                // ingest stops until a restart.
+            if let Some(error) = failed {
+                // A write that found no space: nothing of the group reached an fsync, so
+                // the log is cut back to the last one, the group refused (the clients
+                // retry), and the disk guard holds ingest until there is room.
+                if error.is_disk_full() {
+                    match self.wal.discard_unsynced() {
+                        Ok(()) => {
+                            tracing::warn!(%error, "write-ahead log is out of space; the group is refused");
+                            self.disk.write_failed(&error.to_string());
+                            let reason = self.disk.refusal().unwrap_or_default();
+                            for job in group {
+                                self.queue.release(job.batch.len());
+                                self.disk
+                                    .refused_requests
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let _ = job.ack.send(Err(SubmitError::DiskFull(reason.clone())));
+                            }
+                            continue;
+                        }
+                        Err(cut) => {
+                            tracing::error!(%cut, "write-ahead log could not be cut back after a failed write");
+                        }
+                    }
+                }
+                // Anything else (an fsync failure above all): what was written cannot be
+                // trusted, nothing of this group is acked, and ingest stops until a
+                // restart replays the log.
+                tracing::error!(%error, "write-ahead log failed; ingest stops until a restart");
                 for job in group {
                     self.queue.release(job.batch.len());
                     let _ = job.ack.send(Err(SubmitError::WalFailed));

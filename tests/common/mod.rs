@@ -35,6 +35,9 @@ impl TestServer {
         // Traces leave the head (and meet sampling, which sets their exemplars) soon
         // after their last span, so tests need not wait the default 5 s.
         raw.storage.trace_idle_ms = 300;
+        // The tests need little room; a machine with under the default 1 GiB free must
+        // still run them.
+        raw.storage.min_free_bytes = 64 << 20;
         tweak(&mut raw);
         let config = raw.validate().unwrap();
         let server = tracelink::Server::bind(config).await.unwrap();
@@ -113,6 +116,7 @@ pub fn spawn_binary_with_args(
         .env("TRACELINK_SERVER_OTLP_HTTP_ADDR", "127.0.0.1:0")
         .env("TRACELINK_SERVER_OTLP_GRPC_ADDR", "127.0.0.1:0")
         .env("TRACELINK_STORAGE_DATA_DIR", data_dir)
+        .env("TRACELINK_STORAGE_MIN_FREE_BYTES", "67108864")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -178,6 +178,11 @@ impl Tailer {
     fn run(mut self, woken: Receiver<()>, wake: Sender<()>) {
         let _watcher = self.watch(wake);
         while !self.stop.load(Ordering::SeqCst) {
+            // Out of disk space: the files keep the lines until there is room again.
+            if self.sender.paused() {
+                let _ = woken.recv_timeout(self.config.poll_interval);
+                continue;
+            }
             if let Err(stopped) = self.scan() {
                 tracing::info!(reason = stopped, "tailer stops");
                 return;
