@@ -39,6 +39,50 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     pub sampling: RawSampling,
     pub auth: RawAuth,
+    pub redaction: RawRedaction,
+}
+
+/// `[redaction]`: what is redacted before anything is written (see [`crate::redact`]).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedaction {
+    /// The built-in rules (credentials in headers, SQL literals, URL userinfo and
+    /// signatures, keys, tokens, card numbers).
+    pub builtin: bool,
+    /// Keys never redacted.
+    pub allow_keys: Vec<String>,
+    /// The key of `action = "hash"` (a token entry: text, `file:` or `env:`); without it,
+    /// hashes are keyed by a random key made at each start.
+    pub hash_key: TokenEntries,
+    pub rules: Vec<RawRedactionRule>,
+}
+
+impl Default for RawRedaction {
+    fn default() -> Self {
+        RawRedaction {
+            builtin: true,
+            allow_keys: Vec::new(),
+            hash_key: TokenEntries::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// `[[redaction.rules]]`
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedactionRule {
+    pub name: String,
+    /// A regex on attribute keys: the whole value of a matching key goes.
+    pub key: Option<String>,
+    /// A regex on values: each match goes.
+    pub value: Option<String>,
+    /// `replace` (the default) or `hash`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// What a match becomes with `replace` (default `REDACTED`).
+    #[serde(default)]
+    pub replacement: Option<String>,
 }
 
 /// `[auth]`: tokens for sending and for querying. Each entry is a token, `file:<path>`
@@ -339,6 +383,7 @@ pub struct Config {
     pub max_bytes_per_trace: usize,
     pub sampling: SamplingConfig,
     pub tokens: crate::auth::Tokens,
+    pub redactor: std::sync::Arc<crate::redact::Redactor>,
 }
 
 impl Config {
@@ -410,9 +455,78 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 7] = [
-    "server", "storage", "limits", "logs", "metrics", "sampling", "auth",
+const SECTIONS: [&str; 8] = [
+    "server",
+    "storage",
+    "limits",
+    "logs",
+    "metrics",
+    "sampling",
+    "auth",
+    "redaction",
 ];
+
+fn validate_redaction(raw: &RawRedaction) -> Result<crate::redact::Redactor, ConfigError> {
+    use crate::redact::{Action, RedactionConfig, RuleConfig};
+    let regex =
+        |key: String, pattern: &Option<String>| -> Result<Option<regex::Regex>, ConfigError> {
+            pattern
+                .as_deref()
+                .map(|pattern| {
+                    regex::Regex::new(pattern).map_err(|error| ConfigError::Invalid {
+                        key: key.clone(),
+                        problem: error.to_string(),
+                    })
+                })
+                .transpose()
+        };
+    let mut rules = Vec::new();
+    for (index, rule) in raw.rules.iter().enumerate() {
+        let at = |field: &str| format!("redaction.rules[{index}].{field}");
+        let key = regex(at("key"), &rule.key)?;
+        let value = regex(at("value"), &rule.value)?;
+        if key.is_none() && value.is_none() {
+            return Err(ConfigError::Invalid {
+                key: at("key"),
+                problem: "a rule needs a key or a value pattern".into(),
+            });
+        }
+        let action = match rule.action.as_deref() {
+            None | Some("replace") => Action::Replace(
+                rule.replacement
+                    .clone()
+                    .unwrap_or_else(|| crate::redact::REDACTED.to_owned()),
+            ),
+            Some("hash") => Action::Hash,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: at("action"),
+                    problem: format!("{other:?} is neither \"replace\" nor \"hash\""),
+                })
+            }
+        };
+        rules.push(RuleConfig {
+            name: rule.name.clone(),
+            key,
+            value,
+            action,
+        });
+    }
+    let hash_key = match raw.hash_key.resolve("redaction.hash_key")?.first() {
+        Some(text) => *blake3::hash(text.as_bytes()).as_bytes(),
+        None => {
+            // Unknowable outside this process: hashes still join within one run.
+            let seed = format!("{:?}{:?}", std::time::SystemTime::now(), std::process::id());
+            *blake3::hash(seed.as_bytes()).as_bytes()
+        }
+    };
+    Ok(crate::redact::Redactor::new(RedactionConfig {
+        builtin: raw.builtin,
+        rules,
+        allow_keys: raw.allow_keys.clone(),
+        hash_key,
+    }))
+}
 
 impl RawConfig {
     /// Parse a TOML document, apply the environment's `TRACELINK_*` overrides, and check
@@ -566,6 +680,7 @@ impl RawConfig {
                 self.limits.max_bytes_per_trace,
             )? as usize,
             sampling: validate_sampling(&self.sampling)?,
+            redactor: std::sync::Arc::new(validate_redaction(&self.redaction)?),
             tokens: crate::auth::Tokens::new(
                 self.auth.ingest_tokens.resolve("auth.ingest_tokens")?,
                 self.auth.query_tokens.resolve("auth.query_tokens")?,

@@ -83,13 +83,15 @@ impl tonic::server::UnaryService<Bytes> for ExportTraces {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let state = self.0.clone();
+        let redactor = state.config.redactor.clone();
         Box::pin(async move {
-            let (rejected, error_message) = export(&state, request.into_inner(), |body| {
-                let decoded = ingest::otlp_wire::decode_request(&body).map_err(|error| {
-                    Status::invalid_argument(format!(
-                        "not a valid OTLP ExportTraceServiceRequest protobuf: {error}"
-                    ))
-                })?;
+            let (rejected, error_message) = export(&state, request.into_inner(), move |body| {
+                let decoded =
+                    ingest::otlp_wire::decode_request(&body, &redactor).map_err(|error| {
+                        Status::invalid_argument(format!(
+                            "not a valid OTLP ExportTraceServiceRequest protobuf: {error}"
+                        ))
+                    })?;
                 let message = decoded.rejection_message();
                 Ok((Batch::Spans(decoded.spans), decoded.rejected.len(), message))
             })
@@ -149,7 +151,7 @@ type Decoded = (Batch, usize, String);
 async fn export<R: Send + 'static>(
     state: &AppState,
     request: R,
-    decode: fn(R) -> Result<Decoded, Status>,
+    decode: impl FnOnce(R) -> Result<Decoded, Status> + Send + 'static,
 ) -> Result<(usize, String), Status> {
     let _slot = state
         .ingest_slots

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod redact;
 pub mod store;
 pub mod wal;
 

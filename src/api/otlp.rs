@@ -102,8 +102,9 @@ async fn post_otlp(
         return submit_failure(encoding, error);
     }
     let limit = state.config.max_request_bytes;
+    let redactor = state.config.redactor.clone();
     let decoded = decode_ingest_body(&headers, body, limit, move |body| {
-        decode(signal, encoding, body)
+        decode(signal, encoding, body, &redactor)
     })
     .await;
     let decoded = match decoded {
@@ -121,12 +122,17 @@ async fn post_otlp(
     )
 }
 
-fn decode(signal: Signal, encoding: Encoding, body: &[u8]) -> Result<Decoded, IngestError> {
+fn decode(
+    signal: Signal,
+    encoding: Encoding,
+    body: &[u8],
+    redactor: &crate::redact::Redactor,
+) -> Result<Decoded, IngestError> {
     match signal {
         Signal::Traces => {
             let spans = match encoding {
-                Encoding::Protobuf => ingest::otlp::decode_protobuf(body)?,
-                Encoding::Json => ingest::otlp::decode_json(body)?,
+                Encoding::Protobuf => ingest::otlp::decode_protobuf(body, redactor)?,
+                Encoding::Json => ingest::otlp::decode_json(body, redactor)?,
             };
             Ok(Decoded {
                 rejected: spans.rejected.len(),

@@ -23,7 +23,11 @@ pub async fn post_spans(
     }
     state.pipeline.check_room()?;
     let limit = state.config.max_request_bytes;
-    let decoded = decode_ingest_body(&headers, body, limit, ingest::zipkin::decode_json).await?;
+    let redactor = state.config.redactor.clone();
+    let decoded = decode_ingest_body(&headers, body, limit, move |body| {
+        ingest::zipkin::decode_json(body, &redactor)
+    })
+    .await?;
     state.pipeline.submit_spans(decoded.spans).await?;
     Ok(StatusCode::ACCEPTED)
 }

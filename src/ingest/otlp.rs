@@ -15,20 +15,24 @@ use serde::{Deserialize, Deserializer};
 
 use super::{DecodedSpans, IngestError};
 use crate::model::{Envelope, RejectedSpan, Span};
+use crate::redact::Redactor;
 
 /// An OTLP/HTTP protobuf body, read off the wire (see [`super::otlp_wire`]).
-pub fn decode_protobuf(body: &[u8]) -> Result<DecodedSpans, IngestError> {
-    super::otlp_wire::decode_request(body).map_err(|error| {
+pub fn decode_protobuf(body: &[u8], redactor: &Redactor) -> Result<DecodedSpans, IngestError> {
+    super::otlp_wire::decode_request(body, redactor).map_err(|error| {
         IngestError::BadRequest(format!(
             "body is not a valid OTLP ExportTraceServiceRequest protobuf: {error}"
         ))
     })
 }
 
-/// Validate every span of a decoded request.
-pub fn from_request(request: ExportTraceServiceRequest) -> DecodedSpans {
+/// Validate and redact every span of a decoded request.
+pub fn from_request(request: ExportTraceServiceRequest, redactor: &Redactor) -> DecodedSpans {
     let mut decoded = DecodedSpans::default();
-    for resource_spans in request.resource_spans {
+    for mut resource_spans in request.resource_spans {
+        if let Some(resource) = resource_spans.resource.as_mut() {
+            redactor.resource(resource);
+        }
         let resource = resource_spans.resource.as_ref();
         for scope_spans in resource_spans.scope_spans {
             let envelope = std::sync::Arc::new(Envelope::new(
@@ -38,7 +42,8 @@ pub fn from_request(request: ExportTraceServiceRequest) -> DecodedSpans {
                 &scope_spans.schema_url,
             ));
             decoded.spans.reserve(scope_spans.spans.len());
-            for span in scope_spans.spans {
+            for mut span in scope_spans.spans {
+                redactor.span(&mut span);
                 match Span::from_otlp_in(&envelope, span) {
                     Ok(span) => decoded.spans.push(span),
                     Err(rejected) => decoded.rejected.push(rejected),
@@ -49,16 +54,20 @@ pub fn from_request(request: ExportTraceServiceRequest) -> DecodedSpans {
     decoded
 }
 
-pub fn decode_json(body: &[u8]) -> Result<DecodedSpans, IngestError> {
+pub fn decode_json(body: &[u8], redactor: &Redactor) -> Result<DecodedSpans, IngestError> {
     let request: JsonRequest = serde_json::from_slice(body).map_err(|error| {
         IngestError::BadRequest(format!("body is not valid OTLP/JSON traces: {error}"))
     })?;
     let mut decoded = DecodedSpans::default();
-    for resource_spans in request.resource_spans {
+    for mut resource_spans in request.resource_spans {
+        if let Some(resource) = resource_spans.resource.as_mut() {
+            redactor.resource(resource);
+        }
         let resource = resource_spans.resource.as_ref();
         for scope_spans in resource_spans.scope_spans {
             for json_span in scope_spans.spans {
-                let result = json_span.into_otlp().and_then(|span| {
+                let result = json_span.into_otlp().and_then(|mut span| {
+                    redactor.span(&mut span);
                     Span::from_otlp(
                         resource,
                         &resource_spans.schema_url,
@@ -311,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_spec_example_decodes() {
-        let decoded = decode_json(SPEC_EXAMPLE.as_bytes()).unwrap();
+        let decoded = decode_json(SPEC_EXAMPLE.as_bytes(), &Redactor::off()).unwrap();
         assert!(decoded.rejected.is_empty());
         let span = &decoded.spans[0];
         assert_eq!(span.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");
@@ -338,7 +347,7 @@ mod tests {
             {"traceId":"00000000000000000000000000000000","spanId":"eee19b7ec3c1b174","name":"zero"},
             {"traceId":"zz8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"nothex"},
             {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b","name":"short"}]}]}]}"#;
-        let decoded = decode_json(body.as_bytes()).unwrap();
+        let decoded = decode_json(body.as_bytes(), &Redactor::off()).unwrap();
         assert_eq!(decoded.spans.len(), 1);
         assert_eq!(decoded.rejected.len(), 3);
         assert!(decoded.rejection_message().contains("\"zero\""));
@@ -346,9 +355,9 @@ mod tests {
 
     #[test]
     fn broken_json_and_protobuf_say_what_is_wrong() {
-        let error = decode_json(b"{\"resourceSpans\": [").unwrap_err();
+        let error = decode_json(b"{\"resourceSpans\": [", &Redactor::off()).unwrap_err();
         assert!(error.to_string().contains("OTLP/JSON"), "{error}");
-        let error = decode_protobuf(&[0xff, 0xff, 0xff]).unwrap_err();
+        let error = decode_protobuf(&[0xff, 0xff, 0xff], &Redactor::off()).unwrap_err();
         assert!(error.to_string().contains("protobuf"), "{error}");
     }
 }

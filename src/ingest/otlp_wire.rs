@@ -23,6 +23,7 @@ use prost::Message;
 
 use super::DecodedSpans;
 use crate::model::{tracestate_randomness, Envelope, Span, SpanIds};
+use crate::redact::Redactor;
 
 /// Why a body is not a valid protobuf of the expected message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,18 +42,28 @@ const DEPTH: u32 = 99;
 /// Decode an OTLP `ExportTraceServiceRequest`: every valid span, and the ones refused one
 /// by one (bad ids). A body that is not a valid protobuf of that message is an error as a
 /// whole, as prost would make it.
-pub fn decode_request(body: &[u8]) -> Wire<DecodedSpans> {
+pub fn decode_request(body: &[u8], redactor: &Redactor) -> Wire<DecodedSpans> {
     let mut decoded = DecodedSpans::default();
     let mut fields = Fields::new(body, DEPTH);
     while let Some((tag, value)) = fields.next()? {
         if tag == 1 {
-            resource_spans(value.message()?, DEPTH.saturating_sub(1), &mut decoded)?;
+            resource_spans(
+                value.message()?,
+                DEPTH.saturating_sub(1),
+                redactor,
+                &mut decoded,
+            )?;
         }
     }
     Ok(decoded)
 }
 
-fn resource_spans(bytes: &[u8], depth: u32, decoded: &mut DecodedSpans) -> Wire<()> {
+fn resource_spans(
+    bytes: &[u8],
+    depth: u32,
+    redactor: &Redactor,
+    decoded: &mut DecodedSpans,
+) -> Wire<()> {
     let mut resource: Option<Resource> = None;
     let mut schema_url = "";
     let mut scopes = Vec::new();
@@ -65,12 +76,16 @@ fn resource_spans(bytes: &[u8], depth: u32, decoded: &mut DecodedSpans) -> Wire<
             _ => {}
         }
     }
+    if let Some(resource) = resource.as_mut() {
+        redactor.resource(resource);
+    }
     for scope in scopes {
         scope_spans(
             scope,
             depth.saturating_sub(1),
             resource.as_ref(),
             schema_url,
+            redactor,
             decoded,
         )?;
     }
@@ -82,6 +97,7 @@ fn scope_spans(
     depth: u32,
     resource: Option<&Resource>,
     resource_schema_url: &str,
+    redactor: &Redactor,
     decoded: &mut DecodedSpans,
 ) -> Wire<()> {
     let mut scope: Option<InstrumentationScope> = None;
@@ -105,7 +121,7 @@ fn scope_spans(
     decoded.spans.reserve(spans.len());
     for encoded in spans {
         let fields = SpanFields::read(encoded, depth.saturating_sub(1))?;
-        match fields.into_span(&envelope, encoded)? {
+        match fields.into_span(&envelope, encoded, redactor)? {
             Ok(span) => decoded.spans.push(span),
             Err(rejected) => decoded.rejected.push(rejected),
         }
@@ -169,21 +185,24 @@ impl<'a> SpanFields<'a> {
         Ok(span)
     }
 
-    /// The pipeline's span, or its refusal (bad ids). A span with an all-zero parent id
-    /// is decoded and encoded again without it, so that no stored span carries one.
+    /// The pipeline's span, or its refusal (bad ids). A span with an all-zero parent id,
+    /// or one the redactor's screen flags, is decoded and encoded again (without the id,
+    /// with its secrets redacted), so that no stored span carries either.
     fn into_span(
         self,
         envelope: &Arc<Envelope>,
         encoded: &[u8],
+        redactor: &Redactor,
     ) -> Wire<Result<Span, crate::model::RejectedSpan>> {
         let ids = match SpanIds::check(self.name, self.trace_id, self.span_id, self.parent_span_id)
         {
             Ok(ids) => ids,
             Err(rejected) => return Ok(Err(rejected)),
         };
-        if ids.parent_all_zero {
-            let span = OtlpSpan::decode(encoded)
+        if ids.parent_all_zero || redactor.screen(encoded) {
+            let mut span = OtlpSpan::decode(encoded)
                 .map_err(|decode_error| WireError(decode_error.to_string()))?;
+            redactor.span(&mut span);
             return Ok(Span::from_otlp_in(envelope, span));
         }
         Ok(Ok(Span {

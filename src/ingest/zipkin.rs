@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{DecodedSpans, IngestError};
 use crate::model::{RejectedSpan, Span, SpanId, TraceId};
+use crate::redact::Redactor;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -60,7 +61,7 @@ struct Annotation {
 
 /// Decode a Zipkin v2 JSON list. A span with a bad id makes the whole request a 400, as
 /// Zipkin's own server answers; nothing of it is stored.
-pub fn decode_json(body: &[u8]) -> Result<DecodedSpans, IngestError> {
+pub fn decode_json(body: &[u8], redactor: &Redactor) -> Result<DecodedSpans, IngestError> {
     let spans: Vec<ZipkinSpan> = serde_json::from_slice(body).map_err(|error| {
         IngestError::BadRequest(format!(
             "body is not a Zipkin v2 JSON list of spans: {error}"
@@ -68,7 +69,7 @@ pub fn decode_json(body: &[u8]) -> Result<DecodedSpans, IngestError> {
     })?;
     let mut decoded = DecodedSpans::default();
     for zipkin in spans {
-        match convert(zipkin) {
+        match convert(zipkin, redactor) {
             Ok(span) => decoded.spans.push(span),
             Err(rejected) => return Err(IngestError::BadRequest(rejected.reason)),
         }
@@ -88,7 +89,7 @@ fn string_attribute(key: &str, value: impl Into<String>) -> KeyValue {
     attribute(key, any_value::Value::StringValue(value.into()))
 }
 
-fn convert(zipkin: ZipkinSpan) -> Result<Span, RejectedSpan> {
+fn convert(zipkin: ZipkinSpan, redactor: &Redactor) -> Result<Span, RejectedSpan> {
     let name = zipkin.name.unwrap_or_default();
     let reject = |field: &str, value: &str, error: crate::model::IdError| RejectedSpan {
         reason: format!("zipkin span {name:?}: {field} {value:?}: {error}"),
@@ -197,6 +198,9 @@ fn convert(zipkin: ZipkinSpan) -> Result<Span, RejectedSpan> {
         status,
         ..Default::default()
     };
+    let (mut resource, mut otlp) = (resource, otlp);
+    redactor.resource(&mut resource);
+    redactor.span(&mut otlp);
     Span::from_otlp(Some(&resource), "", None, "", otlp)
 }
 
@@ -212,7 +216,7 @@ mod tests {
             "remoteEndpoint":{"serviceName":"backend","port":8080},
             "tags":{"http.method":"GET","error":"boom"},
             "annotations":[{"timestamp":1544712660000100,"value":"ws"}]}]"#;
-        let decoded = decode_json(body.as_bytes()).unwrap();
+        let decoded = decode_json(body.as_bytes(), &Redactor::off()).unwrap();
         let span = &decoded.spans[0];
         assert_eq!(span.trace_id.to_hex(), "0000000000000000a3ce929d0e0e4736");
         assert_eq!(&*span.service, "frontend");
@@ -231,9 +235,9 @@ mod tests {
     fn bad_zipkin_ids_fail_the_request() {
         let body = r#"[{"traceId":"xyz","id":"00f067aa0ba902b7"}]"#;
         assert!(matches!(
-            decode_json(body.as_bytes()),
+            decode_json(body.as_bytes(), &Redactor::off()),
             Err(IngestError::BadRequest(message)) if message.contains("traceId")
         ));
-        assert!(decode_json(b"{\"not\":\"a list\"}").is_err());
+        assert!(decode_json(b"{\"not\":\"a list\"}", &Redactor::off()).is_err());
     }
 }

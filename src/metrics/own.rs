@@ -150,6 +150,16 @@ impl Collector for OwnMetrics {
                 "Times ingest stopped for want of disk space",
                 load(&disk.episodes),
             )?;
+            let mut metric = encoder.encode_descriptor(
+                "tracelink_redactions",
+                "Values redacted before they were written, by rule",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, count) in pipeline.redactor().counts() {
+                let labels = [("rule", rule.as_str())];
+                ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+            }
         }
         if let Some(storage) = self.storage.upgrade() {
             gauge(

@@ -18,7 +18,7 @@ pub struct LogSource {
     pub offset: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
     #[serde(default)]
     pub id: String,

@@ -246,6 +246,7 @@ struct WalJob {
 pub struct TailSender {
     sender: SyncSender<IndexJob>,
     disk: Arc<disk::DiskGuard>,
+    redactor: Arc<crate::redact::Redactor>,
 }
 
 impl TailSender {
@@ -255,7 +256,10 @@ impl TailSender {
     }
 
     /// `false` once the pipeline has shut down.
-    pub fn send(&self, batch: TailedBatch) -> bool {
+    pub fn send(&self, mut batch: TailedBatch) -> bool {
+        for record in &mut batch.records {
+            self.redactor.log(record);
+        }
         self.sender.send(IndexJob::Tailed(batch)).is_ok()
     }
 }
@@ -509,6 +513,11 @@ impl Pipeline {
         Ok(replayed)
     }
 
+    /// What redacts records before the WAL.
+    pub fn redactor(&self) -> &crate::redact::Redactor {
+        &self.config.redactor
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -523,6 +532,7 @@ impl Pipeline {
         lock(&self.index_sender).clone().map(|sender| TailSender {
             sender,
             disk: self.disk.clone(),
+            redactor: self.config.redactor.clone(),
         })
     }
 
@@ -556,9 +566,15 @@ impl Pipeline {
 
     /// Make a batch durable. Returns once it is fsynced in the WAL (and, for spans,
     /// readable by trace id).
-    pub async fn submit(&self, batch: Batch) -> Result<(), SubmitError> {
+    pub async fn submit(&self, mut batch: Batch) -> Result<(), SubmitError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        // Log records are redacted here, before the WAL (spans were, as they were decoded).
+        if let Batch::Logs(records) = &mut batch {
+            for record in records {
+                self.config.redactor.log(record);
+            }
         }
         if !self.is_ready() {
             return Err(SubmitError::NotReady);

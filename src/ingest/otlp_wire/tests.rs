@@ -1,4 +1,5 @@
 use super::*;
+use crate::redact::Redactor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, KeyValue, KeyValueList,
@@ -118,8 +119,8 @@ fn request() -> ExportTraceServiceRequest {
 fn the_wire_reader_gives_what_prost_decoding_gives() {
     let request = request();
     let body = request.encode_to_vec();
-    let by_wire = decode_request(&body).unwrap();
-    let by_prost = crate::ingest::otlp::from_request(request);
+    let by_wire = decode_request(&body, &Redactor::off()).unwrap();
+    let by_prost = crate::ingest::otlp::from_request(request, &Redactor::off());
     assert_eq!(by_wire.spans.len(), 5);
     assert_eq!(by_wire.spans, by_prost.spans);
     let reasons = |decoded: &DecodedSpans| {
@@ -154,7 +155,7 @@ fn a_span_keeps_its_own_encoding_and_unknown_fields() {
     let mut body = vec![0x0a];
     prost::encoding::encode_varint(resource.len() as u64, &mut body);
     body.extend_from_slice(&resource);
-    let decoded = decode_request(&body).unwrap();
+    let decoded = decode_request(&body, &Redactor::off()).unwrap();
     let span = &decoded.spans[0];
     assert!(span
         .payload
@@ -168,7 +169,10 @@ fn a_span_keeps_its_own_encoding_and_unknown_fields() {
 fn broken_bodies_are_errors_as_a_whole() {
     let body = request().encode_to_vec();
     for cut in [1, 7, body.len() / 2, body.len() - 1] {
-        assert!(decode_request(&body[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            decode_request(&body[..cut], &Redactor::off()).is_err(),
+            "cut at {cut}"
+        );
     }
     // A span name that is not UTF-8.
     let mut span = sample_span(1, 1, vec![]).encode_to_vec();
@@ -347,10 +351,10 @@ proptest! {
         };
         let bytes = apply(request.encode_to_vec(), &edits);
         let by_prost = ExportTraceServiceRequest::decode(&bytes[..]);
-        let by_wire = decode_request(&bytes);
+        let by_wire = decode_request(&bytes, &Redactor::off());
         prop_assert_eq!(by_wire.is_ok(), by_prost.is_ok(), "wire: {:?}", by_wire.as_ref().err());
         if let (Ok(by_wire), Ok(request)) = (by_wire, by_prost) {
-            let by_prost = crate::ingest::otlp::from_request(request);
+            let by_prost = crate::ingest::otlp::from_request(request, &Redactor::off());
             prop_assert_eq!(by_wire.rejected.len(), by_prost.rejected.len());
             prop_assert_eq!(by_wire.spans.len(), by_prost.spans.len());
             for (wire, prost) in by_wire.spans.iter().zip(&by_prost.spans) {
