@@ -508,6 +508,14 @@ mod tests {
         let per_span = request.encoded_len() / 512;
         assert!((250..=350).contains(&per_span), "{per_span} bytes per span");
         assert_eq!(spans[0].trace_id, spans[9].trace_id);
+        // Ordinary spans are stored as they came: nothing in them for the redactor.
+        let redactor = crate::redact::Redactor::new(crate::redact::RedactionConfig {
+            builtin: true,
+            ..Default::default()
+        });
+        for span in spans {
+            assert!(!redactor.screen(&span.encode_to_vec()), "{span:?}");
+        }
         assert_ne!(spans[9].trace_id, spans[10].trace_id);
     }
 }

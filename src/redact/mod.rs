@@ -100,7 +100,9 @@ pub struct Redactor {
     rules: Vec<RuleConfig>,
     allow_keys: HashSet<String>,
     hash_key: [u8; 32],
-    /// Over a span's or record's bytes: could anything here be redacted?
+    /// Over a span's or record's bytes: where a built-in pattern could start …
+    literals: aho_corasick::AhoCorasick,
+    /// … and whether one does.
     screen: regex::bytes::Regex,
     /// Redactions per rule name.
     counts: BTreeMap<&'static str, AtomicU64>,
@@ -225,6 +227,12 @@ impl Redactor {
             rules: config.rules,
             allow_keys: config.allow_keys.into_iter().collect(),
             hash_key: config.hash_key,
+            // Case-sensitive over a lower-cased copy: that keeps aho-corasick's SIMD
+            // (Teddy) prefilter, which ASCII case folding would turn off.
+            literals: aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                .build(SCREEN_LITERALS)
+                .unwrap(),
             screen: regex::bytes::Regex::new(SCREEN).unwrap(),
             counts,
         }
@@ -238,7 +246,22 @@ impl Redactor {
     /// Whether anything in these bytes (a span's encoding, say) may need redacting.
     /// `false` is certain; `true` means: decode and look.
     pub fn screen(&self, bytes: &[u8]) -> bool {
-        !self.rules.is_empty() || (self.builtin && self.screen.is_match(bytes))
+        if !self.rules.is_empty() {
+            return true;
+        }
+        // The literals (one pass over a lower-cased copy, almost never found) before the
+        // regex that confirms them; runs of digits by hand.
+        if !self.builtin {
+            return false;
+        }
+        let literal = LOWERED.with(|lowered| {
+            let mut lowered = lowered.borrow_mut();
+            lowered.clear();
+            lowered.extend_from_slice(bytes);
+            lowered.make_ascii_lowercase();
+            self.literals.is_match(lowered.as_slice())
+        });
+        (literal && self.screen.is_match(bytes)) || has_digit_run(bytes, 12)
     }
 
     /// Redactions per rule, for `/metrics`.
@@ -479,6 +502,84 @@ fn mark(attributes: &mut Vec<KeyValue>, changed: u64) {
         }),
         ..Default::default()
     });
+}
+
+thread_local! {
+    /// The screen's lower-cased copy of the bytes it looks at, kept between calls.
+    static LOWERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Literals one of which every [`SCREEN`] match but the digit run contains, lower-cased.
+const SCREEN_LITERALS: [&str; 39] = [
+    "-----begin",
+    ".ey",
+    "bearer",
+    "basic",
+    "://",
+    "x-amz-",
+    "awsaccesskeyid",
+    "signature",
+    "sig=",
+    "x-goog-",
+    "a3t",
+    "akia",
+    "asia",
+    "abia",
+    "acca",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xoxb-",
+    "xoxa-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "sk_test_",
+    "sk_live_",
+    "sk_prod_",
+    "rk_test_",
+    "rk_live_",
+    "rk_prod_",
+    "aiza",
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "db.statement",
+    "db.query.text",
+    "private key",
+];
+
+/// `digits` digits in a row, single spaces or dashes allowed between them.
+fn has_digit_run(bytes: &[u8], digits: usize) -> bool {
+    let mut at = 0;
+    // Jump from digit to digit (most bytes are none), then count the run there.
+    while let Some(found) = bytes[at..].iter().position(u8::is_ascii_digit) {
+        let mut index = at + found;
+        let mut run = 0;
+        while index < bytes.len() {
+            if bytes[index].is_ascii_digit() {
+                run += 1;
+                if run >= digits {
+                    return true;
+                }
+                index += 1;
+            } else if (bytes[index] == b' ' || bytes[index] == b'-')
+                && bytes.get(index + 1).is_some_and(u8::is_ascii_digit)
+            {
+                index += 1;
+            } else {
+                break;
+            }
+        }
+        at = index + 1;
+        if at >= bytes.len() {
+            break;
+        }
+    }
+    false
 }
 
 /// A card number: 12–19 digits (spaces and dashes between), a known IIN prefix, and a

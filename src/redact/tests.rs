@@ -175,6 +175,17 @@ fn spans_and_logs_are_marked_with_how_many_values_went() {
 }
 
 #[test]
+fn digit_runs_count_digits_with_single_separators() {
+    assert!(has_digit_run(b"x4111 1111 1111y", 12));
+    assert!(has_digit_run(b"1-2-3-4-5-6-7-8-9-0-1-2", 12));
+    assert!(has_digit_run(b"\x00\x0912345678901234", 12));
+    assert!(!has_digit_run(b"12345678901", 12));
+    assert!(!has_digit_run(b"123456  789012", 12));
+    assert!(!has_digit_run(b"123456--789012", 12));
+    assert!(!has_digit_run(b"", 12));
+}
+
+#[test]
 fn luhn_and_prefixes_decide_what_is_a_card() {
     for card in [
         "4111111111111111",
@@ -202,6 +213,11 @@ proptest! {
             Just("AKIAIOSFODNN7EXAMPLE".to_owned()),
             Just("eyJhbGciOiJIUzI1.eyJzdWIiOiJhbm4iLC.sig".to_owned()),
             Just("?sig=abc".to_owned()),
+            Just("ghp_0123456789abcdefghijABCDEFGHIJ012345".to_owned()),
+            Just("xoxb-1234567890-1234567890123".to_owned()),
+            Just("sk_live_4eC39HqLyjWDarjtT1zdp7dc".to_owned()),
+            Just("AIzaSyD-1234567890abcdefghijklmnopqrstu".to_owned()),
+            Just("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----".to_owned()),
             Just("'x'".to_owned()),
             "[ -~]{0,12}",
             "[0-9 ]{0,20}",
