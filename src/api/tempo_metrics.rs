@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value as JsonValue};
 
+use super::tempo_search::bad_request;
 use super::AppState;
 use crate::ingest::logline::parse_time_text;
 use crate::query::metrics::{self, LabelValue, MetricsRequest, MetricsResult, Series};
@@ -26,10 +27,6 @@ const DEFAULT_RANGE_NANOS: u64 = 3_600_000_000_000;
 const DEFAULT_EXEMPLARS: usize = 100;
 const MAX_EXEMPLARS: usize = 1000;
 const MAX_SERIES: usize = 1000;
-
-fn bad_request(message: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, message.into()).into_response()
-}
 
 pub async fn query_range(
     State(state): State<AppState>,

@@ -26,7 +26,8 @@ const DEFAULT_SPSS: usize = 3;
 const MAX_SPSS: usize = 100;
 const NO_ROOT: &str = "<root span not yet received>";
 
-fn bad_request(message: impl Into<String>) -> Response {
+/// Tempo's 400: the message as plain text.
+pub(super) fn bad_request(message: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, message.into()).into_response()
 }
 

@@ -64,18 +64,11 @@ fn resource_spans(
     redactor: &Redactor,
     decoded: &mut DecodedSpans,
 ) -> Wire<()> {
-    let mut resource: Option<Resource> = None;
-    let mut schema_url = "";
-    let mut scopes = Vec::new();
-    let mut fields = Fields::new(bytes, depth);
-    while let Some((tag, value)) = fields.next()? {
-        match tag {
-            1 => merge(resource.get_or_insert_default(), value.message()?)?,
-            2 => scopes.push(value.message()?),
-            3 => schema_url = value.string()?,
-            _ => {}
-        }
-    }
+    let Level {
+        head: mut resource,
+        children: scopes,
+        schema_url,
+    } = Level::<Resource>::read(bytes, depth)?;
     if let Some(resource) = resource.as_mut() {
         redactor.resource(resource);
     }
@@ -100,18 +93,11 @@ fn scope_spans(
     redactor: &Redactor,
     decoded: &mut DecodedSpans,
 ) -> Wire<()> {
-    let mut scope: Option<InstrumentationScope> = None;
-    let mut schema_url = "";
-    let mut spans = Vec::new();
-    let mut fields = Fields::new(bytes, depth);
-    while let Some((tag, value)) = fields.next()? {
-        match tag {
-            1 => merge(scope.get_or_insert_default(), value.message()?)?,
-            2 => spans.push(value.message()?),
-            3 => schema_url = value.string()?,
-            _ => {}
-        }
-    }
+    let Level {
+        head: scope,
+        children: spans,
+        schema_url,
+    } = Level::<InstrumentationScope>::read(bytes, depth)?;
     let envelope = Arc::new(Envelope::new(
         resource,
         resource_schema_url,
@@ -129,10 +115,36 @@ fn scope_spans(
     Ok(())
 }
 
-fn merge<M: Message>(message: &mut M, bytes: &[u8]) -> Wire<()> {
-    message
-        .merge(bytes)
-        .map_err(|decode_error| WireError(decode_error.to_string()))
+/// `ResourceSpans` and `ScopeSpans` have one shape: 1 a small message (the resource, the
+/// scope), decoded; 2 the repeated children, left as bytes; 3 the schema URL.
+struct Level<'a, M> {
+    head: Option<M>,
+    children: Vec<&'a [u8]>,
+    schema_url: &'a str,
+}
+
+impl<'a, M: Message + Default> Level<'a, M> {
+    fn read(bytes: &'a [u8], depth: u32) -> Wire<Level<'a, M>> {
+        let mut level: Level<'a, M> = Level {
+            head: None,
+            children: Vec::new(),
+            schema_url: "",
+        };
+        let mut fields = Fields::new(bytes, depth);
+        while let Some((tag, value)) = fields.next()? {
+            match tag {
+                1 => level
+                    .head
+                    .get_or_insert_default()
+                    .merge(value.message()?)
+                    .map_err(|decode_error| WireError(decode_error.to_string()))?,
+                2 => level.children.push(value.message()?),
+                3 => level.schema_url = value.string()?,
+                _ => {}
+            }
+        }
+        Ok(level)
+    }
 }
 
 /// What the pipeline reads of a span, borrowed from its encoding; the last occurrence of

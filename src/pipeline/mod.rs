@@ -185,6 +185,28 @@ impl Batch {
     }
 }
 
+/// Read a snapshot written by the indexer and hand it to `install`; one that is missing
+/// starts empty, one that cannot be read or understood too, and says so.
+fn restore_snapshot<T>(
+    path: &std::path::Path,
+    what: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    install: impl FnOnce(T),
+) {
+    match std::fs::read(path) {
+        Ok(bytes) => match parse(&bytes) {
+            Ok(restored) => install(restored),
+            Err(problem) => {
+                tracing::warn!(path = %path.display(), %problem, "{what} not understood; it starts empty")
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "{what} not read; it starts empty")
+        }
+    }
+}
+
 /// The nice value of the indexing threads: below the query and ingest threads (0), so
 /// that the scheduler runs those first, yet with a share of the CPU the indexer keeps
 /// when it has to catch up (a nice-5 thread weighs a third of a nice-0 one).
@@ -324,36 +346,18 @@ impl Pipeline {
             }
             Err(other) => return Err(other),
         };
-        let snapshot_path = latency_snapshot_path(&config.data_dir);
-        match std::fs::read(&snapshot_path) {
-            Ok(bytes) => match crate::metrics::latency::LatencyHistograms::restore(&bytes) {
-                Ok(restored) => *lock(&metrics.latency) = restored,
-                Err(problem) => tracing::warn!(
-                    path = %snapshot_path.display(),
-                    %problem,
-                    "latency snapshot not understood; histograms start empty"
-                ),
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(path = %snapshot_path.display(), %error, "latency snapshot not read")
-            }
-        }
-        let dependencies_path = dependencies_snapshot_path(&config.data_dir);
-        match std::fs::read(&dependencies_path) {
-            Ok(bytes) => match crate::metrics::dependencies::Dependencies::restore(&bytes) {
-                Ok(restored) => *lock(&metrics.dependencies) = restored,
-                Err(problem) => tracing::warn!(
-                    path = %dependencies_path.display(),
-                    %problem,
-                    "dependency links snapshot not understood; links start empty"
-                ),
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(path = %dependencies_path.display(), %error, "dependency links snapshot not read")
-            }
-        }
+        restore_snapshot(
+            &latency_snapshot_path(&config.data_dir),
+            "latency snapshot",
+            crate::metrics::latency::LatencyHistograms::restore,
+            |restored| *lock(&metrics.latency) = restored,
+        );
+        restore_snapshot(
+            &dependencies_snapshot_path(&config.data_dir),
+            "dependency links snapshot",
+            crate::metrics::dependencies::Dependencies::restore,
+            |restored| *lock(&metrics.dependencies) = restored,
+        );
         let (index_sender, index_receiver) = mpsc::sync_channel(256);
         let stats = Arc::new(PipelineStats::default());
         let queue = Arc::new(IngestQueue::new(config.ingest_queue_spans));

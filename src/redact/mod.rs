@@ -100,10 +100,9 @@ pub struct Redactor {
     rules: Vec<RuleConfig>,
     allow_keys: HashSet<String>,
     hash_key: [u8; 32],
-    /// Over a span's or record's bytes: where a built-in pattern could start …
-    literals: aho_corasick::AhoCorasick,
-    /// … and whether one does.
-    screen: regex::bytes::Regex,
+    /// Over a span's or record's bytes (with the built-ins on): where a built-in pattern
+    /// could start, and the regex that says whether one does.
+    screen: Option<(aho_corasick::AhoCorasick, regex::bytes::Regex)>,
     /// Redactions per rule name.
     counts: BTreeMap<&'static str, AtomicU64>,
     rule_counts: Vec<AtomicU64>,
@@ -229,11 +228,15 @@ impl Redactor {
             hash_key: config.hash_key,
             // Case-sensitive over a lower-cased copy: that keeps aho-corasick's SIMD
             // (Teddy) prefilter, which ASCII case folding would turn off.
-            literals: aho_corasick::AhoCorasick::builder()
-                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-                .build(SCREEN_LITERALS)
-                .unwrap(),
-            screen: regex::bytes::Regex::new(SCREEN).unwrap(),
+            screen: config.builtin.then(|| {
+                (
+                    aho_corasick::AhoCorasick::builder()
+                        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                        .build(SCREEN_LITERALS)
+                        .unwrap(),
+                    regex::bytes::Regex::new(SCREEN).unwrap(),
+                )
+            }),
             counts,
         }
     }
@@ -251,17 +254,17 @@ impl Redactor {
         }
         // The literals (one pass over a lower-cased copy, almost never found) before the
         // regex that confirms them; runs of digits by hand.
-        if !self.builtin {
+        let Some((literals, confirm)) = &self.screen else {
             return false;
-        }
+        };
         let literal = LOWERED.with(|lowered| {
             let mut lowered = lowered.borrow_mut();
             lowered.clear();
             lowered.extend_from_slice(bytes);
             lowered.make_ascii_lowercase();
-            self.literals.is_match(lowered.as_slice())
+            literals.is_match(lowered.as_slice())
         });
-        (literal && self.screen.is_match(bytes)) || has_digit_run(bytes, 12)
+        (literal && confirm.is_match(bytes)) || has_digit_run(bytes, 12)
     }
 
     /// Redactions per rule, for `/metrics`.
