@@ -313,6 +313,8 @@ pub struct RawLimits {
     pub max_concurrent_requests: u64,
     pub max_spans_per_trace: u64,
     pub max_bytes_per_trace: u64,
+    /// Attribute values longer than this are cut to it, flagged and counted.
+    pub max_attribute_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -350,6 +352,7 @@ impl Default for RawLimits {
             max_concurrent_requests: 32,
             max_spans_per_trace: 10_000,
             max_bytes_per_trace: 5_000_000,
+            max_attribute_bytes: 16_384,
         }
     }
 }
@@ -466,7 +469,10 @@ const SECTIONS: [&str; 8] = [
     "redaction",
 ];
 
-fn validate_redaction(raw: &RawRedaction) -> Result<crate::redact::Redactor, ConfigError> {
+fn validate_redaction(
+    raw: &RawRedaction,
+    max_value_bytes: usize,
+) -> Result<crate::redact::Redactor, ConfigError> {
     use crate::redact::{Action, RedactionConfig, RuleConfig};
     let regex =
         |key: String, pattern: &Option<String>| -> Result<Option<regex::Regex>, ConfigError> {
@@ -525,6 +531,7 @@ fn validate_redaction(raw: &RawRedaction) -> Result<crate::redact::Redactor, Con
         rules,
         allow_keys: raw.allow_keys.clone(),
         hash_key,
+        max_value_bytes,
     }))
 }
 
@@ -680,7 +687,13 @@ impl RawConfig {
                 self.limits.max_bytes_per_trace,
             )? as usize,
             sampling: validate_sampling(&self.sampling)?,
-            redactor: std::sync::Arc::new(validate_redaction(&self.redaction)?),
+            redactor: std::sync::Arc::new(validate_redaction(
+                &self.redaction,
+                positive(
+                    "limits.max_attribute_bytes",
+                    self.limits.max_attribute_bytes,
+                )? as usize,
+            )?),
             tokens: crate::auth::Tokens::new(
                 self.auth.ingest_tokens.resolve("auth.ingest_tokens")?,
                 self.auth.query_tokens.resolve("auth.query_tokens")?,

@@ -276,6 +276,9 @@ fn infer_candidates(storage: &Storage, record: &LogRecord) -> Result<Vec<Span>, 
                 && time <= span.start_time_unix_nano + span.duration_nanos
         })
         .collect();
+    // A trace just committed may still be in the head too: each span once.
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|span| seen.insert((span.trace_id, span.span_id)));
     candidates.sort_by_key(|span| {
         (
             span.status_code != 2,

@@ -160,6 +160,12 @@ impl Collector for OwnMetrics {
                 let labels = [("rule", rule.as_str())];
                 ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
             }
+            counter(
+                &mut encoder,
+                "tracelink_values_truncated",
+                "String values cut to limits.max_attribute_bytes before they were written",
+                load(&pipeline.redactor().truncated),
+            )?;
         }
         if let Some(storage) = self.storage.upgrade() {
             gauge(

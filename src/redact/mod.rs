@@ -46,7 +46,7 @@ const SECRET_HEADERS: [&str; 5] = [
 ];
 
 /// Keys the join and the indexes rely on: never redacted.
-const ID_KEYS: [&str; 8] = [
+const ID_KEYS: [&str; 9] = [
     "trace_id",
     "span_id",
     "traceId",
@@ -55,6 +55,7 @@ const ID_KEYS: [&str; 8] = [
     "span.id",
     "service.name",
     COUNT_ATTRIBUTE,
+    TRUNCATED_ATTRIBUTE,
 ];
 
 /// A configured rule, as `[[redaction.rules]]` gives it.
@@ -82,7 +83,13 @@ pub struct RedactionConfig {
     pub rules: Vec<RuleConfig>,
     pub allow_keys: Vec<String>,
     pub hash_key: [u8; 32],
+    /// String values longer than this are cut to it (`limits.max_attribute_bytes`);
+    /// 0: no limit.
+    pub max_value_bytes: usize,
 }
+
+/// The attribute a span or record with cut values carries: how many were cut.
+pub const TRUNCATED_ATTRIBUTE: &str = "tracelink.truncated.count";
 
 /// A built-in value pattern.
 struct Detector {
@@ -103,6 +110,9 @@ pub struct Redactor {
     /// Over a span's or record's bytes (with the built-ins on): where a built-in pattern
     /// could start, and the regex that says whether one does.
     screen: Option<(aho_corasick::AhoCorasick, regex::bytes::Regex)>,
+    max_value_bytes: usize,
+    /// Values cut to `max_value_bytes`.
+    pub truncated: AtomicU64,
     /// Redactions per rule name.
     counts: BTreeMap<&'static str, AtomicU64>,
     rule_counts: Vec<AtomicU64>,
@@ -226,6 +236,8 @@ impl Redactor {
             rules: config.rules,
             allow_keys: config.allow_keys.into_iter().collect(),
             hash_key: config.hash_key,
+            max_value_bytes: config.max_value_bytes,
+            truncated: AtomicU64::new(0),
             // Case-sensitive over a lower-cased copy: that keeps aho-corasick's SIMD
             // (Teddy) prefilter, which ASCII case folding would turn off.
             screen: config.builtin.then(|| {
@@ -249,7 +261,7 @@ impl Redactor {
     /// Whether anything in these bytes (a span's encoding, say) may need redacting.
     /// `false` is certain; `true` means: decode and look.
     pub fn screen(&self, bytes: &[u8]) -> bool {
-        if !self.rules.is_empty() {
+        if !self.rules.is_empty() || self.too_long(bytes.len()) {
             return true;
         }
         // The literals (one pass over a lower-cased copy, almost never found) before the
@@ -279,6 +291,24 @@ impl Redactor {
                     .map(|(rule, count)| (rule.name.clone(), count.load(Ordering::Relaxed))),
             )
             .collect()
+    }
+
+    fn too_long(&self, len: usize) -> bool {
+        self.max_value_bytes > 0 && len > self.max_value_bytes
+    }
+
+    /// `text` cut to the limit on a character boundary, if it is over it.
+    fn cut(&self, text: &mut String) -> u64 {
+        if !self.too_long(text.len()) {
+            return 0;
+        }
+        let mut end = self.max_value_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        self.truncated.fetch_add(1, Ordering::Relaxed);
+        1
     }
 
     fn count(&self, name: &str) {
@@ -371,26 +401,39 @@ impl Redactor {
         }
     }
 
-    /// Redact the attributes in place; returns how many values changed.
-    pub fn attributes(&self, attributes: &mut [KeyValue]) -> u64 {
+    /// Redact the attributes in place (and cut what is too long); returns how many
+    /// values were redacted, counting the cut ones in `cut`.
+    pub fn attributes(&self, attributes: &mut [KeyValue], cut: &mut u64) -> u64 {
         let mut changed = 0;
         for attribute in attributes {
             if let Some(value) = attribute.value.as_mut() {
-                changed += self.any_value(&attribute.key, value);
+                changed += self.any_value(&attribute.key, value, cut);
             }
         }
         changed
     }
 
-    fn any_value(&self, key: &str, value: &mut AnyValue) -> u64 {
+    /// Redact one attribute value and cut it when too long: how many redactions.
+    fn text(&self, key: &str, text: &mut String, cut: &mut u64) -> u64 {
+        let redacted = self.redact_in_place(key, text);
+        *cut += self.cut(text);
+        redacted
+    }
+
+    /// Redact one string (a name, a message: not cut, their limits are their own).
+    fn redact_in_place(&self, key: &str, text: &mut String) -> u64 {
+        match self.value(key, text) {
+            Some(redacted) => {
+                *text = redacted;
+                1
+            }
+            None => 0,
+        }
+    }
+
+    fn any_value(&self, key: &str, value: &mut AnyValue, cut: &mut u64) -> u64 {
         match value.value.as_mut() {
-            Some(any_value::Value::StringValue(text)) => match self.value(key, text) {
-                Some(redacted) => {
-                    *text = redacted;
-                    1
-                }
-                None => 0,
-            },
+            Some(any_value::Value::StringValue(text)) => self.text(key, text, cut),
             // A card number sent as a number is still one.
             Some(any_value::Value::IntValue(number)) => {
                 let text = number.to_string();
@@ -405,9 +448,9 @@ impl Redactor {
             Some(any_value::Value::ArrayValue(array)) => array
                 .values
                 .iter_mut()
-                .map(|item| self.any_value(key, item))
+                .map(|item| self.any_value(key, item, cut))
                 .sum(),
-            Some(any_value::Value::KvlistValue(list)) => self.attributes(&mut list.values),
+            Some(any_value::Value::KvlistValue(list)) => self.attributes(&mut list.values, cut),
             _ => 0,
         }
     }
@@ -415,65 +458,53 @@ impl Redactor {
     /// Redact a span in place (its name, status message, attributes, events' and links'
     /// attributes), marking it with `redaction.count` when anything changed.
     pub fn span(&self, span: &mut OtlpSpan) -> u64 {
-        let mut changed = self.attributes(&mut span.attributes);
-        if let Some(name) = self.value("name", &span.name) {
-            span.name = name;
-            changed += 1;
-        }
+        let mut cut = 0;
+        let mut changed = self.attributes(&mut span.attributes, &mut cut);
+        changed += self.redact_in_place("name", &mut span.name);
         if let Some(status) = span.status.as_mut() {
-            if let Some(message) = self.value("status.message", &status.message) {
-                status.message = message;
-                changed += 1;
-            }
+            changed += self.redact_in_place("status.message", &mut status.message);
         }
         for event in &mut span.events {
-            changed += self.attributes(&mut event.attributes);
+            changed += self.attributes(&mut event.attributes, &mut cut);
         }
         for link in &mut span.links {
-            changed += self.attributes(&mut link.attributes);
+            changed += self.attributes(&mut link.attributes, &mut cut);
         }
-        if changed > 0 {
-            mark(&mut span.attributes, changed);
-        }
+        mark(&mut span.attributes, COUNT_ATTRIBUTE, changed);
+        mark(&mut span.attributes, TRUNCATED_ATTRIBUTE, cut);
         changed
     }
 
     /// Redact a resource's attributes in place.
     pub fn resource(&self, resource: &mut Resource) -> u64 {
-        let changed = self.attributes(&mut resource.attributes);
-        if changed > 0 {
-            mark(&mut resource.attributes, changed);
-        }
+        let mut cut = 0;
+        let changed = self.attributes(&mut resource.attributes, &mut cut);
+        mark(&mut resource.attributes, COUNT_ATTRIBUTE, changed);
+        mark(&mut resource.attributes, TRUNCATED_ATTRIBUTE, cut);
         changed
     }
 
     /// Redact a log record in place (message and attributes; its ids and service stay).
     pub fn log(&self, record: &mut LogRecord) -> u64 {
-        let mut changed = 0;
-        if let Some(message) = self.value("message", &record.message) {
-            record.message = message;
-            changed += 1;
-        }
+        let mut cut = 0;
+        // A line's length is `logs.sources.max_line_bytes`'s to bound.
+        let mut changed = self.redact_in_place("message", &mut record.message);
         for (key, value) in record.attributes.iter_mut() {
-            changed += self.json(key, value);
+            changed += self.json(key, value, &mut cut);
         }
-        if changed > 0 {
-            record
-                .attributes
-                .insert(COUNT_ATTRIBUTE.to_owned(), serde_json::json!(changed));
+        for (key, count) in [(COUNT_ATTRIBUTE, changed), (TRUNCATED_ATTRIBUTE, cut)] {
+            if count > 0 {
+                record
+                    .attributes
+                    .insert(key.to_owned(), serde_json::json!(count));
+            }
         }
         changed
     }
 
-    fn json(&self, key: &str, value: &mut serde_json::Value) -> u64 {
+    fn json(&self, key: &str, value: &mut serde_json::Value, cut: &mut u64) -> u64 {
         match value {
-            serde_json::Value::String(text) => match self.value(key, text) {
-                Some(redacted) => {
-                    *text = redacted;
-                    1
-                }
-                None => 0,
-            },
+            serde_json::Value::String(text) => self.text(key, text, cut),
             serde_json::Value::Number(number) => {
                 let text = number.to_string();
                 match self.value(key, &text) {
@@ -485,23 +516,27 @@ impl Redactor {
                 }
             }
             serde_json::Value::Array(items) => {
-                items.iter_mut().map(|item| self.json(key, item)).sum()
+                items.iter_mut().map(|item| self.json(key, item, cut)).sum()
             }
             serde_json::Value::Object(fields) => fields
                 .iter_mut()
-                .map(|(inner, item)| self.json(inner, item))
+                .map(|(inner, item)| self.json(inner, item, cut))
                 .sum(),
             _ => 0,
         }
     }
 }
 
-fn mark(attributes: &mut Vec<KeyValue>, changed: u64) {
-    attributes.retain(|attribute| attribute.key != COUNT_ATTRIBUTE);
+/// Say how many values were redacted (or cut), when any were.
+fn mark(attributes: &mut Vec<KeyValue>, key: &str, count: u64) {
+    if count == 0 {
+        return;
+    }
+    attributes.retain(|attribute| attribute.key != key);
     attributes.push(KeyValue {
-        key: COUNT_ATTRIBUTE.to_owned(),
+        key: key.to_owned(),
         value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(changed as i64)),
+            value: Some(any_value::Value::IntValue(count as i64)),
         }),
         ..Default::default()
     });

@@ -98,6 +98,7 @@ fn rules_replace_or_hash_and_the_allow_list_wins() {
         ],
         allow_keys: vec!["support.card".into()],
         hash_key: [7; 32],
+        max_value_bytes: 0,
     });
     let first = redactor.value("user", "mail ann@example.com now").unwrap();
     let again = redactor.value("other", "mail ann@example.com now").unwrap();
@@ -238,4 +239,32 @@ proptest! {
             prop_assert!(redactor.screen(&span.encode_to_vec()), "{key}={value:?}");
         }
     }
+}
+
+#[test]
+fn long_attribute_values_are_cut_and_flagged() {
+    let redactor = Redactor::new(RedactionConfig {
+        max_value_bytes: 8,
+        ..Default::default()
+    });
+    let mut record = LogRecord {
+        message: "0123456789abcdef".into(),
+        attributes: [(
+            "stack".to_owned(),
+            serde_json::json!(["short", "a long frame line"]),
+        )]
+        .into(),
+        ..LogRecord::default()
+    };
+    assert_eq!(redactor.log(&mut record), 0, "nothing redacted");
+    assert_eq!(
+        record.message, "0123456789abcdef",
+        "lines have their own limit"
+    );
+    assert_eq!(
+        record.attributes["stack"],
+        serde_json::json!(["short", "a long f"])
+    );
+    assert_eq!(record.attributes[TRUNCATED_ATTRIBUTE], 1);
+    assert!(!record.attributes.contains_key(COUNT_ATTRIBUTE));
 }

@@ -166,6 +166,50 @@ fn a_span_keeps_its_own_encoding_and_unknown_fields() {
 }
 
 #[test]
+fn values_over_the_limit_are_cut_on_the_wire_path_too() {
+    let mut span = sample_span(6, 6, vec![]);
+    span.attributes.push(string_value("sql", &"é".repeat(100)));
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let redactor = Redactor::new(crate::redact::RedactionConfig {
+        max_value_bytes: 101,
+        ..Default::default()
+    });
+    let decoded = decode_request(&request.encode_to_vec(), &redactor).unwrap();
+    let stored = Span::decode_payload(&decoded.spans[0].payload).unwrap();
+    let attributes = &stored.scope_spans[0].spans[0].attributes;
+    let value = |key: &str| {
+        attributes
+            .iter()
+            .find(|attribute| attribute.key == key)
+            .and_then(|attribute| attribute.value.clone())
+            .and_then(|value| value.value)
+    };
+    // Cut on a character boundary: 50 two-byte characters fit in 101 bytes.
+    assert_eq!(
+        value("sql"),
+        Some(any_value::Value::StringValue("é".repeat(50)))
+    );
+    assert_eq!(
+        value(crate::redact::TRUNCATED_ATTRIBUTE),
+        Some(any_value::Value::IntValue(1))
+    );
+    assert_eq!(
+        redactor
+            .truncated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
 fn broken_bodies_are_errors_as_a_whole() {
     let body = request().encode_to_vec();
     for cut in [1, 7, body.len() / 2, body.len() - 1] {

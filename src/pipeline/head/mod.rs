@@ -90,6 +90,9 @@ struct Departing {
     leave: Leave,
 }
 
+/// How long before a window a leaving trace may have started and still hold spans in it.
+const LEAVING_LOOKBACK_NANOS: u64 = 60_000_000_000;
+
 // === impl LeavingTrace ===
 
 impl LeavingTrace {
@@ -449,10 +452,10 @@ impl Head {
             .collect()
     }
 
-    /// Payloads of assembling spans of `service` that started in `[from, to]`, newest
+    /// Payloads of the head's spans of `service` that started in `[from, to]`, newest
     /// first, at most `limit`: the head's share of the candidates for a log record
-    /// without trace id (traces that already left are in the index, or in it at the next
-    /// commit).
+    /// without trace id (assembling, full, and left but not yet committed; committed
+    /// traces are the index's share).
     pub fn service_spans_between(
         &self,
         service: &str,
@@ -461,11 +464,13 @@ impl Head {
         limit: usize,
     ) -> Vec<Bytes> {
         let inner = lock(&self.inner);
-        let mut found: Vec<(u64, Place)> = inner
+        let assembling = inner
             .open
             .values()
-            .flat_map(|trace| {
-                let held = &trace.spans;
+            .map(|trace| &trace.spans)
+            .chain(inner.full.iter().map(|trace| &trace.spans));
+        let mut found: Vec<(u64, Place)> = assembling
+            .flat_map(|held| {
                 held.spans.iter().filter_map(|span| {
                     let matches = &**held.envelope_of(span).service() == service
                         && (from..=to).contains(&span.start_time_unix_nano);
@@ -473,6 +478,20 @@ impl Head {
                 })
             })
             .collect();
+        // Traces that have left but are not committed yet: only where their spans lie is
+        // kept, so every span of those that started in the window is read (the caller
+        // keeps the service's). Without them a trace would be missing from the moment it
+        // leaves until the commit that holds it is visible.
+        found.extend(
+            inner
+                .leaving_starts
+                .iter()
+                .filter(|(_, start)| {
+                    **start <= to && start.saturating_add(LEAVING_LOOKBACK_NANOS) >= from
+                })
+                .filter_map(|(trace_id, start)| Some((*start, inner.leaving.get(trace_id)?)))
+                .flat_map(|(start, places)| places.iter().map(move |place| (start, *place))),
+        );
         drop(inner);
         found.sort_by_key(|(start, _)| Reverse(*start));
         found.truncate(limit);
