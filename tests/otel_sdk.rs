@@ -15,42 +15,26 @@ use opentelemetry::{Array, Context, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan, TracesData};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use prost::Message;
 use tracelink::api::tempo::TraceByIdResponse;
 
+use common::sdk::Service;
 use common::{flatten, TestServer};
 
-struct ServiceTracer {
-    resource: Resource,
-    provider: SdkTracerProvider,
-    memory: InMemorySpanExporter,
-}
-
-fn service(name: &str) -> ServiceTracer {
-    let resource = Resource::builder()
-        .with_service_name(name.to_owned())
-        .with_attributes([
+/// Every service of the test runs in the same environment on the same host.
+fn service(name: &str) -> Service {
+    common::sdk::service_with(
+        name,
+        [
             KeyValue::new("deployment.environment", "test"),
             KeyValue::new("host.cores", 2i64),
-        ])
-        .build();
-    let memory = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_simple_exporter(memory.clone())
-        .build();
-    ServiceTracer {
-        resource,
-        provider,
-        memory,
-    }
+        ],
+    )
 }
 
-/// A checkout through three services: gateway → orders → inventory, with nested spans,
-/// attributes of every value type, an event, a recorded exception, a link and an error.
-fn make_checkout_trace(services: &[ServiceTracer; 3]) {
+fn make_checkout_trace(services: &[Service; 3]) {
     let gateway = services[0].provider.tracer("gateway-http");
     let orders = services[1].provider.tracer("orders-core");
     let inventory = services[2].provider.tracer("inventory-db");
@@ -142,7 +126,7 @@ fn make_checkout_trace(services: &[ServiceTracer; 3]) {
     root_cx.span().end_with_timestamp(at(50));
 }
 
-fn finished(services: &[ServiceTracer; 3]) -> Vec<(Resource, Vec<SpanData>)> {
+fn finished(services: &[Service; 3]) -> Vec<(Resource, Vec<SpanData>)> {
     services
         .iter()
         .map(|service| {

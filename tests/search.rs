@@ -14,7 +14,7 @@ use opentelemetry::trace::{Span as _, TraceContextExt, Tracer, TracerProvider as
 use opentelemetry::Context;
 use serde::Deserialize;
 
-use common::sdk::{checkout, export, service};
+use common::sdk::{export, service, six_checkouts, Checkouts};
 use common::TestServer;
 
 /// Grafana's `pkg/tsdb/tempo` search structs: strings where Tempo's jsonpb writes 64-bit
@@ -105,18 +105,14 @@ async fn grafana_finds_sdk_traces_newest_first_at_ack_and_after_commit() {
         raw.storage.trace_idle_ms = 60_000;
     })
     .await;
-    let gateway = service("gateway");
-    let payments = service("payments");
     // On a whole second, so that the range in seconds below cuts between traces.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let base = UNIX_EPOCH + Duration::from_secs(now - 600);
-    let trace_ids: Vec<String> = (0..6)
-        .map(|index| checkout(&gateway, &payments, base, index))
-        .collect();
-    export(&server, &[&gateway, &payments]).await;
+    let Checkouts {
+        gateway,
+        payments,
+        trace_ids,
+        base,
+        ..
+    } = six_checkouts(&server).await;
     let failed_newest_first = vec![
         trace_ids[5].clone(),
         trace_ids[3].clone(),

@@ -10,11 +10,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use common::sdk::{checkout, export, service};
+use common::sdk::{six_checkouts, Checkouts};
 use common::TestServer;
 
 /// `tempopb.QueryRangeResponse` and what it holds, as jsonpb reads them.
@@ -351,18 +350,11 @@ async fn drilldown_metrics_over_sdk_traces_from_the_head_and_the_index() {
         raw.storage.trace_idle_ms = 60_000;
     })
     .await;
-    let gateway = service("gateway");
-    let payments = service("payments");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let base_seconds = now - 600;
-    let base = UNIX_EPOCH + Duration::from_secs(base_seconds);
-    let trace_ids: Vec<String> = (0..6)
-        .map(|index| checkout(&gateway, &payments, base, index))
-        .collect();
-    export(&server, &[&gateway, &payments]).await;
+    let Checkouts {
+        trace_ids,
+        base_seconds,
+        ..
+    } = six_checkouts(&server).await;
     let failed = vec![
         trace_ids[1].clone(),
         trace_ids[3].clone(),

@@ -2,7 +2,7 @@
 //! exporter sends): the seed's checkout trace as Grafana's searches and TraceQL metrics
 //! tests use it.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
@@ -21,8 +21,14 @@ pub struct Service {
 }
 
 pub fn service(name: &str) -> Service {
+    service_with(name, [])
+}
+
+/// A service whose resource also carries `attributes`.
+pub fn service_with(name: &str, attributes: impl IntoIterator<Item = KeyValue>) -> Service {
     let resource = Resource::builder()
         .with_service_name(name.to_owned())
+        .with_attributes(attributes)
         .build();
     let memory = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
@@ -96,5 +102,37 @@ pub async fn export(server: &TestServer, services: &[&Service]) {
             .unwrap();
         exporter.set_resource(&service.resource);
         exporter.export(spans).await.unwrap();
+    }
+}
+
+/// Six checkouts (see [`checkout`]) a second apart, the first ten minutes ago on a whole
+/// second, made by gateway's and payments' SDKs and sent by their exporter.
+pub struct Checkouts {
+    pub gateway: Service,
+    pub payments: Service,
+    pub trace_ids: Vec<String>,
+    pub base: SystemTime,
+    pub base_seconds: u64,
+}
+
+pub async fn six_checkouts(server: &TestServer) -> Checkouts {
+    let gateway = service("gateway");
+    let payments = service("payments");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let base_seconds = now - 600;
+    let base = UNIX_EPOCH + Duration::from_secs(base_seconds);
+    let trace_ids = (0..6)
+        .map(|index| checkout(&gateway, &payments, base, index))
+        .collect();
+    export(server, &[&gateway, &payments]).await;
+    Checkouts {
+        gateway,
+        payments,
+        trace_ids,
+        base,
+        base_seconds,
     }
 }
