@@ -34,6 +34,7 @@ pub enum ConfigError {
 pub struct RawConfig {
     pub server: RawServer,
     pub storage: RawStorage,
+    pub retention: RawRetention,
     pub limits: RawLimits,
     pub logs: RawLogs,
     pub metrics: RawMetrics,
@@ -303,6 +304,38 @@ pub struct RawStorage {
     /// Below this much free space on the data directory's filesystem, ingest is refused
     /// (503 / `UNAVAILABLE`) until there is room again; 0 turns the check off.
     pub min_free_bytes: u64,
+    /// The traces and logs indexes are partitioned by windows this long (fractions allowed).
+    pub partition_hours: f64,
+}
+
+/// `[retention]`: when partitions are dropped.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRetention {
+    /// A duration such as "168h", "7d", "90m".
+    pub traces_max_age: String,
+    pub logs_max_age: String,
+    /// 0: no cap.
+    pub max_disk_bytes: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            traces_max_age: "168h".into(),
+            logs_max_age: "168h".into(),
+            max_disk_bytes: 0,
+        }
+    }
+}
+
+/// Retention, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionConfig {
+    pub traces_max_age: Duration,
+    pub logs_max_age: Duration,
+    /// `None`: no cap.
+    pub max_disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -340,6 +373,7 @@ impl Default for RawStorage {
             trace_idle_after_root_ms: None,
             trace_max_age_ms: 30_000,
             min_free_bytes: 1 << 30,
+            partition_hours: 1.0,
         }
     }
 }
@@ -382,6 +416,9 @@ pub struct Config {
     pub trace_idle_after_root: Duration,
     pub trace_max_age: Duration,
     pub min_free_bytes: u64,
+    /// The length of a partition's window.
+    pub partition: Duration,
+    pub retention: RetentionConfig,
     pub max_spans_per_trace: usize,
     pub max_bytes_per_trace: usize,
     pub sampling: SamplingConfig,
@@ -458,9 +495,10 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "storage",
+    "retention",
     "limits",
     "logs",
     "metrics",
@@ -615,6 +653,21 @@ impl RawConfig {
                 problem: format!("{value:?} is not a socket address like 127.0.0.1:3200"),
             })
         }
+        fn age(key: &str, value: &str) -> Result<Duration, ConfigError> {
+            match humantime::parse_duration(value.trim()) {
+                Ok(duration) if duration >= Duration::from_secs(1) => Ok(duration),
+                Ok(_) => Err(ConfigError::Invalid {
+                    key: key.into(),
+                    problem: "must be at least a second".into(),
+                }),
+                Err(error) => Err(ConfigError::Invalid {
+                    key: key.into(),
+                    problem: format!(
+                        "{value:?} is not a duration like \"168h\" or \"7d\": {error}"
+                    ),
+                }),
+            }
+        }
         fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
             if value == 0 {
                 return Err(ConfigError::Invalid {
@@ -674,6 +727,21 @@ impl RawConfig {
                 .min(self.storage.trace_idle_ms),
             ),
             min_free_bytes: self.storage.min_free_bytes,
+            partition: {
+                let hours = self.storage.partition_hours;
+                if !(hours.is_finite() && hours * 3600.0 >= 1.0 && hours <= 24.0 * 366.0) {
+                    return Err(ConfigError::Invalid {
+                        key: "storage.partition_hours".into(),
+                        problem: "must be between 1/3600 (a second) and a year".into(),
+                    });
+                }
+                Duration::from_secs((hours * 3600.0).round() as u64)
+            },
+            retention: RetentionConfig {
+                traces_max_age: age("retention.traces_max_age", &self.retention.traces_max_age)?,
+                logs_max_age: age("retention.logs_max_age", &self.retention.logs_max_age)?,
+                max_disk_bytes: Some(self.retention.max_disk_bytes).filter(|bytes| *bytes > 0),
+            },
             trace_max_age: Duration::from_millis(positive(
                 "storage.trace_max_age_ms",
                 self.storage.trace_max_age_ms,

@@ -87,8 +87,10 @@ impl Server {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let storage =
-            Arc::new(Storage::open(&config.data_dir, config.head_limits()).map_err(storage_error)?);
+        let storage = Arc::new(
+            Storage::open(&config.data_dir, config.partition, config.head_limits())
+                .map_err(storage_error)?,
+        );
         let metrics = metrics::Metrics::new(
             config.latency_buckets.clone(),
             config.max_series_per_metric,

@@ -127,7 +127,7 @@ async fn send_until(
 /// Count the spans of a trace in the committed index (every fragment), without read-side
 /// de-duplication.
 fn indexed_copies(data_dir: &Path, number: u64) -> usize {
-    let index = tracelink::store::TraceIndex::open(&data_dir.join("traces")).unwrap();
+    let index = common::open_traces(data_dir);
     let trace_id = TraceId::parse(&trace_hex(number)).unwrap();
     index.trace_payloads(&trace_id).unwrap().len()
 }
@@ -303,8 +303,10 @@ async fn ready_is_503_and_ingest_refused_until_the_wal_is_replayed() {
     let mut raw = tracelink::config::RawConfig::default();
     raw.storage.data_dir = common::data_path(&dir);
     let config = raw.validate().unwrap();
-    let storage =
-        Arc::new(tracelink::store::Storage::open(&config.data_dir, config.head_limits()).unwrap());
+    let storage = Arc::new(
+        tracelink::store::Storage::open(&config.data_dir, config.partition, config.head_limits())
+            .unwrap(),
+    );
     let metrics = tracelink::metrics::Metrics::new(
         config.latency_buckets.clone(),
         config.max_series_per_metric,

@@ -378,8 +378,7 @@ async fn late_spans_join_their_trace_or_follow_its_drop() {
 
     // After the late fragment is committed the trace is still whole, from two documents.
     server.stop().await;
-    let index =
-        tracelink::store::TraceIndex::open(&common::data_path(&dir).join("traces")).unwrap();
+    let index = common::open_traces(&common::data_path(&dir));
     let kept = tracelink::model::TraceId(trace_id(0));
     assert_eq!(index.fragments(&kept).unwrap(), 2);
     assert_eq!(index.trace_payloads(&kept).unwrap().len(), 3);

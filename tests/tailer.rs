@@ -424,7 +424,12 @@ async fn kill9_during_writing_and_rotation_indexes_every_line_exactly_once() {
 /// Replace the payload of the logs index's last commit (where the file checkpoints live)
 /// with something that is not a checkpoint store.
 fn damage_checkpoints(data: &Path) {
-    let meta_path = data.join("logs").join("meta.json");
+    let mut partitions: Vec<_> = fs::read_dir(data.join("logs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    partitions.sort();
+    let meta_path = partitions.last().unwrap().join("meta.json");
     let mut meta: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
     assert!(meta["payload"].as_str().unwrap().contains("files"));

@@ -10,6 +10,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::store::partitions::{partition_name, DropReason};
 use prometheus_client::metrics::MetricType;
 
 use crate::ingest::logline::{LineFormat, Wrapper};
@@ -175,17 +177,77 @@ impl Collector for OwnMetrics {
                 storage.head.len() as i64,
             )?;
         }
-        let metric = encoder.encode_descriptor(
+        let mut metric = encoder.encode_descriptor(
             "tracelink_storage_bytes",
-            "Bytes on disk, per part of the data directory",
+            "Bytes on disk, per index and partition (the WAL as index \"wal\")",
             None,
             MetricType::Gauge,
         )?;
-        let mut metric = metric;
-        for part in ["spans", "logs", "wal"] {
-            let labels = [("part", part)];
-            let value = crate::store::dir_bytes(&self.data_dir.join(part)) as i64;
-            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        let wal = crate::store::dir_bytes(&self.data_dir.join("wal")) as i64;
+        ConstGauge::new(wal)
+            .encode(metric.encode_family(&[("index", "wal"), ("partition", "")])?)?;
+        if let Some(storage) = self.storage.upgrade() {
+            let sizes = [
+                ("traces", storage.traces.sizes()),
+                ("logs", storage.logs.sizes()),
+            ];
+            for (index, partitions) in &sizes {
+                for (start, bytes) in partitions {
+                    let name = partition_name(*start);
+                    let labels = [("index", *index), ("partition", name.as_str())];
+                    ConstGauge::new(*bytes as i64).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+            let mut metric = encoder.encode_descriptor(
+                "tracelink_storage_partitions",
+                "Partitions of each index",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (index, partitions) in &sizes {
+                ConstGauge::new(partitions.len() as i64)
+                    .encode(metric.encode_family(&[("index", *index)])?)?;
+            }
+            for (name, help, pick) in [
+                (
+                    "tracelink_storage_oldest_partition_timestamp_seconds",
+                    "Start of the oldest partition's window",
+                    0,
+                ),
+                (
+                    "tracelink_storage_newest_partition_timestamp_seconds",
+                    "Start of the newest partition's window",
+                    1,
+                ),
+            ] {
+                let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (index, partitions) in &sizes {
+                    let chosen = if pick == 0 {
+                        partitions.first()
+                    } else {
+                        partitions.last()
+                    };
+                    if let Some((start, _)) = chosen {
+                        ConstGauge::new(*start)
+                            .encode(metric.encode_family(&[("index", *index)])?)?;
+                    }
+                }
+            }
+            let mut metric = encoder.encode_descriptor(
+                "tracelink_storage_partitions_dropped",
+                "Partitions dropped by retention, by why: age (retention.*_max_age) or disk (retention.max_disk_bytes)",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in DropReason::ALL {
+                for (index, dropped) in [
+                    ("traces", storage.traces.dropped(reason)),
+                    ("logs", storage.logs.dropped(reason)),
+                ] {
+                    let labels = [("index", index), ("reason", reason.as_str())];
+                    ConstCounter::new(dropped).encode(metric.encode_family(&labels)?)?;
+                }
+            }
         }
         let tail = self.tail.lock().ok().and_then(|tail| tail.clone());
         if let Some(tail) = tail {

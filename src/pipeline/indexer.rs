@@ -22,18 +22,79 @@ use super::head::LeavingTrace;
 use super::sample::Sampler;
 use super::{IndexJob, IngestQueue, PipelineStats};
 use crate::config::Config;
+use crate::config::RetentionConfig;
 use crate::lock;
 use crate::metrics::latency::{current_minute, OperationKey};
 use crate::metrics::names::normalise_span_name;
 use crate::metrics::Metrics;
 use crate::model::{LogRecord, Span};
-use crate::store::{CommitPayload, Storage, StoreError};
+use crate::store::partitions::{unix_now, DropReason, PartitionIndex};
+use crate::store::{
+    CommitPayload, LogIndex, Partition, Partitions, Storage, StoreError, TraceIndex,
+};
 
 /// How often the latency histograms are written out (and at shutdown). WAL segments
 /// are kept back to the last snapshot, so a restart observes what came after it again.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the dependency links are written out (and at shutdown).
 const DEPENDENCIES_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the size of the data directory is held against `retention.max_disk_bytes`.
+const DISK_CAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The partition being written and its writer.
+struct Writing<I> {
+    partition: Arc<Partition<I>>,
+    writer: tantivy::IndexWriter,
+}
+
+impl<I: PartitionIndex> Writing<I> {
+    /// The writer of the partition of `now`'s window. A partition opened for it is
+    /// committed at once with `payload`, so the newest partition always holds the last
+    /// payload and every older one may be dropped.
+    fn open(
+        partitions: &Partitions<I>,
+        now: i64,
+        memory_bytes: usize,
+        payload: &CommitPayload,
+    ) -> Result<Writing<I>, StoreError> {
+        let partition = partitions.current_or_open(now)?;
+        let mut writer = partition.index.writer(memory_bytes)?;
+        if !partition.index.has_commit()? {
+            partition.index.commit(&mut writer, payload)?;
+        }
+        Ok(Writing { partition, writer })
+    }
+
+    /// A writer whose window has passed (and that holds nothing uncommitted): its merges
+    /// finish on a thread of their own, then searches see the merged segments.
+    fn retire(self) {
+        let Writing { partition, writer } = self;
+        let spawned = std::thread::Builder::new()
+            .name("tracelink-retire".into())
+            .spawn(move || {
+                if let Err(error) = writer.wait_merging_threads() {
+                    tracing::warn!(partition = %partition.name(), %error, "merges of a finished partition failed; its segments stay as they are");
+                }
+                if let Err(error) = partition.index.reload() {
+                    tracing::warn!(partition = %partition.name(), %error, "reloading a finished partition failed");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a thread to finish a partition's merges");
+        }
+    }
+}
+
+/// Drop the partitions of `partitions` whose window ended more than `max_age` before
+/// `now` (never the newest).
+fn expire<I: PartitionIndex>(partitions: &Partitions<I>, max_age: Duration, now: i64) {
+    let max_age = max_age.as_secs() as i64;
+    for partition in partitions.newest_first().iter().skip(1) {
+        if partition.start + partitions.window_secs() + max_age <= now {
+            partitions.drop_partition(partition.start, DropReason::Age);
+        }
+    }
+}
 
 /// What the indexer shares with the rest of the pipeline.
 pub(super) struct Shared {
@@ -45,8 +106,12 @@ pub(super) struct Shared {
 
 pub(super) struct Indexer {
     storage: Arc<Storage>,
-    trace_writer: tantivy::IndexWriter,
-    log_writer: tantivy::IndexWriter,
+    traces: Writing<TraceIndex>,
+    logs: Writing<LogIndex>,
+    /// Memory budget of each writer.
+    writer_memory: usize,
+    retention: RetentionConfig,
+    last_disk_check: Instant,
     data_dir: PathBuf,
     commit_interval: Duration,
     commit_max_records: usize,
@@ -79,11 +144,19 @@ impl Indexer {
         logs_commit: CommitPayload,
         shared: Shared,
     ) -> Result<Indexer, StoreError> {
-        let memory = config.index_memory_bytes / 2;
+        let writer_memory = (config.index_memory_bytes / 2).max(16 << 20);
         let snapshot_position = lock(&shared.metrics.latency).observed_position();
+        let now = unix_now();
+        let traces_payload = CommitPayload {
+            wal_position: committed_spans,
+            ..CommitPayload::default()
+        };
         Ok(Indexer {
-            trace_writer: storage.traces.writer(memory.max(16 << 20))?,
-            log_writer: storage.logs.writer(memory.max(16 << 20))?,
+            traces: Writing::open(&storage.traces, now, writer_memory, &traces_payload)?,
+            logs: Writing::open(&storage.logs, now, writer_memory, &logs_commit)?,
+            writer_memory,
+            retention: config.retention.clone(),
+            last_disk_check: Instant::now(),
             storage,
             data_dir: config.data_dir.clone(),
             commit_interval: config.commit_interval,
@@ -169,9 +242,9 @@ impl Indexer {
     }
 
     fn add_logs(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
+        let index = &self.logs.partition.index;
         for record in records {
-            self.log_writer
-                .add_document(self.storage.logs.document(record)?)?;
+            self.logs.writer.add_document(index.document(record)?)?;
         }
         self.records_pending += records.len();
         self.shared
@@ -199,11 +272,99 @@ impl Indexer {
             tracing::error!(%error, "tantivy refused a trace; nothing is committed, the WAL keeps it for replay");
             return;
         }
-        self.commit();
+        let committed = self.commit();
         if everything || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
             self.snapshot(everything);
         }
         self.remove_wal_segments();
+        if committed && !everything {
+            self.roll();
+            self.retain();
+        }
+    }
+
+    /// Start the partitions of a new window once the current one has passed (right after
+    /// a commit that left nothing pending).
+    fn roll(&mut self) {
+        let now = unix_now();
+        if self.storage.traces.current(now).is_none() {
+            let payload = CommitPayload {
+                wal_position: self.committed_spans,
+                ..CommitPayload::default()
+            };
+            match Writing::open(&self.storage.traces, now, self.writer_memory, &payload) {
+                Ok(next) => std::mem::replace(&mut self.traces, next).retire(),
+                Err(error) => {
+                    tracing::error!(%error, "cannot open a new traces partition; writing on into the last one")
+                }
+            }
+        }
+        if self.storage.logs.current(now).is_none() {
+            let payload = CommitPayload {
+                wal_position: self.committed_logs,
+                files: self.files.clone(),
+            };
+            match Writing::open(&self.storage.logs, now, self.writer_memory, &payload) {
+                Ok(next) => std::mem::replace(&mut self.logs, next).retire(),
+                Err(error) => {
+                    tracing::error!(%error, "cannot open a new logs partition; writing on into the last one")
+                }
+            }
+        }
+    }
+
+    /// Drop partitions past their age, then, when the data directory is over
+    /// `retention.max_disk_bytes`, the oldest partitions of either index until it fits.
+    fn retain(&mut self) {
+        let now = unix_now();
+        expire(&self.storage.traces, self.retention.traces_max_age, now);
+        expire(&self.storage.logs, self.retention.logs_max_age, now);
+        let Some(cap) = self.retention.max_disk_bytes else {
+            return;
+        };
+        if self.last_disk_check.elapsed() < DISK_CAP_INTERVAL {
+            return;
+        }
+        self.last_disk_check = Instant::now();
+        let traces = self.storage.traces.sizes();
+        let logs = self.storage.logs.sizes();
+        let mut total = crate::store::dir_bytes(&self.data_dir.join("wal"))
+            + traces
+                .iter()
+                .chain(&logs)
+                .map(|(_, bytes)| bytes)
+                .sum::<u64>();
+        // Oldest first, each index's newest left out: (start, bytes, is traces).
+        let mut candidates: Vec<(i64, u64, bool)> = traces[..traces.len().saturating_sub(1)]
+            .iter()
+            .map(|(start, bytes)| (*start, *bytes, true))
+            .chain(
+                logs[..logs.len().saturating_sub(1)]
+                    .iter()
+                    .map(|(start, bytes)| (*start, *bytes, false)),
+            )
+            .collect();
+        candidates.sort();
+        for (start, bytes, is_traces) in candidates {
+            if total <= cap {
+                return;
+            }
+            let dropped = if is_traces {
+                self.storage.traces.drop_partition(start, DropReason::Disk)
+            } else {
+                self.storage.logs.drop_partition(start, DropReason::Disk)
+            };
+            if dropped {
+                total = total.saturating_sub(bytes);
+            }
+        }
+        if total > cap {
+            tracing::warn!(
+                total,
+                cap,
+                "storage is over retention.max_disk_bytes with only the partitions being written left"
+            );
+        }
     }
 
     fn seal(&mut self, leaving: Vec<LeavingTrace>) -> Result<(), StoreError> {
@@ -247,8 +408,12 @@ impl Indexer {
                 }
             };
             if decision.keep {
-                let document = self.storage.traces.document(&spans, &mut self.scratch);
-                self.trace_writer.add_document(document)?;
+                let document = self
+                    .traces
+                    .partition
+                    .index
+                    .document(&spans, &mut self.scratch);
+                self.traces.writer.add_document(document)?;
                 self.fragments_pending += 1;
                 self.records_pending += spans.len();
                 self.shared
@@ -269,15 +434,22 @@ impl Indexer {
         Ok(())
     }
 
-    fn commit(&mut self) {
+    /// Commit both indexes as far as they have something new; false when a commit failed.
+    fn commit(&mut self) -> bool {
         let started = Instant::now();
         let mut committed_any = false;
+        let mut failed = false;
         let replay_from = self.storage.head.replay_from();
         if self.fragments_pending > 0 || replay_from > self.committed_spans {
+            let payload = CommitPayload {
+                wal_position: replay_from,
+                ..CommitPayload::default()
+            };
             match self
-                .storage
                 .traces
-                .commit(&mut self.trace_writer, replay_from)
+                .partition
+                .index
+                .commit(&mut self.traces.writer, &payload)
             {
                 Ok(()) => {
                     self.committed_spans = replay_from;
@@ -287,6 +459,7 @@ impl Indexer {
                     committed_any = true;
                 }
                 Err(error) => {
+                    failed = true;
                     tracing::error!(%error, "traces commit failed; will retry with the next one");
                 }
             }
@@ -296,7 +469,12 @@ impl Indexer {
                 wal_position: self.logs_covered,
                 files: self.files.clone(),
             };
-            match self.storage.logs.commit(&mut self.log_writer, &payload) {
+            match self
+                .logs
+                .partition
+                .index
+                .commit(&mut self.logs.writer, &payload)
+            {
                 Ok(()) => {
                     self.committed_logs = self.logs_covered;
                     self.files_changed = false;
@@ -306,13 +484,14 @@ impl Indexer {
                     committed_any = true;
                 }
                 Err(error) => {
+                    failed = true;
                     tracing::error!(%error, "logs commit failed; will retry with the next one");
                 }
             }
         }
         self.records_pending = 0;
         if !committed_any {
-            return;
+            return !failed;
         }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -325,6 +504,7 @@ impl Indexer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "committed"
         );
+        !failed
     }
 
     /// Write the latency histograms, atomically (temporary file, fsync, rename).

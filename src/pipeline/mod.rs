@@ -330,7 +330,7 @@ impl Pipeline {
     ) -> Result<Arc<Pipeline>, StoreError> {
         let committed_spans = storage.traces.committed_wal_position()?;
         let mut checkpoints_damaged = false;
-        let logs_commit = match storage.logs.committed() {
+        let logs_commit = match storage.logs.committed_payload() {
             Ok(commit) => commit,
             Err(StoreError::Payload(problem)) => {
                 tracing::error!(

@@ -18,8 +18,9 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQue
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
+use tantivy::{DocAddress, Index, IndexReader, Order, TantivyDocument, Term};
 
+use super::partitions::{PartitionIndex, Partitions};
 use super::{open_index, CommitPayload, StoreError};
 use crate::model::Level;
 use crate::model::{LogRecord, SpanId, TraceId, LABEL_ATTRIBUTES};
@@ -107,6 +108,16 @@ pub struct LogIndex {
     fields: LogFields,
 }
 
+impl PartitionIndex for LogIndex {
+    fn open(dir: &Path) -> Result<LogIndex, StoreError> {
+        LogIndex::open(dir)
+    }
+
+    fn tantivy(&self) -> (&Index, &IndexReader) {
+        (&self.index, &self.reader)
+    }
+}
+
 impl LogIndex {
     pub fn open(dir: &Path) -> Result<LogIndex, StoreError> {
         let (mut schema, mut fields) = LogFields::schema();
@@ -124,14 +135,6 @@ impl LogIndex {
             reader,
             fields,
         })
-    }
-
-    pub fn committed(&self) -> Result<CommitPayload, StoreError> {
-        CommitPayload::parse(self.index.load_metas()?.payload.as_deref())
-    }
-
-    pub fn writer(&self, memory_bytes: usize) -> Result<IndexWriter, StoreError> {
-        Ok(self.index.writer_with_num_threads(1, memory_bytes)?)
     }
 
     /// The document of a record that already has its id.
@@ -161,18 +164,6 @@ impl LogIndex {
         Ok(document)
     }
 
-    pub fn commit(
-        &self,
-        writer: &mut IndexWriter,
-        payload: &CommitPayload,
-    ) -> Result<(), StoreError> {
-        let mut prepared = writer.prepare_commit()?;
-        prepared.set_payload(&payload.render());
-        prepared.commit()?;
-        self.reader.reload()?;
-        Ok(())
-    }
-
     pub fn get(&self, id: &str) -> Result<Option<LogRecord>, StoreError> {
         let searcher = self.reader.searcher();
         let query = TermQuery::new(
@@ -187,8 +178,30 @@ impl LogIndex {
     }
 
     /// Matching records, newest first.
-    pub fn search(&self, query: &LogQuery) -> Result<Vec<LogRecord>, StoreError> {
+    fn search(&self, query: &LogQuery) -> Result<Vec<LogRecord>, StoreError> {
         let fields = &self.fields;
+        let searcher = self.reader.searcher();
+        if query.start_unix_nano.is_some() || query.end_unix_nano.is_some() {
+            // Nothing of this partition in the range: not searched.
+            let mut range: Option<(u64, u64)> = None;
+            for segment in searcher.segment_readers() {
+                if segment.num_docs() > 0 {
+                    let time = segment.fast_fields().u64(TIME_FIELD)?;
+                    let (low, high) = (time.min_value(), time.max_value());
+                    range = Some(range.map_or((low, high), |(a, b)| (a.min(low), b.max(high))));
+                }
+            }
+            let outside = match range {
+                None => true,
+                Some((earliest, latest)) => {
+                    query.start_unix_nano.is_some_and(|start| latest < start)
+                        || query.end_unix_nano.is_some_and(|end| earliest > end)
+                }
+            };
+            if outside {
+                return Ok(Vec::new());
+            }
+        }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let term = |field: Field, text: &str| -> Box<dyn Query> {
             Box::new(TermQuery::new(
@@ -252,7 +265,6 @@ impl LogIndex {
         } else {
             Box::new(BooleanQuery::new(clauses))
         };
-        let searcher = self.reader.searcher();
         let limit = query.limit.max(1);
         let mut records = Vec::new();
         if let Some(trace_id) = &query.trace_id {
@@ -270,11 +282,7 @@ impl LogIndex {
                     records.push(record);
                 }
             }
-            records.sort_by(|a, b| {
-                b.time_unix_nano
-                    .cmp(&a.time_unix_nano)
-                    .then(b.id.cmp(&a.id))
-            });
+            sort_newest_first(&mut records);
             records.truncate(limit);
             return Ok(records);
         }
@@ -301,22 +309,25 @@ impl LogIndex {
         serde_json::from_slice(bytes).map_err(|error| StoreError::Payload(error.to_string()))
     }
 
-    /// Distinct values of `service`, `level` or an attribute label such as
+    /// Add the distinct values of `service`, `level` or an attribute label such as
     /// `k8s_namespace_name` (for Loki's label values).
-    pub fn values_of(&self, field_name: &str) -> Result<Vec<String>, StoreError> {
+    fn values_into(
+        &self,
+        field_name: &str,
+        values: &mut std::collections::BTreeSet<String>,
+    ) -> Result<(), StoreError> {
         let (field, prefix) = match field_name {
             "service" => (self.fields.service, String::new()),
             "level" => (self.fields.level, String::new()),
             label if LABEL_ATTRIBUTES.iter().any(|(known, _)| *known == label) => {
                 match self.fields.labels {
                     Some(labels) => (labels, format!("{label}=")),
-                    None => return Ok(Vec::new()),
+                    None => return Ok(()),
                 }
             }
             other => return Err(StoreError::Payload(format!("no such label field {other}"))),
         };
         let searcher = self.reader.searcher();
-        let mut values = std::collections::BTreeSet::new();
         for segment in searcher.segment_readers() {
             let inverted = segment.inverted_index(field)?;
             let mut terms = inverted.terms().stream()?;
@@ -329,10 +340,65 @@ impl LogIndex {
                 }
             }
         }
-        Ok(values.into_iter().collect())
+        Ok(())
     }
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+}
+
+/// Newest first; records of one instant by id, so that every order of partitions and
+/// segments gives the same answer.
+fn sort_newest_first(records: &mut [LogRecord]) {
+    records.sort_by(|a, b| {
+        b.time_unix_nano
+            .cmp(&a.time_unix_nano)
+            .then(b.id.cmp(&a.id))
+    });
+}
+
+/// Reads across every partition of the logs index.
+impl Partitions<LogIndex> {
+    /// The WAL position and file checkpoints of the last commit (nothing before the first).
+    pub fn committed_payload(&self) -> Result<CommitPayload, StoreError> {
+        Ok(self.committed()?.unwrap_or_default())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<LogRecord>, StoreError> {
+        for partition in self.newest_first() {
+            if let Some(record) = partition.index.get(id)? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Matching records of every partition, newest first, at most `query.limit`.
+    pub fn search(&self, query: &LogQuery) -> Result<Vec<LogRecord>, StoreError> {
+        let mut records = Vec::new();
+        for partition in self.newest_first() {
+            records.extend(partition.index.search(query)?);
+        }
+        sort_newest_first(&mut records);
+        records.truncate(query.limit.max(1));
+        Ok(records)
+    }
+
+    /// Distinct values of `service`, `level` or an attribute label such as
+    /// `k8s_namespace_name` (for Loki's label values).
+    pub fn values_of(&self, field_name: &str) -> Result<Vec<String>, StoreError> {
+        let mut values = std::collections::BTreeSet::new();
+        for partition in self.newest_first() {
+            partition.index.values_into(field_name, &mut values)?;
+        }
+        Ok(values.into_iter().collect())
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.newest_first()
+            .iter()
+            .map(|partition| partition.index.num_docs())
+            .sum()
     }
 }

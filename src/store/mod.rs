@@ -7,6 +7,7 @@
 //! duplicates are folded by span id, which also folds client retries and fragments).
 
 pub mod logs;
+pub mod partitions;
 pub mod tags;
 pub mod traces;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 pub use logs::{LogIndex, LogQuery};
+pub use partitions::{Partition, Partitions};
 pub use traces::TraceIndex;
 
 use crate::pipeline::head::{Head, HeadLimits};
@@ -60,15 +62,20 @@ impl CommitPayload {
     }
 }
 
-/// Bytes of the files directly inside `path` (an index or the WAL directory).
+/// Bytes of the files under `path` (an index, its partitions, the WAL directory).
 pub fn dir_bytes(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter_map(|entry| entry.metadata().ok())
-                .filter(|metadata| metadata.is_file())
-                .map(|metadata| metadata.len())
+                .filter_map(|entry| {
+                    let metadata = entry.metadata().ok()?;
+                    Some(if metadata.is_dir() {
+                        dir_bytes(&entry.path())
+                    } else {
+                        metadata.len()
+                    })
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -104,17 +111,22 @@ fn open_index(
 }
 
 pub struct Storage {
-    pub traces: TraceIndex,
-    pub logs: LogIndex,
+    pub traces: Partitions<TraceIndex>,
+    pub logs: Partitions<LogIndex>,
     pub head: Head,
     /// The write-ahead log's segments (`wal/`), read by the head for spans assembling.
     pub wal_files: Arc<WalFiles>,
 }
 
 impl Storage {
-    /// Open the indexes under `data_dir` (`traces/`, `logs/`). Spans indexed one document
-    /// each by earlier versions (`spans/`) are not read.
-    pub fn open(data_dir: &Path, head_limits: HeadLimits) -> Result<Storage, StoreError> {
+    /// Open the indexes under `data_dir` (`traces/`, `logs/`), partitioned by windows of
+    /// `partition`. Spans indexed one document each by earlier versions (`spans/`) are
+    /// not read.
+    pub fn open(
+        data_dir: &Path,
+        partition: std::time::Duration,
+        head_limits: HeadLimits,
+    ) -> Result<Storage, StoreError> {
         if data_dir.join("spans").exists() {
             tracing::warn!(
                 path = %data_dir.join("spans").display(),
@@ -123,8 +135,8 @@ impl Storage {
         }
         let wal_files = Arc::new(WalFiles::new(&data_dir.join("wal")));
         Ok(Storage {
-            traces: TraceIndex::open(&data_dir.join("traces"))?,
-            logs: LogIndex::open(&data_dir.join("logs"))?,
+            traces: Partitions::open(&data_dir.join("traces"), partition)?,
+            logs: Partitions::open(&data_dir.join("logs"), partition)?,
             head: Head::new(head_limits, wal_files.clone()),
             wal_files,
         })

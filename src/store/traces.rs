@@ -18,10 +18,13 @@ use bytes::Bytes;
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING};
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Searcher, TantivyDocument, Term};
+use tantivy::{DocAddress, Index, IndexReader, Searcher, TantivyDocument, Term};
 
+use super::partitions::{PartitionIndex, Partitions};
 use super::tags::{split_operation, split_term, AttributeTerms, TagScope, TagType};
-use super::{open_index, CommitPayload, StoreError};
+#[cfg(test)]
+use super::CommitPayload;
+use super::{open_index, StoreError};
 use crate::model::{SpanId, TraceId};
 use crate::pipeline::head::HeadSpan;
 
@@ -152,6 +155,16 @@ pub struct TraceIndex {
     fields: TraceFields,
 }
 
+impl PartitionIndex for TraceIndex {
+    fn open(dir: &Path) -> Result<TraceIndex, StoreError> {
+        TraceIndex::open(dir)
+    }
+
+    fn tantivy(&self) -> (&Index, &IndexReader) {
+        (&self.index, &self.reader)
+    }
+}
+
 impl TraceIndex {
     pub fn open(dir: &Path) -> Result<TraceIndex, StoreError> {
         let (mut schema, mut fields) = TraceFields::schema();
@@ -169,16 +182,6 @@ impl TraceIndex {
             reader,
             fields,
         })
-    }
-
-    /// The WAL position replay starts from, as of the last commit (0 for a new index).
-    pub fn committed_wal_position(&self) -> Result<u64, StoreError> {
-        let metas = self.index.load_metas()?;
-        Ok(CommitPayload::parse(metas.payload.as_deref())?.wal_position)
-    }
-
-    pub fn writer(&self, memory_bytes: usize) -> Result<IndexWriter, StoreError> {
-        Ok(self.index.writer_with_num_threads(1, memory_bytes)?)
     }
 
     /// One document for the spans of a trace fragment (all of one trace, not empty).
@@ -267,20 +270,6 @@ impl TraceIndex {
         document
     }
 
-    /// Commit what the writer holds, recording the WAL position replay must start from,
-    /// and make it visible to searches before returning.
-    pub fn commit(&self, writer: &mut IndexWriter, wal_position: u64) -> Result<(), StoreError> {
-        let mut prepared = writer.prepare_commit()?;
-        let payload = CommitPayload {
-            wal_position,
-            ..CommitPayload::default()
-        };
-        prepared.set_payload(&payload.render());
-        prepared.commit()?;
-        self.reader.reload()?;
-        Ok(())
-    }
-
     fn stored_spans(
         &self,
         searcher: &Searcher,
@@ -317,21 +306,41 @@ impl TraceIndex {
         Ok(searcher.search(&query, &tantivy::collector::Count)?)
     }
 
-    /// Fragments that started at or before `to` (all with `None`) and ended at or after
-    /// `from`, newest start first: `(trace id, fragment start)` of the `limit` fragments
-    /// after skipping `offset`, and how many fragments that page held before the `from`
-    /// check (a page shorter than `limit` is the last). Fragments that started more than
-    /// [`LONGEST_FRAGMENT_NANOS`] before `from` are not looked at. Read from fast fields:
-    /// no stored document is opened.
-    pub fn fragments_newest_first(
+    /// The earliest start and latest end of the fragments held; `None` when empty.
+    fn time_range(&self, searcher: &Searcher) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut range: Option<(u64, u64)> = None;
+        for segment in searcher.segment_readers() {
+            if segment.num_docs() == 0 {
+                continue;
+            }
+            let fast = segment.fast_fields();
+            let start = fast.u64("start_time_unix_nano")?.min_value();
+            let end = fast.u64("end_time_unix_nano")?.max_value();
+            range = Some(range.map_or((start, end), |(low, high)| (low.min(start), high.max(end))));
+        }
+        Ok(range)
+    }
+
+    /// The `limit` newest-starting fragments that started at or before `to` (all with
+    /// `None`) and no more than [`LONGEST_FRAGMENT_NANOS`] before `from`: `(trace id,
+    /// start, end)`, newest start first. Read from fast fields: no stored document is
+    /// opened.
+    fn newest_fragments(
         &self,
         from: Option<u64>,
         to: Option<u64>,
         required: &[FragmentHas],
-        offset: usize,
         limit: usize,
-    ) -> Result<(Vec<(TraceId, u64)>, usize), StoreError> {
+    ) -> Result<Vec<(TraceId, u64, u64)>, StoreError> {
         let searcher = self.reader.searcher();
+        match self.time_range(&searcher)? {
+            None => return Ok(Vec::new()),
+            Some((earliest, latest)) => {
+                if from.is_some_and(|from| latest < from) || to.is_some_and(|to| earliest > to) {
+                    return Ok(Vec::new());
+                }
+            }
+        }
         let bound = |value: Option<u64>| match value {
             Some(value) => {
                 std::ops::Bound::Included(Term::from_field_u64(self.fields.start_time, value))
@@ -370,12 +379,10 @@ impl TraceIndex {
         let top = searcher.search(
             &query,
             &TopDocs::with_limit(limit.max(1))
-                .and_offset(offset)
                 .order_by_u64_field("start_time_unix_nano", tantivy::Order::Desc),
         )?;
         let mut found = Vec::with_capacity(top.len());
         let mut bytes = Vec::new();
-        let scanned = top.len();
         for (start, address) in top {
             let segment = searcher.segment_reader(address.segment_ord);
             let fast = segment.fast_fields();
@@ -383,9 +390,6 @@ impl TraceIndex {
                 .u64("end_time_unix_nano")?
                 .first(address.doc_id)
                 .unwrap_or(u64::MAX);
-            if from.is_some_and(|from| end < from) {
-                continue;
-            }
             let Some(ids) = fast.bytes("trace_id")? else {
                 continue;
             };
@@ -395,18 +399,20 @@ impl TraceIndex {
             bytes.clear();
             if ids.ord_to_bytes(ord, &mut bytes)? {
                 if let Ok(trace_id) = TraceId::from_bytes(&bytes) {
-                    found.push((trace_id, start.unwrap_or(0)));
+                    found.push((trace_id, start.unwrap_or(0), end));
                 }
             }
         }
-        Ok((found, scanned))
+        Ok(found)
     }
 
-    /// (service, span kind, span name) of every operation stored.
-    pub fn operations(&self) -> Result<BTreeSet<(String, i32, String)>, StoreError> {
-        let mut operations = BTreeSet::new();
+    /// Add (service, span kind, span name) of every operation stored.
+    fn operations_into(
+        &self,
+        operations: &mut BTreeSet<(String, i32, String)>,
+    ) -> Result<(), StoreError> {
         let Some(field) = self.fields.attribute else {
-            return Ok(operations);
+            return Ok(());
         };
         let searcher = self.reader.searcher();
         for segment in searcher.segment_readers() {
@@ -423,14 +429,13 @@ impl TraceIndex {
                 }
             }
         }
-        Ok(operations)
+        Ok(())
     }
 
-    /// Attribute keys of the stored traces, by scope.
-    pub fn tag_names(&self) -> Result<BTreeSet<(TagScope, String)>, StoreError> {
-        let mut names = BTreeSet::new();
+    /// Add the attribute keys of the stored traces, by scope.
+    fn tag_names_into(&self, names: &mut BTreeSet<(TagScope, String)>) -> Result<(), StoreError> {
         let Some(field) = self.fields.attribute else {
-            return Ok(names);
+            return Ok(());
         };
         let searcher = self.reader.searcher();
         for segment in searcher.segment_readers() {
@@ -442,20 +447,20 @@ impl TraceIndex {
                 }
             }
         }
-        Ok(names)
+        Ok(())
     }
 
-    /// Distinct values of an attribute (of `scope`), with their types, at most `limit`;
-    /// the flag says whether more were left out.
-    pub fn tag_values(
+    /// Add the distinct values of an attribute (of `scope`), with their types, up to
+    /// `limit` values in all; true when more were left out.
+    fn tag_values_into(
         &self,
         scope: TagScope,
         key: &str,
         limit: usize,
-    ) -> Result<(BTreeSet<(TagType, String)>, bool), StoreError> {
-        let mut values = BTreeSet::new();
+        values: &mut BTreeSet<(TagType, String)>,
+    ) -> Result<bool, StoreError> {
         let Some(field) = self.fields.attribute else {
-            return Ok((values, false));
+            return Ok(false);
         };
         let prefix = format!("{}\0{key}\0", scope.as_str());
         let mut after = prefix.clone().into_bytes();
@@ -472,22 +477,23 @@ impl TraceIndex {
             while let Some((term, _)) = terms.next() {
                 if let Some((_, _, kind, value)) = split_term(term) {
                     if values.len() >= limit && !values.contains(&(kind, value.to_owned())) {
-                        return Ok((values, true));
+                        return Ok(true);
                     }
                     values.insert((kind, value.to_owned()));
                 }
             }
         }
-        Ok((values, false))
+        Ok(false)
     }
 
-    /// Distinct values of a text field of the fragments (`name`, `service`, `root_name`,
-    /// `root_service`), at most `limit`, and whether more were left out.
-    pub fn field_values(
+    /// Add the distinct values of a text field of the fragments (`name`, `service`,
+    /// `root_name`, `root_service`), up to `limit` in all; true when more were left out.
+    fn field_values_into(
         &self,
         field_name: &str,
         limit: usize,
-    ) -> Result<(BTreeSet<String>, bool), StoreError> {
+        values: &mut BTreeSet<String>,
+    ) -> Result<bool, StoreError> {
         let field = match field_name {
             "name" => self.fields.name,
             "service" => self.fields.service,
@@ -495,7 +501,6 @@ impl TraceIndex {
             "root_service" => self.fields.root_service,
             other => return Err(StoreError::Payload(format!("no such field {other}"))),
         };
-        let mut values = BTreeSet::new();
         let searcher = self.reader.searcher();
         for segment in searcher.segment_readers() {
             let inverted = segment.inverted_index(field)?;
@@ -503,23 +508,26 @@ impl TraceIndex {
             while let Some((term, _)) = terms.next() {
                 let value = String::from_utf8_lossy(term).into_owned();
                 if values.len() >= limit && !values.contains(&value) {
-                    return Ok((values, true));
+                    return Ok(true);
                 }
                 values.insert(value);
             }
         }
-        Ok((values, false))
+        Ok(false)
     }
 
-    /// Full ids of the stored traces whose low 64 bits are `low` (a Datadog id).
-    pub fn trace_ids_with_low64(&self, low: u64) -> Result<Vec<TraceId>, StoreError> {
+    /// Add the full ids of the stored traces whose low 64 bits are `low` (a Datadog id).
+    fn trace_ids_with_low64_into(
+        &self,
+        low: u64,
+        ids: &mut BTreeSet<TraceId>,
+    ) -> Result<(), StoreError> {
         let searcher = self.reader.searcher();
         let query = TermQuery::new(
             Term::from_field_u64(self.fields.trace_low64, low),
             IndexRecordOption::Basic,
         );
         let addresses: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
-        let mut ids = BTreeSet::new();
         for address in addresses.into_iter().take(64) {
             let document: TantivyDocument = searcher.doc(address)?;
             if let Some(bytes) = document
@@ -531,19 +539,19 @@ impl TraceIndex {
                 }
             }
         }
-        Ok(ids.into_iter().collect())
+        Ok(())
     }
 
     /// Span payloads of fragments that hold a span of `service` and started in
     /// `[from, to]`, newest fragments first, at most `limit` fragments: the candidates for
     /// a log record that carries no trace id. Callers check each span.
-    pub fn service_fragments_between(
+    fn service_fragments_between(
         &self,
         service: &str,
         from: u64,
         to: u64,
         limit: usize,
-    ) -> Result<Vec<Bytes>, StoreError> {
+    ) -> Result<Vec<(u64, Vec<Bytes>)>, StoreError> {
         let searcher = self.reader.searcher();
         let query = BooleanQuery::new(vec![
             (
@@ -566,26 +574,26 @@ impl TraceIndex {
             &TopDocs::with_limit(limit.max(1))
                 .order_by_u64_field("start_time_unix_nano", tantivy::Order::Desc),
         )?;
-        let mut payloads = Vec::new();
-        for (_, address) in top {
-            payloads.extend(self.stored_spans(&searcher, address)?);
+        let mut fragments = Vec::new();
+        for (start, address) in top {
+            fragments.push((start.unwrap_or(0), self.stored_spans(&searcher, address)?));
         }
-        Ok(payloads)
+        Ok(fragments)
     }
 
     /// (trace id, span id) of every span in fragments holding a span whose WAL record
     /// starts at or after `wal_position`: what a replay from there must not index again.
-    pub fn spans_from_wal(
+    fn spans_from_wal_into(
         &self,
         wal_position: u64,
-    ) -> Result<HashSet<(TraceId, SpanId)>, StoreError> {
+        seen: &mut HashSet<(TraceId, SpanId)>,
+    ) -> Result<(), StoreError> {
         let searcher = self.reader.searcher();
         let query = RangeQuery::new(
             std::ops::Bound::Included(Term::from_field_u64(self.fields.wal_last, wal_position)),
             std::ops::Bound::Unbounded,
         );
         let addresses: HashSet<DocAddress> = searcher.search(&query, &DocSetCollector)?;
-        let mut seen = HashSet::new();
         for address in addresses {
             for payload in self.stored_spans(&searcher, address)? {
                 let Ok(decoded) = crate::model::Span::decode_payload(&payload) else {
@@ -601,7 +609,7 @@ impl TraceIndex {
                 }
             }
         }
-        Ok(seen)
+        Ok(())
     }
 
     /// Fragments stored.
@@ -610,11 +618,195 @@ impl TraceIndex {
     }
 }
 
+/// Reads across every partition of the traces index.
+impl Partitions<TraceIndex> {
+    /// The WAL position replay starts from, as of the last commit (0 before the first).
+    pub fn committed_wal_position(&self) -> Result<u64, StoreError> {
+        Ok(self.committed()?.map_or(0, |payload| payload.wal_position))
+    }
+
+    /// Span payloads of every committed fragment of a trace, duplicates included.
+    pub fn trace_payloads(&self, trace_id: &TraceId) -> Result<Vec<Bytes>, StoreError> {
+        let mut payloads = Vec::new();
+        for partition in self.newest_first() {
+            payloads.extend(partition.index.trace_payloads(trace_id)?);
+        }
+        Ok(payloads)
+    }
+
+    /// Fragments of a trace, in all partitions.
+    pub fn fragments(&self, trace_id: &TraceId) -> Result<usize, StoreError> {
+        let mut fragments = 0;
+        for partition in self.newest_first() {
+            fragments += partition.index.fragments(trace_id)?;
+        }
+        Ok(fragments)
+    }
+
+    /// Fragments that started at or before `to` (all with `None`) and ended at or after
+    /// `from`, newest start first: `(trace id, fragment start)` of the `limit` fragments
+    /// after skipping `offset`, and how many fragments that page held before the `from`
+    /// check (a page shorter than `limit` is the last). Fragments that started more than
+    /// [`LONGEST_FRAGMENT_NANOS`] before `from` are not looked at, nor partitions holding
+    /// nothing in the range.
+    pub fn fragments_newest_first(
+        &self,
+        from: Option<u64>,
+        to: Option<u64>,
+        required: &[FragmentHas],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(TraceId, u64)>, usize), StoreError> {
+        let wanted = offset.saturating_add(limit.max(1));
+        let mut all = Vec::new();
+        for partition in self.newest_first() {
+            all.extend(
+                partition
+                    .index
+                    .newest_fragments(from, to, required, wanted)?,
+            );
+        }
+        // Stable: ties keep the partitions' newest-first order, so pages do not overlap.
+        all.sort_by_key(|fragment| std::cmp::Reverse(fragment.1));
+        let page: Vec<(TraceId, u64, u64)> =
+            all.into_iter().skip(offset).take(limit.max(1)).collect();
+        let scanned = page.len();
+        let found = page
+            .into_iter()
+            .filter(|(_, _, end)| from.is_none_or(|from| *end >= from))
+            .map(|(trace_id, start, _)| (trace_id, start))
+            .collect();
+        Ok((found, scanned))
+    }
+
+    /// (service, span kind, span name) of every operation stored.
+    pub fn operations(&self) -> Result<BTreeSet<(String, i32, String)>, StoreError> {
+        let mut operations = BTreeSet::new();
+        for partition in self.newest_first() {
+            partition.index.operations_into(&mut operations)?;
+        }
+        Ok(operations)
+    }
+
+    /// Attribute keys of the stored traces, by scope.
+    pub fn tag_names(&self) -> Result<BTreeSet<(TagScope, String)>, StoreError> {
+        let mut names = BTreeSet::new();
+        for partition in self.newest_first() {
+            partition.index.tag_names_into(&mut names)?;
+        }
+        Ok(names)
+    }
+
+    /// Distinct values of an attribute (of `scope`), with their types, at most `limit`;
+    /// the flag says whether more were left out.
+    pub fn tag_values(
+        &self,
+        scope: TagScope,
+        key: &str,
+        limit: usize,
+    ) -> Result<(BTreeSet<(TagType, String)>, bool), StoreError> {
+        let mut values = BTreeSet::new();
+        for partition in self.newest_first() {
+            if partition
+                .index
+                .tag_values_into(scope, key, limit, &mut values)?
+            {
+                return Ok((values, true));
+            }
+        }
+        Ok((values, false))
+    }
+
+    /// Distinct values of a text field of the fragments (`name`, `service`, `root_name`,
+    /// `root_service`), at most `limit`, and whether more were left out.
+    pub fn field_values(
+        &self,
+        field_name: &str,
+        limit: usize,
+    ) -> Result<(BTreeSet<String>, bool), StoreError> {
+        let mut values = BTreeSet::new();
+        for partition in self.newest_first() {
+            if partition
+                .index
+                .field_values_into(field_name, limit, &mut values)?
+            {
+                return Ok((values, true));
+            }
+        }
+        Ok((values, false))
+    }
+
+    /// Full ids of the stored traces whose low 64 bits are `low` (a Datadog id).
+    pub fn trace_ids_with_low64(&self, low: u64) -> Result<Vec<TraceId>, StoreError> {
+        let mut ids = BTreeSet::new();
+        for partition in self.newest_first() {
+            partition.index.trace_ids_with_low64_into(low, &mut ids)?;
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Span payloads of fragments that hold a span of `service` and started in
+    /// `[from, to]`, newest fragments first, at most `limit` fragments: the candidates for
+    /// a log record that carries no trace id. Callers check each span.
+    pub fn service_fragments_between(
+        &self,
+        service: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut fragments = Vec::new();
+        for partition in self.newest_first() {
+            fragments.extend(
+                partition
+                    .index
+                    .service_fragments_between(service, from, to, limit)?,
+            );
+        }
+        fragments.sort_by_key(|fragment| std::cmp::Reverse(fragment.0));
+        Ok(fragments
+            .into_iter()
+            .take(limit.max(1))
+            .flat_map(|(_, payloads)| payloads)
+            .collect())
+    }
+
+    /// (trace id, span id) of every span in fragments holding a span whose WAL record
+    /// starts at or after `wal_position`: what a replay from there must not index again.
+    pub fn spans_from_wal(
+        &self,
+        wal_position: u64,
+    ) -> Result<HashSet<(TraceId, SpanId)>, StoreError> {
+        let mut seen = HashSet::new();
+        for partition in self.newest_first() {
+            partition
+                .index
+                .spans_from_wal_into(wal_position, &mut seen)?;
+        }
+        Ok(seen)
+    }
+
+    /// Fragments stored.
+    pub fn num_docs(&self) -> u64 {
+        self.newest_first()
+            .iter()
+            .map(|partition| partition.index.num_docs())
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Span;
     use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+    fn at(wal_position: u64) -> CommitPayload {
+        CommitPayload {
+            wal_position,
+            ..CommitPayload::default()
+        }
+    }
 
     fn span(trace: u8, id: u8, wal_start: u64) -> HeadSpan {
         let otlp = OtlpSpan {
@@ -632,12 +824,15 @@ mod tests {
     }
 
     #[test]
-    fn fragments_are_found_by_trace_id_low_bits_and_wal_position_and_survive_reopen() {
+    fn fragments_are_found_by_trace_id_low_bits_and_wal_position_across_partitions_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let window = std::time::Duration::from_secs(10);
         let mut scratch = Vec::new();
         {
-            let index = TraceIndex::open(dir.path()).unwrap();
-            assert_eq!(index.committed_wal_position().unwrap(), 0);
+            let partitions: Partitions<TraceIndex> = Partitions::open(dir.path(), window).unwrap();
+            assert_eq!(partitions.committed_wal_position().unwrap(), 0);
+            let older = partitions.current_or_open(100).unwrap();
+            let index = &older.index;
             let mut writer = index.writer(16 << 20).unwrap();
             let first = [span(1, 1, 0), span(1, 2, 10)];
             writer
@@ -646,26 +841,47 @@ mod tests {
             writer
                 .add_document(index.document(&[span(2, 3, 20)], &mut scratch))
                 .unwrap();
+            index.commit(&mut writer, &at(1000)).unwrap();
+            // The next window: trace 1's late fragment lands in another partition.
+            let newer = partitions.current_or_open(115).unwrap();
+            let index = &newer.index;
+            let mut writer = index.writer(16 << 20).unwrap();
             writer
                 .add_document(index.document(&[span(1, 4, 30)], &mut scratch))
                 .unwrap();
-            index.commit(&mut writer, 4242).unwrap();
-            let payloads = index.trace_payloads(&TraceId([1; 16])).unwrap();
+            index.commit(&mut writer, &at(4242)).unwrap();
+            let payloads = partitions.trace_payloads(&TraceId([1; 16])).unwrap();
             assert_eq!(payloads.len(), 3);
-            assert_eq!(payloads[0], first[0].span.payload);
-            assert_eq!(index.fragments(&TraceId([1; 16])).unwrap(), 2);
+            assert!(payloads.contains(&first[0].span.payload));
+            assert_eq!(partitions.fragments(&TraceId([1; 16])).unwrap(), 2);
+            let (page, scanned) = partitions
+                .fragments_newest_first(None, None, &[], 0, 10)
+                .unwrap();
+            assert_eq!(scanned, 3);
+            assert_eq!(page[0], (TraceId([1; 16]), 4), "newest start first");
+            let (page, scanned) = partitions
+                .fragments_newest_first(None, None, &[], 1, 1)
+                .unwrap();
+            assert_eq!((page, scanned), (vec![(TraceId([2; 16]), 3)], 1));
         }
-        let index = TraceIndex::open(dir.path()).unwrap();
-        assert_eq!(index.committed_wal_position().unwrap(), 4242);
-        assert_eq!(index.trace_payloads(&TraceId([2; 16])).unwrap().len(), 1);
-        assert!(index.trace_payloads(&TraceId([3; 16])).unwrap().is_empty());
+        let partitions: Partitions<TraceIndex> = Partitions::open(dir.path(), window).unwrap();
+        assert_eq!(partitions.newest_first().len(), 2);
+        assert_eq!(partitions.committed_wal_position().unwrap(), 4242);
         assert_eq!(
-            index
+            partitions.trace_payloads(&TraceId([2; 16])).unwrap().len(),
+            1
+        );
+        assert!(partitions
+            .trace_payloads(&TraceId([3; 16]))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            partitions
                 .trace_ids_with_low64(TraceId([2; 16]).low_u64())
                 .unwrap(),
             vec![TraceId([2; 16])]
         );
-        let replayed = index.spans_from_wal(20).unwrap();
+        let replayed = partitions.spans_from_wal(20).unwrap();
         assert_eq!(
             replayed.len(),
             2,
@@ -673,5 +889,10 @@ mod tests {
         );
         assert!(replayed.contains(&(TraceId([1; 16]), SpanId([4; 8]))));
         assert!(!replayed.contains(&(TraceId([1; 16]), SpanId([1; 8]))));
+        // A range after everything the older partition holds skips it.
+        let (page, _) = partitions
+            .fragments_newest_first(Some(14), None, &[], 0, 10)
+            .unwrap();
+        assert_eq!(page, vec![(TraceId([1; 16]), 4)]);
     }
 }
