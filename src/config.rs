@@ -287,6 +287,9 @@ pub struct RawServer {
     pub otlp_http_addr: String,
     pub otlp_grpc_addr: String,
     pub shutdown_grace_ms: u64,
+    /// PEM certificate chain and key: all three listeners speak TLS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -357,6 +360,8 @@ impl Default for RawServer {
             otlp_http_addr: "127.0.0.1:4318".into(),
             otlp_grpc_addr: "127.0.0.1:4317".into(),
             shutdown_grace_ms: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -398,6 +403,8 @@ pub struct Config {
     pub otlp_http_addr: SocketAddr,
     pub otlp_grpc_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// TLS on every listener.
+    pub tls: Option<crate::tls::Tls>,
     pub data_dir: PathBuf,
     pub commit_interval: Duration,
     pub commit_max_spans: usize,
@@ -682,6 +689,33 @@ impl RawConfig {
             otlp_http_addr: addr("server.otlp_http_addr", &self.server.otlp_http_addr)?,
             otlp_grpc_addr: addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr)?,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            tls: match (&self.server.tls_cert, &self.server.tls_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    Some(crate::tls::Tls::load(cert, key).map_err(|error| {
+                        let about_key = match &error {
+                            crate::tls::TlsError::NoKey { .. } => true,
+                            crate::tls::TlsError::Read { path, .. } => path == key,
+                            _ => false,
+                        };
+                        ConfigError::Invalid {
+                            key: if about_key {
+                                "server.tls_key"
+                            } else {
+                                "server.tls_cert"
+                            }
+                            .into(),
+                            problem: error.to_string(),
+                        }
+                    })?)
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        key: "server.tls_key".into(),
+                        problem: "server.tls_cert and server.tls_key go together".into(),
+                    })
+                }
+            },
             data_dir: self.storage.data_dir.clone(),
             commit_interval: Duration::from_millis(positive(
                 "storage.commit_interval_ms",

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod query;
 pub mod redact;
 pub mod store;
+pub mod tls;
 pub mod wal;
 
 /// Hash maps keyed by ids and labels on the ingest path: foldhash, seeded per process (so
@@ -169,32 +170,20 @@ impl Server {
                 }
             });
         }
-        {
-            let token = token.clone();
-            let app = api::router(state.clone());
-            let listener = self.http.tap_io(no_delay);
-            servers.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "http server failed");
-                }
-            });
-        }
-        {
-            let token = token.clone();
-            let app = api::otlp_router(state.clone());
-            let listener = self.otlp_http.tap_io(no_delay);
-            servers.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "otlp http server failed");
-                }
-            });
-        }
+        servers.spawn(serve_http(
+            "http",
+            self.http,
+            self.config.tls.clone(),
+            api::router(state.clone()),
+            token.clone(),
+        ));
+        servers.spawn(serve_http(
+            "otlp http",
+            self.otlp_http,
+            self.config.tls.clone(),
+            api::otlp_router(state.clone()),
+            token.clone(),
+        ));
         {
             let token = token.clone();
             // Small answers (an export's ack) go out at once, not after the peer's
@@ -210,8 +199,19 @@ impl Server {
                 grpc::logs_service(state.clone()),
                 guard,
             );
+            let tls = self.config.tls.clone();
             servers.spawn(async move {
-                let served = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    builder = match builder.tls_config(tls.grpc()) {
+                        Ok(builder) => builder,
+                        Err(error) => {
+                            tracing::error!(%error, "otlp grpc server cannot use the TLS certificate");
+                            return;
+                        }
+                    };
+                }
+                let served = builder
                     .layer(tower::util::MapResponseLayer::new(
                         grpc::over_size_is_resource_exhausted,
                     ))
@@ -295,6 +295,31 @@ impl Server {
 
 /// TCP_NODELAY on every accepted HTTP connection: responses are written whole, so
 /// Nagle's algorithm only adds the peer's delayed-ACK wait.
+/// Serve an axum app on a listener, over TLS when the config has it, until `token`.
+async fn serve_http(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<tls::Tls>,
+    app: axum::Router,
+    token: CancellationToken,
+) {
+    let served = match tls {
+        Some(tls) => {
+            axum::serve(tls.listener(listener), app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(listener.tap_io(no_delay), app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }
+    };
+    if let Err(error) = served {
+        tracing::error!(%error, server = name, "server failed");
+    }
+}
+
 fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");

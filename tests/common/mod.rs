@@ -26,6 +26,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(data_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> TestServer {
+        let started = TestServer::start_unchecked(data_dir, tweak).await;
+        wait_ready(started.http).await;
+        started
+    }
+
+    /// Start, without waiting for `/ready` over plain HTTP (a TLS server).
+    pub async fn start_unchecked(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> TestServer {
         let mut raw = RawConfig::default();
         raw.server.http_addr = "127.0.0.1:0".into();
         raw.server.otlp_http_addr = "127.0.0.1:0".into();
@@ -48,15 +58,13 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        let started = TestServer {
+        TestServer {
             http,
             otlp_http,
             otlp_grpc,
             stop: Some(stop),
             task: Some(task),
-        };
-        wait_ready(http).await;
-        started
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
