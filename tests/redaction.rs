@@ -49,6 +49,47 @@ const SQL: (&str, &str) = (
     "SELECT id FROM users WHERE password = 'Tr0ub4dor&3'",
 );
 
+/// Values in a Redis command and a Mongo query (`db.query.text` beside
+/// `db.system.name`): the per-command table's and the JSON scanner's to find.
+const DATABASE: [(&str, &str, &str); 2] = [
+    ("s3cr3tRedisPass", "redis", "AUTH default s3cr3tRedisPass"),
+    (
+        "078-05-1120",
+        "mongodb",
+        r#"{"find":"users","filter":{"ssn":"078-05-1120"}}"#,
+    ),
+];
+
+/// Every secret the tests send, with where it was.
+fn all_secrets() -> impl Iterator<Item = &'static str> {
+    SECRETS
+        .iter()
+        .chain([&SQL])
+        .map(|(secret, _)| *secret)
+        .chain(DATABASE.iter().map(|(secret, _, _)| *secret))
+}
+
+/// A span of a database client: its statement holds a value.
+fn database_span(
+    trace_byte: u8,
+    span_byte: u8,
+    (_, system, statement): (&str, &str, &str),
+) -> OtlpSpan {
+    OtlpSpan {
+        trace_id: vec![trace_byte; 16],
+        span_id: vec![span_byte; 8],
+        name: system.into(),
+        kind: 3,
+        start_time_unix_nano: 1_700_000_000_010_000_000,
+        end_time_unix_nano: 1_700_000_000_020_000_000,
+        attributes: vec![
+            string("db.system.name", system),
+            string("db.query.text", statement),
+        ],
+        ..Default::default()
+    }
+}
+
 fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -103,7 +144,12 @@ fn traces(trace_byte: u8) -> ExportTraceServiceRequest {
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
-                spans: vec![secret_span(trace_byte, 1), secret_span(trace_byte, 2)],
+                spans: vec![
+                    secret_span(trace_byte, 1),
+                    secret_span(trace_byte, 2),
+                    database_span(trace_byte, 3, DATABASE[0]),
+                    database_span(trace_byte, 4, DATABASE[1]),
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -128,7 +174,7 @@ fn files_hold_no_secret(dir: &Path) {
             }
             let bytes = std::fs::read(&path).unwrap();
             files += 1;
-            for (secret, _) in SECRETS.iter().chain([&SQL]) {
+            for secret in all_secrets() {
                 assert!(
                     !bytes
                         .windows(secret.len())
@@ -143,7 +189,7 @@ fn files_hold_no_secret(dir: &Path) {
 }
 
 fn text_holds_no_secret(what: &str, text: &str) {
-    for (secret, _) in SECRETS.iter().chain([&SQL]) {
+    for secret in all_secrets() {
         assert!(!text.contains(secret), "{secret:?} in {what}: {text}");
     }
 }

@@ -5,7 +5,8 @@
 //! Built in, on by default: header attributes that carry credentials (`Authorization`,
 //! `Cookie`, `Set-Cookie`, `Proxy-Authorization`, `X-Api-Key`) become `REDACTED`; SQL
 //! statements (`db.statement`, `db.query.text`) lose their literals (a tokenizer, see
-//! [`sql`]); URL userinfo becomes `REDACTED:REDACTED` and signed-URL query values
+//! [`sql`]), Redis commands their value arguments and Mongo / Elasticsearch / OpenSearch
+//! queries their leaf values (by `db.system.name`, see [`nosql`]); URL userinfo becomes `REDACTED:REDACTED` and signed-URL query values
 //! `REDACTED` (OpenTelemetry's URL conventions); private key blocks, JWTs, bearer and
 //! basic credentials, AWS, GitHub, Slack, Stripe and Google API keys (gitleaks' shapes) and
 //! card numbers (an IIN prefix and a valid Luhn sum) become `REDACTED` wherever they
@@ -17,6 +18,7 @@
 //! An OTLP span arrives as bytes and is stored as bytes: [`Redactor::screen`] looks at
 //! those bytes once, and only a span it flags is decoded, redacted and encoded again.
 
+pub mod nosql;
 pub mod sql;
 
 use std::collections::{BTreeMap, HashSet};
@@ -212,7 +214,7 @@ fn builtin_detectors() -> Vec<Detector> {
 /// rules act on, and a run of twelve digits.
 ///
 /// No `\b`: in a protobuf the byte before a value is its length, which may be a letter.
-const SCREEN: &str = r"(?i)-----BEGIN|ey[a-z0-9_-]{10,}\.ey|(?:bearer|basic)\s|://[^/\s:@]+:[^/\s@]+@|[?&](?:x-amz-|awsaccesskeyid|signature|sig=|x-goog-)|A3T|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|xox[baprs]-|(?:sk|rk)_(?:test|live|prod)_|AIza|authorization|cookie|x-api-key|db\.statement|db\.query\.text|\d(?:[ -]?\d){11}";
+const SCREEN: &str = r"(?i)-----BEGIN|ey[a-z0-9_-]{10,}\.ey|(?:bearer|basic)\s|://[^/\s:@]+:[^/\s@]+@|[?&](?:x-amz-|awsaccesskeyid|signature|sig=|x-goog-)|A3T|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|xox[baprs]-|(?:sk|rk)_(?:test|live|prod)_|AIza|authorization|cookie|x-api-key|db\.statement|db\.query\.text|redis\.raw_command|mongodb\.query|elasticsearch\.body|opensearch\.body|\d(?:[ -]?\d){11}";
 
 impl Redactor {
     #[allow(clippy::unwrap_used)] // SCREEN is a constant, tested to compile
@@ -223,7 +225,7 @@ impl Redactor {
             Vec::new()
         };
         let mut counts = BTreeMap::new();
-        for name in ["header", "sql"]
+        for name in ["header", "sql", "redis", "json"]
             .into_iter()
             .chain(detectors.iter().map(|detector| detector.name))
         {
@@ -319,6 +321,50 @@ impl Redactor {
 
     /// The value of `key` redacted, or `None` when it stays as it is.
     pub fn value(&self, key: &str, value: &str) -> Option<String> {
+        self.value_in(key, value, None)
+    }
+
+    /// A database statement without its values, by the database system (`db.system.name`
+    /// of the same attributes), else by its look (a `{` or `[` start: a JSON query).
+    fn statement(&self, key: &str, value: &str, system: Option<&str>) -> Option<String> {
+        let statement = key == "db.statement" || key == "db.query.text";
+        let system = system.map(str::to_ascii_lowercase);
+        let system = system.as_deref();
+        if key == "redis.raw_command" || (statement && matches!(system, Some("redis" | "valkey"))) {
+            let obfuscated = nosql::redis(value);
+            if obfuscated.is_some() {
+                self.count("redis");
+            }
+            return obfuscated;
+        }
+        let json_system = matches!(
+            system,
+            Some("mongodb" | "elasticsearch" | "opensearch" | "couchdb" | "cosmosdb")
+        );
+        let looks_json = value.trim_start().starts_with(['{', '[']);
+        if matches!(
+            key,
+            "mongodb.query" | "elasticsearch.body" | "opensearch.body"
+        ) || (statement && (json_system || looks_json))
+        {
+            let obfuscated = nosql::json(value);
+            if obfuscated.is_some() {
+                self.count("json");
+            }
+            return obfuscated;
+        }
+        if statement {
+            let obfuscated = sql::obfuscate(value);
+            if obfuscated.is_some() {
+                self.count("sql");
+            }
+            return obfuscated;
+        }
+        None
+    }
+
+    /// [`Redactor::value`] among attributes that name their database system.
+    fn value_in(&self, key: &str, value: &str, system: Option<&str>) -> Option<String> {
         if self.allow_keys.contains(key) || ID_KEYS.contains(&key) {
             return None;
         }
@@ -336,11 +382,8 @@ impl Redactor {
             }
         }
         let mut current: Option<String> = None;
-        if self.builtin && (key == "db.statement" || key == "db.query.text") {
-            if let Some(obfuscated) = sql::obfuscate(value) {
-                self.count("sql");
-                current = Some(obfuscated);
-            }
+        if self.builtin {
+            current = self.statement(key, value, system);
         }
         for detector in &self.detectors {
             let text = current.as_deref().unwrap_or(value);
@@ -404,18 +447,33 @@ impl Redactor {
     /// Redact the attributes in place (and cut what is too long); returns how many
     /// values were redacted, counting the cut ones in `cut`.
     pub fn attributes(&self, attributes: &mut [KeyValue], cut: &mut u64) -> u64 {
+        let system = attributes
+            .iter()
+            .find(|attribute| attribute.key == "db.system.name" || attribute.key == "db.system")
+            .and_then(
+                |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(system) => Some(system.clone()),
+                    _ => None,
+                },
+            );
         let mut changed = 0;
         for attribute in attributes {
             if let Some(value) = attribute.value.as_mut() {
-                changed += self.any_value(&attribute.key, value, cut);
+                changed += self.any_value(&attribute.key, value, cut, system.as_deref());
             }
         }
         changed
     }
 
     /// Redact one attribute value and cut it when too long: how many redactions.
-    fn text(&self, key: &str, text: &mut String, cut: &mut u64) -> u64 {
-        let redacted = self.redact_in_place(key, text);
+    fn text(&self, key: &str, text: &mut String, cut: &mut u64, system: Option<&str>) -> u64 {
+        let redacted = match self.value_in(key, text, system) {
+            Some(redacted) => {
+                *text = redacted;
+                1
+            }
+            None => 0,
+        };
         *cut += self.cut(text);
         redacted
     }
@@ -431,9 +489,15 @@ impl Redactor {
         }
     }
 
-    fn any_value(&self, key: &str, value: &mut AnyValue, cut: &mut u64) -> u64 {
+    fn any_value(
+        &self,
+        key: &str,
+        value: &mut AnyValue,
+        cut: &mut u64,
+        system: Option<&str>,
+    ) -> u64 {
         match value.value.as_mut() {
-            Some(any_value::Value::StringValue(text)) => self.text(key, text, cut),
+            Some(any_value::Value::StringValue(text)) => self.text(key, text, cut, system),
             // A card number sent as a number is still one.
             Some(any_value::Value::IntValue(number)) => {
                 let text = number.to_string();
@@ -448,7 +512,7 @@ impl Redactor {
             Some(any_value::Value::ArrayValue(array)) => array
                 .values
                 .iter_mut()
-                .map(|item| self.any_value(key, item, cut))
+                .map(|item| self.any_value(key, item, cut, system))
                 .sum(),
             Some(any_value::Value::KvlistValue(list)) => self.attributes(&mut list.values, cut),
             _ => 0,
@@ -489,8 +553,11 @@ impl Redactor {
         let mut cut = 0;
         // A line's length is `logs.sources.max_line_bytes`'s to bound.
         let mut changed = self.redact_in_place("message", &mut record.message);
+        let system = ["db.system.name", "db.system"]
+            .iter()
+            .find_map(|key| record.attributes.get(*key)?.as_str().map(str::to_owned));
         for (key, value) in record.attributes.iter_mut() {
-            changed += self.json(key, value, &mut cut);
+            changed += self.json(key, value, &mut cut, system.as_deref());
         }
         for (key, count) in [(COUNT_ATTRIBUTE, changed), (TRUNCATED_ATTRIBUTE, cut)] {
             if count > 0 {
@@ -502,9 +569,15 @@ impl Redactor {
         changed
     }
 
-    fn json(&self, key: &str, value: &mut serde_json::Value, cut: &mut u64) -> u64 {
+    fn json(
+        &self,
+        key: &str,
+        value: &mut serde_json::Value,
+        cut: &mut u64,
+        system: Option<&str>,
+    ) -> u64 {
         match value {
-            serde_json::Value::String(text) => self.text(key, text, cut),
+            serde_json::Value::String(text) => self.text(key, text, cut, system),
             serde_json::Value::Number(number) => {
                 let text = number.to_string();
                 match self.value(key, &text) {
@@ -515,12 +588,13 @@ impl Redactor {
                     _ => 0,
                 }
             }
-            serde_json::Value::Array(items) => {
-                items.iter_mut().map(|item| self.json(key, item, cut)).sum()
-            }
+            serde_json::Value::Array(items) => items
+                .iter_mut()
+                .map(|item| self.json(key, item, cut, system))
+                .sum(),
             serde_json::Value::Object(fields) => fields
                 .iter_mut()
-                .map(|(inner, item)| self.json(inner, item, cut))
+                .map(|(inner, item)| self.json(inner, item, cut, system))
                 .sum(),
             _ => 0,
         }
@@ -548,7 +622,7 @@ thread_local! {
 }
 
 /// Literals one of which every [`SCREEN`] match but the digit run contains, lower-cased.
-const SCREEN_LITERALS: [&str; 39] = [
+const SCREEN_LITERALS: [&str; 43] = [
     "-----begin",
     ".ey",
     "bearer",
@@ -587,6 +661,10 @@ const SCREEN_LITERALS: [&str; 39] = [
     "x-api-key",
     "db.statement",
     "db.query.text",
+    "redis.raw_command",
+    "mongodb.query",
+    "elasticsearch.body",
+    "opensearch.body",
     "private key",
 ];
 

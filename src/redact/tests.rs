@@ -268,3 +268,51 @@ fn long_attribute_values_are_cut_and_flagged() {
     assert_eq!(record.attributes[TRUNCATED_ATTRIBUTE], 1);
     assert!(!record.attributes.contains_key(COUNT_ATTRIBUTE));
 }
+
+#[test]
+fn statements_are_obfuscated_by_their_database_system() {
+    let redactor = builtin();
+    let statement = |system: Option<&str>, text: &str| {
+        let mut attributes = vec![KeyValue {
+            key: "db.query.text".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(text.into())),
+            }),
+            ..Default::default()
+        }];
+        if let Some(system) = system {
+            attributes.push(KeyValue {
+                key: "db.system.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(system.into())),
+                }),
+                ..Default::default()
+            });
+        }
+        redactor.attributes(&mut attributes, &mut 0);
+        match &attributes[0].value.as_ref().unwrap().value {
+            Some(any_value::Value::StringValue(text)) => text.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(statement(Some("redis"), "SET k 'v'"), "SET k ?");
+    // The same text as SQL keeps the key (an identifier) and loses the literal.
+    assert_eq!(statement(None, "SET k = 'v'"), "SET k = ?");
+    assert_eq!(
+        statement(
+            Some("elasticsearch"),
+            r#"{"query":{"term":{"user":"ann"}}}"#
+        ),
+        r#"{"query":{"term":{"user":"?"}}}"#
+    );
+    assert_eq!(
+        statement(None, r#"{"filter":{"n":1}}"#),
+        r#"{"filter":{"n":"?"}}"#
+    );
+    assert_eq!(
+        redactor.value("redis.raw_command", "AUTH pw").as_deref(),
+        Some("AUTH ?")
+    );
+    let counts: BTreeMap<String, u64> = redactor.counts().into_iter().collect();
+    assert_eq!((counts["redis"], counts["json"], counts["sql"]), (2, 2, 1));
+}
