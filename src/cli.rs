@@ -74,6 +74,115 @@ fn clock(time_unix_nano: u64) -> String {
         .to_owned()
 }
 
+/// A query-string value, percent-encoded where it must be.
+pub fn query_escape(value: &str) -> String {
+    let mut out = String::new();
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~:".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// The diagnosis as a table (rank, score, service, operation, what, origin, evidence),
+/// its summary, and the top suspect's example trace as a tree when there is one.
+pub fn render_diagnosis(diagnosis: &Value, example: Option<&Value>, colour: bool) -> String {
+    let style = Style { colour };
+    let mut out = String::new();
+    let when = |range: &Value| {
+        let at = |key: &str| {
+            crate::model::log::rfc3339(range[key].as_u64().unwrap_or_default())
+                .get(..19)
+                .unwrap_or_default()
+                .replace('T', " ")
+        };
+        format!("{} – {}", at("start"), at("end"))
+    };
+    let _ = writeln!(
+        out,
+        "window   {} ({} traces, {} error logs)",
+        when(&diagnosis["window"]),
+        diagnosis["window"]["traces"],
+        diagnosis["window"]["error_logs"]
+    );
+    let _ = writeln!(
+        out,
+        "baseline {} ({} traces, {} error logs)\n",
+        when(&diagnosis["baseline"]),
+        diagnosis["baseline"]["traces"],
+        diagnosis["baseline"]["error_logs"]
+    );
+    let empty = Vec::new();
+    let suspects = diagnosis["suspects"].as_array().unwrap_or(&empty);
+    if suspects.is_empty() {
+        let _ = writeln!(out, "no suspects");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>2}  {:>6}  {:<14} {:<24} {:<8} {:<7} evidence",
+            "#", "score", "service", "operation", "what", "origin"
+        );
+    }
+    for (rank, suspect) in suspects.iter().enumerate() {
+        let evidence = &suspect["evidence"];
+        let number = |value: &Value| value.as_f64().unwrap_or_default();
+        let detail = match suspect["kind"].as_str().unwrap_or_default() {
+            "errors" => format!(
+                "errors {:.1}% -> {:.1}%",
+                number(&evidence["error_rate_baseline"]) * 100.0,
+                number(&evidence["error_rate_window"]) * 100.0
+            ),
+            "latency" => format!(
+                "p50 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms",
+                number(&evidence["baseline"]["p50_ms"]),
+                number(&evidence["window"]["p50_ms"]),
+                number(&evidence["baseline"]["p99_ms"]),
+                number(&evidence["window"]["p99_ms"])
+            ),
+            _ => format!(
+                "{} error logs (baseline {})",
+                evidence["error_logs_window"], evidence["error_logs_baseline"]
+            ),
+        };
+        let origin = match suspect["caused_by"]["service"].as_str() {
+            Some(service) => format!("<- {service}"),
+            None => "here".to_owned(),
+        };
+        let score = number(&suspect["score"]);
+        let line = format!(
+            "{:>2}  {:>6.2}  {:<14} {:<24} {:<8} {:<7} {detail}",
+            rank + 1,
+            score,
+            suspect["service"].as_str().unwrap_or_default(),
+            suspect["operation"].as_str().unwrap_or_default(),
+            suspect["kind"].as_str().unwrap_or_default(),
+            origin,
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            if score >= 1.0 {
+                style.paint("1", &line)
+            } else {
+                line
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        diagnosis["summary"].as_str().unwrap_or_default()
+    );
+    if let Some(example) = example {
+        let _ = writeln!(out, "\nexample trace of the top suspect:");
+        out.push_str(&render_trace(example, colour));
+    }
+    out
+}
+
 /// Draw the joined answer: header, tree with marks and logs.
 pub fn render_trace(joined: &Value, colour: bool) -> String {
     let style = Style { colour };

@@ -17,6 +17,9 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod diagnose;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod grpc;
 pub mod ingest;
 pub mod metrics;

@@ -42,6 +42,26 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:3200")]
         server: String,
     },
+    /// Which service is slow, which one failed: a window against a baseline, ranked, and the
+    /// top suspect's example trace as a tree.
+    Diagnose {
+        /// Window start (unix seconds or RFC 3339; default: 15 minutes before the end).
+        #[arg(long)]
+        start: Option<String>,
+        /// Window end (default: now).
+        #[arg(long)]
+        end: Option<String>,
+        /// Baseline (default: the same length just before the window).
+        #[arg(long)]
+        baseline_start: Option<String>,
+        #[arg(long)]
+        baseline_end: Option<String>,
+        /// Only traces through this service.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:3200")]
+        server: String,
+    },
     /// Measure throughput, latency, disk and memory on this machine.
     Bench {
         #[command(subcommand)]
@@ -173,6 +193,67 @@ fn main() -> ExitCode {
             &format!("{}/api/join/log/{log_id}", server.trim_end_matches('/')),
             true,
         ),
+        Command::Diagnose {
+            start,
+            end,
+            baseline_start,
+            baseline_end,
+            service,
+            server,
+        } => diagnose(
+            server.trim_end_matches('/'),
+            &[
+                ("start", start),
+                ("end", end),
+                ("baseline_start", baseline_start),
+                ("baseline_end", baseline_end),
+                ("service", service),
+            ],
+        ),
+    }
+}
+
+fn diagnose(server: &str, params: &[(&str, Option<String>)]) -> ExitCode {
+    let query: Vec<String> = params
+        .iter()
+        .filter_map(|(key, value)| {
+            value
+                .as_ref()
+                .map(|value| format!("{key}={}", tracelink::cli::query_escape(value)))
+        })
+        .collect();
+    let url = format!("{server}/api/diagnose?{}", query.join("&"));
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|error| error.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let diagnosis = tracelink::cli::fetch(&url)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let example = match diagnosis["suspects"][0]["example_trace_id"].as_str() {
+                    Some(trace_id) => {
+                        tracelink::cli::fetch(&format!("{server}/api/join/trace/{trace_id}"))
+                            .await
+                            .ok()
+                    }
+                    None => None,
+                };
+                Ok::<_, String>((diagnosis, example))
+            })
+        });
+    match result {
+        Ok((diagnosis, example)) => {
+            let colour = std::io::stdout().is_terminal();
+            print!(
+                "{}",
+                tracelink::cli::render_diagnosis(&diagnosis, example.as_ref(), colour)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -29,7 +29,8 @@ const WINDOW_MINUTES: u64 = 60;
 /// How far before a log record an inferred span may have started.
 const INFER_LOOKBACK_NANOS: u64 = 10 * 60 * 1_000_000_000;
 
-fn spans_of(batches: &[ResourceSpans]) -> Vec<SpanInput> {
+/// The spans of a trace as analysis takes them.
+pub(crate) fn spans_of(batches: &[ResourceSpans]) -> Vec<SpanInput> {
     let mut spans = Vec::new();
     for batch in batches {
         let service = service_name(batch.resource.as_ref()).to_owned();

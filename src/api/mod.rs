@@ -6,6 +6,7 @@
 //! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
 //! requests decoded at once.
 
+pub mod diagnose;
 pub mod jaeger;
 pub mod join;
 pub mod logs;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/zipkin/config.json", get(zipkin_query::config))
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(tempo::buildinfo))
+        .route("/api/diagnose", get(diagnose::get_diagnose))
         .route("/api/join/trace/{trace_id}", get(join::by_trace))
         .route("/api/join/log/{log_id}", get(join::by_log))
         .route("/api/logs", get(logs::list))

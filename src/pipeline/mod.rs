@@ -168,7 +168,7 @@ impl Batch {
     }
 
     /// A replayed record; for spans, also where each decoded span's payload starts in it.
-    fn decode(kind: RecordKind, payload: &[u8]) -> (Batch, Vec<u64>) {
+    pub(crate) fn decode(kind: RecordKind, payload: &[u8]) -> (Batch, Vec<u64>) {
         match kind {
             RecordKind::Spans => {
                 let (spans, offsets) = decode_spans(payload);

@@ -248,16 +248,23 @@ impl Operation {
 
     /// Stats over the last `minutes` minutes up to `now_minute` (`None`: since start).
     fn stats(&self, minutes: Option<u64>, now_minute: u64) -> WindowStats {
+        self.stats_where(
+            |minute| match minutes {
+                None => true,
+                Some(window) => minute + window > now_minute && minute <= now_minute,
+            },
+            minutes.is_none(),
+        )
+    }
+
+    /// Stats over the minutes `in_window` says (or since start, with `everything`).
+    fn stats_where(&self, in_window: impl Fn(u64) -> bool, everything: bool) -> WindowStats {
         let mut merged: Histogram<u64> =
             Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
                 .expect("static histogram bounds are valid");
         let mut errors = 0;
         let mut samples = Vec::new();
         let mut slowest: Option<TraceSample> = None;
-        let in_window = |minute: u64| match minutes {
-            None => true,
-            Some(window) => minute + window > now_minute && minute <= now_minute,
-        };
         for closed in &self.closed {
             if in_window(closed.minute) {
                 let _ = merged.add(decompress(&closed.compressed));
@@ -274,7 +281,7 @@ impl Operation {
                 slowest = slower(slowest, current.slowest);
             }
         }
-        if minutes.is_none() {
+        if everything {
             merged = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
                 .expect("static histogram bounds are valid");
             let _ = merged.add(&self.cumulative);
@@ -466,6 +473,24 @@ impl LatencyHistograms {
         self.operations
             .get(key)
             .map(|operation| operation.stats(minutes, now_minute))
+    }
+
+    /// Stats of an operation over the minutes `from_minute..=to_minute` (those of the
+    /// last hour are kept; older ones count as empty).
+    pub fn stats_between(
+        &self,
+        key: &OperationKey,
+        from_minute: u64,
+        to_minute: u64,
+    ) -> Option<WindowStats> {
+        self.operations.get(key).map(|operation| {
+            operation.stats_where(|minute| minute >= from_minute && minute <= to_minute, false)
+        })
+    }
+
+    /// Every operation observed.
+    pub fn all_keys(&self) -> Vec<OperationKey> {
+        self.operations.keys().cloned().collect()
     }
 
     /// Operations matching a service (and span name, if given).

@@ -462,6 +462,7 @@ impl Parser<'_> {
                 )));
             }
         }
+        let start = self.position;
         let name = self.attribute_name()?;
         match scope {
             Some(scope) => Ok(Operand::Attribute(scope, name)),
@@ -470,7 +471,7 @@ impl Parser<'_> {
                 .find(|(known, _)| *known == name)
                 .map(|(_, intrinsic)| Operand::Intrinsic(*intrinsic))
                 .ok_or_else(|| ParseError {
-                    column: self.text[..self.position - name.len()].chars().count() + 1,
+                    column: self.text[..start].chars().count() + 1,
                     message: format!(
                         "unknown intrinsic `{name}`; attributes need a scope (`span.{name}`, `resource.{name}` or `.{name}`)"
                     ),

@@ -42,6 +42,8 @@ fn errors_say_where_and_what_in_tempos_words() {
     for (text, column, fragment) in [
         ("{ .a = }", 8, "expected a value"),
         ("{ foo = 1 }", 3, "unknown intrinsic `foo`"),
+        // A quoted name (found by fuzzing: the column was taken from its unquoted length).
+        ("{ \"Ö\" = 1 }", 3, "unknown intrinsic `Ö`"),
         ("{ .a = 1 ", 10, "expected `}`"),
         ("{ .a == 1 }", 7, "expected a value"),
         ("{ .a = \"x }", 8, "unterminated string"),
