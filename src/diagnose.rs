@@ -540,12 +540,13 @@ pub fn diagnose(inputs: &Inputs) -> Diagnosis {
             continue;
         }
         if services_with_suspects.contains(*service) {
-            // Its operations carry the logs' score beside theirs; the strongest wins.
+            // Its operations carry the logs' score beside theirs. Logs name what is wrong
+            // only where the spans say too little (their own score under 1).
             for suspect in suspects
                 .iter_mut()
                 .filter(|suspect| suspect.service == *service)
             {
-                if score > suspect.score && suspect.origin {
+                if score > suspect.score && suspect.origin && suspect.score < 1.0 {
                     suspect.score = round(score);
                     suspect.kind = "logs";
                 }
@@ -658,17 +659,32 @@ pub struct Request {
 }
 
 /// Read what [`diagnose`] needs: the histograms' stats of every operation over each side
-/// (whole minutes), up to [`MAX_TRACES`] traces of each side (analysed), and the error
-/// logs of each side. Blocking.
+/// (whole minutes, when both sides last five minutes or more and share no minute; else
+/// the traces measure them), up to [`MAX_TRACES`] traces of each side (analysed), and the
+/// error logs of each side. Blocking.
 pub fn gather(
     storage: &Storage,
     latency: &std::sync::Mutex<LatencyHistograms>,
     request: &Request,
 ) -> Result<Inputs, StoreError> {
+    let minute = |nanos: u64| nanos / 60_000_000_000;
+    // The histograms hold whole minutes: they measure a side only when both sides are
+    // long enough for minutes to matter and share none.
+    let whole_minutes = |start: u64, end: u64| end.saturating_sub(start) >= 5 * 60_000_000_000;
+    let (window, baseline) = (
+        (request.start_unix_nano, request.end_unix_nano),
+        (
+            request.baseline_start_unix_nano,
+            request.baseline_end_unix_nano,
+        ),
+    );
+    let use_histograms = whole_minutes(window.0, window.1)
+        && whole_minutes(baseline.0, baseline.1)
+        && (minute(baseline.1.saturating_sub(1)) < minute(window.0)
+            || minute(window.1.saturating_sub(1)) < minute(baseline.0));
     let side = |start: u64, end: u64| -> Result<Side, StoreError> {
-        let minute = |nanos: u64| nanos / 60_000_000_000;
         let mut operations = HashMap::new();
-        {
+        if use_histograms {
             let histograms = crate::lock(latency);
             for key in histograms.all_keys() {
                 if request

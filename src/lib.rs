@@ -17,6 +17,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod diagnose;
 #[doc(hidden)]
 pub mod fuzz;
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod page;
 pub mod pipeline;
 pub mod query;
 pub mod redact;

@@ -28,6 +28,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the service (as `serve` does) with a simulated shop sending it traces and logs,
+    /// incidents coming and going on a cycle.
+    Demo {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        duration_seconds: Option<u64>,
+        /// How long each incident phase lasts.
+        #[arg(long, default_value_t = 60)]
+        phase_seconds: u64,
+        /// Time between two checkouts.
+        #[arg(long, default_value_t = 400)]
+        interval_ms: u64,
+    },
     /// Print a trace as a tree: durations, slowest span, root cause, and its log lines.
     Trace {
         /// Trace id: hex, base64, or Datadog's decimal 64-bit id.
@@ -184,6 +199,19 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Demo {
+            config,
+            duration_seconds,
+            phase_seconds,
+            interval_ms,
+        } => serve_with(
+            config,
+            Some(DemoOptions {
+                duration: duration_seconds.map(std::time::Duration::from_secs),
+                phase: std::time::Duration::from_secs(phase_seconds.max(1)),
+                interval: std::time::Duration::from_millis(interval_ms.max(10)),
+            }),
+        ),
         Command::Bench { target } => bench(target),
         Command::Trace { trace_id, server } => show(
             &format!("{}/api/join/trace/{trace_id}", server.trim_end_matches('/')),
@@ -257,9 +285,32 @@ fn diagnose(server: &str, params: &[(&str, Option<String>)]) -> ExitCode {
     }
 }
 
+/// What `demo` adds to `serve`.
+struct DemoOptions {
+    duration: Option<std::time::Duration>,
+    phase: std::time::Duration,
+    interval: std::time::Duration,
+}
+
 fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    serve_with(config_path, None)
+}
+
+fn serve_with(config_path: Option<PathBuf>, demo: Option<DemoOptions>) -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let config = match RawConfig::load(config_path.as_deref(), &env).and_then(RawConfig::validate) {
+    let loaded = RawConfig::load(config_path.as_deref(), &env).map(|mut raw| {
+        if demo.is_some() {
+            // The shop's log files, followed by the tailer like any others.
+            let glob = tracelink::demo::logs_dir(&raw.storage.data_dir).join("*.log");
+            raw.logs.sources.push(tracelink::config::RawLogSource {
+                paths: vec![glob.display().to_string()],
+                format: tracelink::ingest::logline::Format::Json,
+                ..Default::default()
+            });
+        }
+        raw
+    });
+    let config = match loaded.and_then(RawConfig::validate) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -273,6 +324,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let data_dir = config.data_dir.clone();
     runtime.block_on(async {
         let shutdown = tracelink::shutdown_signal();
         let server = match tracelink::Server::bind(config).await {
@@ -285,7 +337,38 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 };
             }
         };
-        server.run(shutdown).await;
+        let Some(demo) = demo else {
+            server.run(shutdown).await;
+            return ExitCode::SUCCESS;
+        };
+        let (http, otlp_http) = (server.http_addr(), server.otlp_http_addr());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shop = tokio::spawn(tracelink::demo::run(
+            otlp_http,
+            data_dir,
+            demo.interval,
+            demo.phase,
+            stop.clone(),
+        ));
+        println!("tracelink demo: a shop (gateway, orders, inventory, pricing, payments, notifier) is sending traces and logs; incidents change every {} s", demo.phase.as_secs());
+        println!("  the page:        http://{http}/");
+        println!("  services:        http://{http}/services");
+        println!("  diagnose:        http://{http}/diagnose");
+        println!("  Grafana (Tempo): http://{http}   Prometheus: http://{http}/metrics");
+        let until = async move {
+            match demo.duration {
+                Some(duration) => {
+                    tokio::select! {
+                        _ = shutdown => {}
+                        _ = tokio::time::sleep(duration) => {}
+                    }
+                }
+                None => shutdown.await,
+            }
+            stop.cancel();
+            let _ = shop.await;
+        };
+        server.run(until).await;
         ExitCode::SUCCESS
     })
 }

@@ -285,7 +285,15 @@ async fn diagnose_with_cli(incident: Incident) -> (Value, String) {
         let response = reqwest::get(&url).await.unwrap();
         assert_eq!(response.status(), 200);
         diagnosis = response.json().await.unwrap();
-        if diagnosis["window"]["traces"] == 60 && diagnosis["baseline"]["error_logs"] == 1 {
+        let window_logs = if incident == Incident::NotifierLogs {
+            20
+        } else {
+            0
+        };
+        if diagnosis["window"]["traces"] == 60
+            && diagnosis["baseline"]["error_logs"] == 1
+            && diagnosis["window"]["error_logs"] == window_logs
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -97,7 +97,7 @@ fn quote(text: &str) -> String {
 }
 
 /// The analysed trace, its logs and its operations' metrics; `None` if it is unknown.
-fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, ApiError> {
+pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<Value>, ApiError> {
     let storage: &Storage = &state.storage;
     let Some(batches) = storage.find_trace(trace_id)? else {
         return Ok(None);
@@ -207,7 +207,7 @@ fn dropped_reason(state: &AppState, trace_id: &TraceId) -> Option<String> {
 
 /// A trace id given with only its low 64 bits: the full id a log record of it carries,
 /// else the 64-bit id itself.
-fn resolve_trace_id(
+pub(crate) fn resolve_trace_id(
     storage: &Storage,
     trace_id: TraceId,
     low_only: bool,

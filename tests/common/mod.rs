@@ -14,6 +14,7 @@ use prost::Message;
 use tracelink::config::RawConfig;
 
 pub mod sdk;
+pub mod webdriver;
 
 /// A tracelink running inside the test process.
 pub struct TestServer {
@@ -115,9 +116,20 @@ pub fn spawn_binary_with_args(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> Process {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    spawn_subcommand(work_dir, data_dir, env, &all)
+}
+
+/// The binary with `args` (a subcommand first) on ports of 127.0.0.1:0.
+pub fn spawn_subcommand(
+    work_dir: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tracelink"));
     command
-        .arg("serve")
         .args(args)
         .current_dir(work_dir)
         .env("TRACELINK_SERVER_HTTP_ADDR", "127.0.0.1:0")

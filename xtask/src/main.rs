@@ -4,7 +4,8 @@
 //!
 //! The end-to-end tests drive real servers and clients: Prometheus and promtool (Debian's
 //! `prometheus`) scrape and lint `/metrics`; Debian's `python3-aiozipkin` sends Zipkin
-//! spans; `curl` is the HTTPS client of the TLS tests. A missing one is installed with `apt-get` when we are root, and named with the
+//! spans; `curl` is the HTTPS client of the TLS tests; `chromium` and `chromium-driver`
+//! run the page in a real browser. A missing one is installed with `apt-get` when we are root, and named with the
 //! command to run otherwise.
 
 use std::process::{Command, ExitCode};
@@ -14,6 +15,9 @@ const NEEDED: &[(&str, &str)] = &[
     ("command -v prometheus", "prometheus"),
     ("command -v promtool", "prometheus"),
     ("command -v curl", "curl"),
+    // The page's tests drive Debian's headless Chromium through chromedriver.
+    ("command -v chromium", "chromium"),
+    ("command -v chromedriver", "chromium-driver"),
     // Debian's interpreter: another python3 may come first on the PATH.
     (
         "/usr/bin/python3 -c 'import aiozipkin'",

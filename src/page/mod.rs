@@ -1,0 +1,291 @@
+//! tracelink's own page: server-rendered HTML with its CSS embedded in the binary (no
+//! Node, no bundler, no script: every page works with JavaScript off; attributes open
+//! with `<details>`). Pages: search (`/`, `/search?…`), a trace's waterfall with its logs
+//! and its operations' normal band (`/trace/{id}`), a log line (`/log/{id}`, which opens
+//! its trace there), services with the service graph (`/services`), logs (`/logs`) and
+//! the window diagnosis (`/diagnose`). `/go?id=` takes a trace id, a Datadog decimal id
+//! or a log id.
+
+mod render;
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde_json::Value;
+
+use crate::api::AppState;
+use crate::model::Level;
+use crate::store::LogQuery;
+
+pub use render::escape;
+
+type Params = Query<HashMap<String, String>>;
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(render::layout(title, body))
+}
+
+fn failure(title: &str, error: impl std::fmt::Display) -> Response {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        page(
+            title,
+            &format!("<p class=\"problem\">{}</p>", escape(&error.to_string())),
+        ),
+    )
+        .into_response()
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
+    params
+        .get(key)
+        .map(|value| value.trim())
+        .unwrap_or_default()
+}
+
+/// The window a `range` parameter names (`15m`, `1h`, `6h`, `24h`, `7d`), in ns.
+fn range_nanos(text: &str) -> u64 {
+    let minutes = match text {
+        "5m" => 5,
+        "1h" => 60,
+        "6h" => 360,
+        "24h" => 1440,
+        "7d" => 10_080,
+        _ => 15,
+    };
+    minutes * 60 * 1_000_000_000
+}
+
+/// The TraceQL the search form's fields make (the free query wins when given).
+pub fn form_query(params: &HashMap<String, String>) -> String {
+    let free = param(params, "q");
+    if !free.is_empty() {
+        return free.to_owned();
+    }
+    let quoted = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut conditions = Vec::new();
+    let service = param(params, "service");
+    if !service.is_empty() {
+        conditions.push(format!("resource.service.name = {}", quoted(service)));
+    }
+    let operation = param(params, "operation");
+    if !operation.is_empty() {
+        conditions.push(format!("name = {}", quoted(operation)));
+    }
+    match param(params, "status") {
+        "error" => conditions.push("status = error".into()),
+        "ok" => conditions.push("status != error".into()),
+        _ => {}
+    }
+    for (key, operator) in [("min", ">="), ("max", "<=")] {
+        let value = param(params, key);
+        if crate::query::traceql::parse_duration(value).is_some() {
+            conditions.push(format!("duration {operator} {value}"));
+        }
+    }
+    format!("{{ {} }}", conditions.join(" && "))
+}
+
+pub async fn search(State(state): State<AppState>, Query(params): Params) -> Response {
+    let query_text = form_query(&params);
+    let query = match crate::query::traceql::parse(&query_text) {
+        Ok(query) => query,
+        Err(error) => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                page(
+                    "Search",
+                    &render::search_page(&params, &query_text, None, Some(&error.to_string())),
+                ),
+            )
+                .into_response()
+        }
+    };
+    let end = crate::api::diagnose::now_nanos();
+    let request = crate::query::search::SearchRequest {
+        query,
+        limit: 20,
+        start_unix_nano: Some(end.saturating_sub(range_nanos(param(&params, "range")))),
+        end_unix_nano: Some(end),
+        min_duration_nanos: None,
+        max_duration_nanos: None,
+    };
+    let storage = state.storage.clone();
+    let found = crate::api::blocking(move || {
+        let result = crate::query::search::search(&storage, &request)?;
+        Ok(result
+            .traces
+            .iter()
+            .map(render::TraceRow::of)
+            .collect::<Vec<_>>())
+    })
+    .await;
+    match found {
+        Ok(rows) => page(
+            "Search",
+            &render::search_page(&params, &query_text, Some(&rows), None),
+        )
+        .into_response(),
+        Err(error) => failure("Search", error),
+    }
+}
+
+pub async fn trace(State(state): State<AppState>, Path(raw_id): Path<String>) -> Response {
+    let (trace_id, low_only) = match crate::api::logs::parse_query_trace_id(&raw_id) {
+        Ok(parsed) => parsed,
+        Err(error) => return failure("Trace", error),
+    };
+    let joined = tokio::task::spawn_blocking(move || {
+        let trace_id = crate::api::join::resolve_trace_id(&state.storage, trace_id, low_only)?;
+        crate::api::join::join_trace(&state, &trace_id)
+    })
+    .await;
+    match joined {
+        Ok(Ok(Some(joined))) => page("Trace", &render::trace_page(&joined)).into_response(),
+        Ok(Ok(None)) => (
+            axum::http::StatusCode::NOT_FOUND,
+            page(
+                "Trace",
+                &format!(
+                    "<p class=\"problem\">Trace {} is not stored.</p>",
+                    escape(&raw_id)
+                ),
+            ),
+        )
+            .into_response(),
+        Ok(Err(error)) => failure("Trace", error),
+        Err(error) => failure("Trace", error),
+    }
+}
+
+/// A log line: its trace (where the line is marked), or the line alone.
+pub async fn log(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let storage = state.storage.clone();
+    let lookup = id.clone();
+    match crate::api::blocking(move || storage.logs.get(&lookup)).await {
+        Ok(Some(record)) => match record.trace_id {
+            Some(trace_id) => {
+                Redirect::to(&format!("/trace/{}#log-{}", trace_id.to_hex(), id)).into_response()
+            }
+            None => page(
+                "Log",
+                &render::log_lines(&[serde_json::to_value(&record).unwrap_or_default()]),
+            )
+            .into_response(),
+        },
+        Ok(None) => (
+            axum::http::StatusCode::NOT_FOUND,
+            page(
+                "Log",
+                &format!(
+                    "<p class=\"problem\">Log {} is not stored.</p>",
+                    escape(&id)
+                ),
+            ),
+        )
+            .into_response(),
+        Err(error) => failure("Log", error),
+    }
+}
+
+/// The id box: a trace id in any spelling, else a log id.
+pub async fn go(State(state): State<AppState>, Query(params): Params) -> Response {
+    let id = param(&params, "id").to_owned();
+    if crate::api::logs::parse_query_trace_id(&id).is_ok() {
+        return Redirect::to(&format!("/trace/{id}")).into_response();
+    }
+    let storage = state.storage.clone();
+    let lookup = id.clone();
+    match crate::api::blocking(move || storage.logs.get(&lookup)).await {
+        Ok(Some(_)) => Redirect::to(&format!("/log/{id}")).into_response(),
+        _ => failure(
+            "Go",
+            format!("{id:?} is neither a trace id nor a stored log id"),
+        ),
+    }
+}
+
+pub async fn services(State(state): State<AppState>, Query(params): Params) -> Response {
+    let minutes: u64 = match param(&params, "window") {
+        "5m" => 5,
+        "60m" => 60,
+        _ => 15,
+    };
+    let now = crate::metrics::latency::current_minute();
+    let mut rows = Vec::new();
+    {
+        let latency = crate::lock(&state.pipeline.metrics.latency);
+        for key in latency.all_keys() {
+            if let Some(stats) = latency.stats(&key, Some(minutes), now) {
+                if stats.count > 0 {
+                    rows.push((key, stats));
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (&a.0.service, a.0.span_kind != 2, &a.0.span_name).cmp(&(
+            &b.0.service,
+            b.0.span_kind != 2,
+            &b.0.span_name,
+        ))
+    });
+    let end_ms = now * 60_000 + 60_000;
+    let links = crate::lock(&state.pipeline.metrics.dependencies).links(end_ms, minutes * 60_000);
+    page("Services", &render::services_page(minutes, &rows, &links)).into_response()
+}
+
+pub async fn logs(State(state): State<AppState>, Query(params): Params) -> Response {
+    let mut query = LogQuery {
+        limit: 200,
+        ..LogQuery::default()
+    };
+    let service = param(&params, "service");
+    if !service.is_empty() {
+        query.service = Some(service.to_owned());
+    }
+    let level = param(&params, "level");
+    if !level.is_empty() {
+        query.level = Level::parse(level);
+    }
+    let text = param(&params, "text");
+    if !text.is_empty() {
+        query.text = Some(text.to_owned());
+    }
+    let trace = param(&params, "trace_id");
+    if !trace.is_empty() {
+        match crate::api::logs::parse_query_trace_id(trace) {
+            Ok((trace_id, low_only)) => {
+                query.trace_id = Some(trace_id);
+                query.trace_low64_only = low_only;
+            }
+            Err(error) => return failure("Logs", error),
+        }
+    }
+    let storage = state.storage.clone();
+    match crate::api::blocking(move || storage.logs.search(&query)).await {
+        Ok(records) => {
+            let records: Vec<Value> = records
+                .iter()
+                .map(|record| serde_json::to_value(record).unwrap_or_default())
+                .collect();
+            page("Logs", &render::logs_page(&params, &records)).into_response()
+        }
+        Err(error) => failure("Logs", error),
+    }
+}
+
+pub async fn diagnose(State(state): State<AppState>, Query(params): Params) -> Response {
+    let request = match crate::api::diagnose::request(&params, crate::api::diagnose::now_nanos()) {
+        Ok(request) => request,
+        Err(error) => return failure("Diagnose", error),
+    };
+    match crate::api::diagnose::run(&state, request).await {
+        Ok(diagnosis) => {
+            let value = serde_json::to_value(&diagnosis).unwrap_or_default();
+            page("Diagnose", &render::diagnose_page(&params, &value)).into_response()
+        }
+        Err(error) => failure("Diagnose", error),
+    }
+}
