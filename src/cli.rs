@@ -284,7 +284,7 @@ pub fn render_trace(joined: &Value, colour: bool) -> String {
             marks.push(style.paint("31", "← error propagated"));
         }
         if slow_operations.contains(&id) {
-            marks.push(style.paint("33", "← slow operation (above p99)"));
+            marks.push(style.paint("33", "← slow operation (far above its usual)"));
         }
         let _ = writeln!(out, "{line}  {}", marks.join("  ").trim_end());
         open_columns.push(!is_last);

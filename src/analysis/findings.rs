@@ -1,12 +1,13 @@
 //! Findings: what is wrong or unusual in a trace, each with the spans it concerns.
 //! Kinds: `root_not_received`, `missing_parent`, `clock_skew`, `slow_operation`,
-//! `error_origin`, `handled_error`, `timeout`, `retry`, `n_plus_one`, `sequential_calls`.
+//! `error_origin`, `handled_error`, `background_failure`, `client_wait`, `timeout`,
+//! `retry`, `n_plus_one`, `sequential_calls`.
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::{ms, PercentileRank, SpanInput, Tree};
+use super::{ms, Normal, SpanInput, Tree};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
@@ -14,6 +15,10 @@ pub struct Finding {
     pub span_ids: Vec<String>,
     pub message: String,
 }
+
+/// A client's time beyond its server child worth a finding: at least this, and a quarter
+/// of the call.
+const CLIENT_WAIT_MIN_NANOS: u64 = 20_000_000;
 
 /// Sentry's N+1 threshold: at least this many similar sequential siblings …
 const N_PLUS_ONE_MIN_SPANS: usize = 5;
@@ -33,32 +38,66 @@ pub fn error_message(span: &SpanInput) -> String {
         .to_owned()
 }
 
-/// The root cause (an error span none of whose descendants failed, the earliest when
-/// several branches fail) and the error spans above it (propagated).
+/// Whether a span runs after its parent answered: a consumer, or a child linked to its
+/// parent only as the work it started (under a producer).
+fn is_async(tree: &Tree, index: usize) -> bool {
+    let spans = tree.spans;
+    spans[index].kind == 5
+        || tree
+            .parent
+            .get(&index)
+            .is_some_and(|parent| spans[*parent].kind == 4)
+}
+
+/// The root cause and the error spans its failure climbed through (propagated).
+///
+/// A failure starts in an error span none of whose (synchronous) descendants failed, and
+/// climbs through each failing ancestor until one that did not fail: an error its caller
+/// survived was handled. The root cause is the start of the failure that climbed highest
+/// (nearest the root), the earliest of equals: a handled cache miss that came first is
+/// not the cause of a declined card that failed the request. Asynchronous work (a
+/// consumer) fails on its own: its failure does not climb into its producer.
 pub fn error_origin(tree: &Tree) -> (Option<usize>, HashSet<usize>) {
     let spans = tree.spans;
     let mut has_failed_descendant = vec![false; spans.len()];
+    let mut depth = vec![0usize; spans.len()];
+    for (index, at) in tree.walk() {
+        depth[index] = at;
+    }
     // Children before parents: reverse depth-first order.
     for (index, _) in tree.walk().into_iter().rev() {
-        let failed_below = tree
-            .children(index)
-            .iter()
-            .any(|child| spans[*child].is_error() || has_failed_descendant[*child]);
+        let failed_below = tree.children(index).iter().any(|child| {
+            !is_async(tree, *child) && (spans[*child].is_error() || has_failed_descendant[*child])
+        });
         has_failed_descendant[index] = failed_below;
     }
-    let origin = (0..spans.len())
-        .filter(|index| spans[*index].is_error() && !has_failed_descendant[*index])
-        .min_by_key(|index| (spans[*index].start_unix_nano, spans[*index].span_id.clone()));
-    let mut propagated = HashSet::new();
-    if let Some(origin) = origin {
-        let mut current = origin;
+    // Each start, with how far its failure climbed and the spans it climbed through.
+    let climb = |start: usize| {
+        let mut chain = Vec::new();
+        let mut top = start;
+        let mut current = start;
         while let Some(parent) = tree.parent.get(&current) {
-            if spans[*parent].is_error() {
-                propagated.insert(*parent);
+            if is_async(tree, current) || !spans[*parent].is_error() {
+                break;
             }
+            chain.push(*parent);
+            top = *parent;
             current = *parent;
         }
-    }
+        (depth[top], chain)
+    };
+    let origin = (0..spans.len())
+        .filter(|index| spans[*index].is_error() && !has_failed_descendant[*index])
+        .min_by_key(|index| {
+            (
+                climb(*index).0,
+                spans[*index].start_unix_nano,
+                spans[*index].span_id.clone(),
+            )
+        });
+    let propagated = origin
+        .map(|origin| climb(origin).1.into_iter().collect())
+        .unwrap_or_default();
     (origin, propagated)
 }
 
@@ -134,7 +173,7 @@ pub fn detect(
     tree: &Tree,
     root_cause: Option<usize>,
     propagated: &HashSet<usize>,
-    percentile_rank: PercentileRank,
+    normals: &[Option<Normal>],
 ) -> Vec<Finding> {
     let spans = tree.spans;
     let id = |index: usize| spans[index].span_id.clone();
@@ -183,20 +222,29 @@ pub fn detect(
         }
     }
     for (index, span) in spans.iter().enumerate() {
-        if let Some(rank) = percentile_rank(span) {
-            if rank > 99.0 {
-                findings.push(Finding {
-                    kind: "slow_operation",
-                    span_ids: vec![id(index)],
-                    message: format!(
-                        "{} / {} took {:.1} ms, slower than {:.1}% of its recent calls (above p99)",
-                        span.service,
-                        span.name,
-                        ms(span.end_unix_nano.saturating_sub(span.start_unix_nano)),
-                        rank.min(100.0)
-                    ),
-                });
-            }
+        let Some(normal) = normals.get(index).copied().flatten() else {
+            continue;
+        };
+        let duration = ms(span.end_unix_nano.saturating_sub(span.start_unix_nano));
+        if normal.is_slow(duration) == Some(true) {
+            findings.push(Finding {
+                kind: "slow_operation",
+                span_ids: vec![id(index)],
+                message: format!(
+                    "{} / {} took {:.1} ms, {:.1}× its usual {:.1} ms (median of {} calls before this trace){}",
+                    span.service,
+                    span.name,
+                    duration,
+                    duration / normal.median_ms.max(0.001),
+                    normal.median_ms,
+                    normal.count,
+                    if is_async(tree, index) {
+                        "; background work, not on the request's path"
+                    } else {
+                        ""
+                    }
+                ),
+            });
         }
     }
     if let Some(origin) = root_cause {
@@ -220,31 +268,75 @@ pub fn detect(
             span_ids,
         });
     }
-    // Errors on branches that did not make their parent fail: handled errors.
-    let handled: Vec<String> = spans
-        .iter()
-        .enumerate()
-        .filter(|(index, span)| {
-            span.is_error()
-                && Some(*index) != root_cause
-                && !propagated.contains(index)
-                && tree
-                    .parent
-                    .get(index)
-                    .is_some_and(|parent| !spans[*parent].is_error())
-        })
-        .map(|(index, _)| id(index))
-        .collect();
-    let root_failed = tree.roots.iter().any(|root| spans[*root].is_error());
-    if !handled.is_empty() && !root_failed {
-        findings.push(Finding {
-            kind: "handled_error",
-            message: format!(
-                "{} error span(s) whose callers still succeeded",
-                handled.len()
-            ),
-            span_ids: handled,
-        });
+    // Errors whose caller did not fail: handled where they were called; asynchronous
+    // work's failures are its own.
+    for (index, span) in spans.iter().enumerate() {
+        if !span.is_error() || propagated.contains(&index) {
+            continue;
+        }
+        let Some(parent) = tree.parent.get(&index).map(|parent| &spans[*parent]) else {
+            continue;
+        };
+        if is_async(tree, index) {
+            findings.push(Finding {
+                kind: "background_failure",
+                span_ids: vec![id(index)],
+                message: format!(
+                    "{} / {} failed after {} / {} had answered (asynchronous work): {}",
+                    span.service,
+                    span.name,
+                    parent.service,
+                    parent.name,
+                    error_message(span)
+                ),
+            });
+        } else if !parent.is_error() {
+            findings.push(Finding {
+                kind: "handled_error",
+                span_ids: vec![id(index)],
+                message: format!(
+                    "handled: {} / {} failed ({}), tolerated by {} / {}",
+                    span.service,
+                    span.name,
+                    error_message(span),
+                    parent.service,
+                    parent.name
+                ),
+            });
+        }
+    }
+    // A client waiting well beyond its server's answer: network, queueing, a pool.
+    for (index, span) in spans.iter().enumerate() {
+        if span.kind != 3 {
+            continue;
+        }
+        let Some(server) = tree
+            .children(index)
+            .iter()
+            .find(|child| spans[**child].kind == 2 && spans[**child].service != span.service)
+        else {
+            continue;
+        };
+        let client = span.end_unix_nano.saturating_sub(span.start_unix_nano);
+        let served = spans[*server]
+            .end_unix_nano
+            .saturating_sub(spans[*server].start_unix_nano);
+        let waited = client.saturating_sub(served);
+        if waited >= CLIENT_WAIT_MIN_NANOS && waited * 4 >= client {
+            findings.push(Finding {
+                kind: "client_wait",
+                span_ids: vec![id(index), id(*server)],
+                message: format!(
+                    "{} / {} waited {:.1} ms beyond {} / {}'s {:.1} ms (network, queueing or a connection pool)",
+                    span.service,
+                    span.name,
+                    ms(waited),
+                    spans[*server].service,
+                    spans[*server].name,
+                    ms(served)
+                ),
+            });
+        }
     }
     for (index, span) in spans.iter().enumerate() {
         if is_timeout(span) {

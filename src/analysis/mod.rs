@@ -4,9 +4,10 @@
 //!
 //! Called by the join API on a blocking thread. Algorithms follow the established tools:
 //! self time = duration minus the union of children clipped to the parent; the critical
-//! path is Jaeger UI's walk (last-finishing child first); the root cause is the error span
-//! none of whose descendants failed, earliest first; N+1 and sequential-call thresholds are
-//! Sentry's. Nothing here does I/O; `percentile_rank` is passed in by the caller.
+//! path is Jaeger UI's walk (last-finishing child first); the root cause is where the
+//! failure that climbed highest in the tree started (an error its caller survived was
+//! handled, and causes nothing else); N+1 and sequential-call thresholds are Sentry's. Nothing here does I/O; what is normal for each operation is passed in by the
+//! caller.
 
 mod findings;
 
@@ -105,9 +106,54 @@ pub struct AnalyzedTrace {
     pub analysis: Analysis,
 }
 
-/// What the caller knows of each operation's normal latency: the percentile rank (0–100)
-/// of a span's duration among its operation's recent spans.
-pub type PercentileRank<'a> = &'a dyn Fn(&SpanInput) -> Option<f64>;
+/// What is usual for a span's operation: its calls before this trace's minute, their
+/// median and median absolute deviation (robust to the outliers an incident adds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normal {
+    pub count: u64,
+    pub median_ms: f64,
+    pub mad_ms: f64,
+}
+
+/// Calls of history below which no verdict on a span's latency is given.
+pub const MIN_HISTORY: u64 = 20;
+
+impl Normal {
+    /// Whether a call of `duration_ms` is slow for this operation: at least 5 ms and half
+    /// again beyond the median, and (when calls vary) more than five robust standard
+    /// deviations (1.4826 × MAD) above it. `None`: not enough history to say.
+    pub fn is_slow(&self, duration_ms: f64) -> Option<bool> {
+        if self.count < MIN_HISTORY {
+            return None;
+        }
+        let excess = duration_ms - self.median_ms;
+        let spread = 1.4826 * self.mad_ms;
+        Some(
+            excess >= 5.0
+                && duration_ms >= 1.5 * self.median_ms
+                && (spread == 0.0 || excess / spread > 5.0),
+        )
+    }
+}
+
+/// What the caller knows of each span's operation (looked up by span id).
+pub type NormalOf<'a> = &'a dyn Fn(&SpanInput) -> Option<Normal>;
+
+/// HTTP server spans named by their method alone (as current OpenTelemetry HTTP
+/// instrumentation names them) with their route or path: `POST /checkout`.
+pub fn display_name(span: &SpanInput) -> String {
+    const METHODS: [&str; 10] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "HTTP",
+    ];
+    if METHODS.contains(&span.name.as_str()) {
+        for key in ["http.route", "url.path", "http.target"] {
+            if let Some(path) = span.attributes.get(key).and_then(|value| value.as_str()) {
+                return format!("{} {path}", span.name);
+            }
+        }
+    }
+    span.name.clone()
+}
 
 fn kind_name(kind: i32) -> &'static str {
     match kind {
@@ -308,11 +354,18 @@ fn critical_path(tree: &Tree, root: usize) -> Vec<usize> {
     sections
 }
 
-pub fn analyze(
-    trace_id: &str,
-    spans: &[SpanInput],
-    percentile_rank: PercentileRank,
-) -> AnalyzedTrace {
+pub fn analyze(trace_id: &str, spans: &[SpanInput], normal_of: NormalOf) -> AnalyzedTrace {
+    // What is usual is looked up under the names the spans came with; everything after
+    // shows HTTP spans named by their method with their route.
+    let normals: Vec<Option<Normal>> = spans.iter().map(normal_of).collect();
+    let renamed: Vec<SpanInput> = spans
+        .iter()
+        .map(|span| SpanInput {
+            name: display_name(span),
+            ..span.clone()
+        })
+        .collect();
+    let spans = renamed.as_slice();
     let tree = Tree::new(spans);
     let trace_start = spans
         .iter()
@@ -349,7 +402,7 @@ pub fn analyze(
             }
         }
     }
-    let findings = findings::detect(&tree, root_cause_index, &propagated, percentile_rank);
+    let findings = findings::detect(&tree, root_cause_index, &propagated, &normals);
 
     let analyzed: Vec<AnalyzedSpan> = tree
         .walk()

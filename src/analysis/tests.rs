@@ -97,7 +97,7 @@ fn checkout() -> Vec<SpanInput> {
     ]
 }
 
-fn no_rank(_: &SpanInput) -> Option<f64> {
+fn no_rank(_: &SpanInput) -> Option<Normal> {
     None
 }
 
@@ -108,7 +108,13 @@ fn find<'a>(trace: &'a AnalyzedTrace, id: &str) -> &'a AnalyzedSpan {
 #[test]
 fn seed_checkout_trace_slowest_span_root_cause_and_shares() {
     let spans = checkout();
-    let rank = |span: &SpanInput| (span.name == "DB query").then_some(99.6);
+    let rank = |span: &SpanInput| {
+        (span.name == "DB query").then_some(Normal {
+            count: 40,
+            median_ms: 10.0,
+            mad_ms: 1.0,
+        })
+    };
     let trace = analyze("abc123", &spans, &rank);
     assert_eq!(trace.duration_ms, 523.0);
     assert_eq!(trace.span_count, 12);
@@ -322,4 +328,216 @@ fn a_failed_call_that_lasted_a_round_deadline_is_a_timeout() {
         .collect();
     assert_eq!(timeouts.len(), 1);
     assert_eq!(timeouts[0].span_ids, vec!["c"]);
+}
+
+fn kind(mut span: SpanInput, kind: i32) -> SpanInput {
+    span.kind = kind;
+    span
+}
+
+fn kinds_of(trace: &AnalyzedTrace) -> Vec<&'static str> {
+    trace
+        .analysis
+        .findings
+        .iter()
+        .map(|finding| finding.kind)
+        .collect()
+}
+
+#[test]
+fn slow_means_far_from_the_usual_with_enough_history() {
+    let usual = Normal {
+        count: 500,
+        median_ms: 10.0,
+        mad_ms: 1.0,
+    };
+    // An incident's 400 ms query against a median the incident did not move.
+    assert_eq!(usual.is_slow(400.0), Some(true));
+    assert_eq!(usual.is_slow(12.0), Some(false));
+    // Always 40 ms: 40 ms is normal, and so is a hair above it.
+    let constant = Normal {
+        count: 500,
+        median_ms: 40.0,
+        mad_ms: 0.0,
+    };
+    assert_eq!(constant.is_slow(40.0), Some(false));
+    assert_eq!(constant.is_slow(41.0), Some(false));
+    assert_eq!(constant.is_slow(90.0), Some(true));
+    // Short history: no verdict, and no finding.
+    let short = Normal {
+        count: 19,
+        median_ms: 10.0,
+        mad_ms: 1.0,
+    };
+    assert_eq!(short.is_slow(400.0), None);
+    let spans = vec![span("q", None, "orders", "DB query", 0, 400)];
+    let trace = analyze("t", &spans, &|_: &SpanInput| Some(short));
+    assert!(!kinds_of(&trace).contains(&"slow_operation"));
+    let trace = analyze("t", &spans, &|_: &SpanInput| Some(usual));
+    assert!(kinds_of(&trace).contains(&"slow_operation"));
+}
+
+#[test]
+fn a_handled_error_that_came_first_is_not_the_root_cause_of_the_real_one() {
+    let spans = vec![
+        failed(
+            span("root", None, "gateway", "POST /checkout", 0, 300),
+            "payment failed",
+        ),
+        span("catalog", Some("root"), "catalog", "GET /items", 5, 50),
+        failed(
+            span("cache", Some("catalog"), "catalog", "cache GET", 6, 2),
+            "cache miss",
+        ),
+        failed(
+            span("pay", Some("root"), "payments", "Charge", 100, 150),
+            "card declined",
+        ),
+    ];
+    let trace = analyze("t", &spans, &no_rank);
+    let cause = trace.analysis.root_cause.as_ref().unwrap();
+    assert_eq!(
+        (cause.service.as_str(), cause.message.as_str()),
+        ("payments", "card declined")
+    );
+    let handled = trace
+        .analysis
+        .findings
+        .iter()
+        .find(|finding| finding.kind == "handled_error")
+        .unwrap();
+    assert_eq!(handled.span_ids, vec!["cache"]);
+    assert_eq!(
+        handled.message,
+        "handled: catalog / cache GET failed (cache miss), tolerated by catalog / GET /items"
+    );
+    assert_eq!(find(&trace, "root").error_role, Some("propagated"));
+    assert_eq!(find(&trace, "cache").error_role, Some("error"));
+}
+
+#[test]
+fn a_tolerated_failure_is_named_in_a_successful_trace() {
+    let spans = vec![
+        span("search", None, "search", "GET /search", 0, 80),
+        span("s1", Some("search"), "search", "shard 1", 2, 40),
+        failed(
+            span("s2", Some("search"), "search", "shard 2", 2, 30),
+            "shard 2 unavailable",
+        ),
+    ];
+    let trace = analyze("t", &spans, &no_rank);
+    let messages: Vec<&str> = trace
+        .analysis
+        .findings
+        .iter()
+        .map(|finding| finding.message.as_str())
+        .collect();
+    assert!(
+        messages.contains(&"handled: search / shard 2 failed (shard 2 unavailable), tolerated by search / GET /search"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn consumers_fail_on_their_own_and_run_off_the_critical_path() {
+    let spans = vec![
+        span("orders", None, "orders", "POST /orders", 0, 40),
+        kind(
+            span(
+                "publish",
+                Some("orders"),
+                "orders",
+                "order.placed publish",
+                30,
+                2,
+            ),
+            4,
+        ),
+        failed(
+            kind(
+                span(
+                    "consume",
+                    Some("publish"),
+                    "notifier",
+                    "order.placed process",
+                    200,
+                    500,
+                ),
+                5,
+            ),
+            "SMTP timeout",
+        ),
+    ];
+    let usual = Normal {
+        count: 100,
+        median_ms: 20.0,
+        mad_ms: 2.0,
+    };
+    let trace = analyze("t", &spans, &|span: &SpanInput| {
+        (span.kind == 5).then_some(usual)
+    });
+    let background = trace
+        .analysis
+        .findings
+        .iter()
+        .find(|finding| finding.kind == "background_failure")
+        .expect("the consumer's failure is its own");
+    assert!(background
+        .message
+        .contains("after orders / order.placed publish had answered"));
+    assert!(!kinds_of(&trace).contains(&"handled_error"));
+    assert!(!kinds_of(&trace).contains(&"clock_skew"));
+    let slow = trace
+        .analysis
+        .findings
+        .iter()
+        .find(|finding| finding.kind == "slow_operation")
+        .unwrap();
+    assert!(
+        slow.message
+            .ends_with("background work, not on the request's path"),
+        "{}",
+        slow.message
+    );
+    assert!(!trace.analysis.critical_path.contains(&"consume".to_owned()));
+    assert_eq!(trace.spans[0].error_role, None, "the request did not fail");
+}
+
+#[test]
+fn a_client_waiting_beyond_its_server_is_a_finding_with_its_cost() {
+    let spans = vec![
+        kind(span("root", None, "gateway", "POST", 0, 420), 2),
+        kind(
+            span("call", Some("root"), "gateway", "POST /charge", 5, 400),
+            3,
+        ),
+        kind(
+            span("server", Some("call"), "payments", "Charge", 300, 100),
+            2,
+        ),
+        kind(
+            span("fast", Some("root"), "gateway", "GET /stock", 406, 10),
+            3,
+        ),
+        kind(span("stock", Some("fast"), "inventory", "Stock", 407, 8), 2),
+    ];
+    let mut spans = spans;
+    spans[0]
+        .attributes
+        .insert("http.route".into(), serde_json::json!("/checkout"));
+    let trace = analyze("t", &spans, &no_rank);
+    let waits: Vec<&Finding> = trace
+        .analysis
+        .findings
+        .iter()
+        .filter(|finding| finding.kind == "client_wait")
+        .collect();
+    assert_eq!(waits.len(), 1, "a 2 ms gap is no finding");
+    assert_eq!(
+        waits[0].message,
+        "gateway / POST /charge waited 300.0 ms beyond payments / Charge's 100.0 ms (network, queueing or a connection pool)"
+    );
+    // An HTTP server span named by its method is shown with its route.
+    assert_eq!(find(&trace, "root").name, "POST /checkout");
+    assert_eq!(trace.root_name, "POST /checkout");
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::logs::parse_query_trace_id;
 use super::metrics::sample_json;
 use super::{ApiError, AppState};
-use crate::analysis::{self, SpanInput};
+use crate::analysis::{self, Normal, SpanInput};
 use crate::ingest::otlp_logs::any_value_json;
 use crate::metrics::latency::{OperationKey, WindowStats};
 use crate::metrics::names::normalise_span_name;
@@ -104,7 +104,15 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
     };
     let spans = spans_of(&batches);
     let now = crate::metrics::latency::current_minute();
+    // What is usual: the operation's calls in the hour before this trace's minute, so
+    // that an incident's own calls do not make themselves normal.
+    let trace_minute = spans
+        .iter()
+        .map(|span| span.start_unix_nano / 60_000_000_000)
+        .min()
+        .unwrap_or(now);
     let mut stats: HashMap<OperationKey, WindowStats> = HashMap::new();
+    let mut normals: HashMap<OperationKey, Normal> = HashMap::new();
     {
         let latency = state
             .pipeline
@@ -116,19 +124,30 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
             if let std::collections::hash_map::Entry::Vacant(entry) =
                 stats.entry(operation_key(span))
             {
-                if let Some(mut window) = latency.stats(entry.key(), Some(WINDOW_MINUTES), now) {
+                let key = entry.key().clone();
+                if let Some(mut window) = latency.stats(&key, Some(WINDOW_MINUTES), now) {
                     window.forget_samples(|trace_id| state.storage.head.is_dropped(trace_id));
                     entry.insert(window);
+                }
+                if let Some(history) = latency.stats_between(
+                    &key,
+                    trace_minute.saturating_sub(WINDOW_MINUTES),
+                    trace_minute.saturating_sub(1),
+                ) {
+                    let (median_ms, mad_ms) = history.median_and_mad_ms();
+                    normals.insert(
+                        key,
+                        Normal {
+                            count: history.count,
+                            median_ms,
+                            mad_ms,
+                        },
+                    );
                 }
             }
         }
     }
-    let rank = |span: &SpanInput| {
-        let window = stats.get(&operation_key(span))?;
-        (window.count >= 20).then(|| {
-            window.percentile_rank(span.end_unix_nano.saturating_sub(span.start_unix_nano) / 1000)
-        })
-    };
+    let rank = |span: &SpanInput| normals.get(&operation_key(span)).copied();
     let trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);
 
     let mut logs = storage.logs.search(&LogQuery {
@@ -170,6 +189,16 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
                 "p99_ms": window.map(|window| window.p99_ms),
                 "this_duration_ms": *duration as f64 / 1e6,
                 "percentile_rank": window.map(|window| window.percentile_rank(duration / 1000)),
+                "normal": normals.get(key).map(|normal| json!({
+                    "calls_before": normal.count,
+                    "median_ms": normal.median_ms,
+                    "mad_ms": normal.mad_ms,
+                })),
+                "verdict": match normals.get(key).and_then(|normal| normal.is_slow(*duration as f64 / 1e6)) {
+                    Some(true) => "slow",
+                    Some(false) => "normal",
+                    None => "not enough history",
+                },
                 "exemplars": exemplars,
             })
         })

@@ -140,12 +140,46 @@ impl WindowStats {
     }
 
     /// Share of the window's spans at or below `duration_us` (0–100).
+    /// The percentile rank (0–100) of a duration among the window's calls, counting calls
+    /// of the same duration as half below it (the mid-rank): a call as long as all the
+    /// others ranks 50, not 100.
     pub fn percentile_rank(&self, duration_us: u64) -> f64 {
         if self.count == 0 {
             return 0.0;
         }
-        let at_or_below = self.histogram.count_between(0, duration_us.max(LOWEST_US));
-        100.0 * at_or_below as f64 / self.count as f64
+        let value = duration_us.max(LOWEST_US);
+        let at_or_below = self.histogram.count_between(0, value);
+        let equal = self.histogram.count_at(value);
+        100.0 * (at_or_below.saturating_sub(equal) as f64 + equal as f64 / 2.0) / self.count as f64
+    }
+
+    /// The median and the median absolute deviation of the window's calls, in ms: what
+    /// is usual, robust to the few outliers an incident adds.
+    pub fn median_and_mad_ms(&self) -> (f64, f64) {
+        if self.histogram.is_empty() {
+            return (0.0, 0.0);
+        }
+        let median = self.histogram.value_at_quantile(0.5) as f64;
+        let mut deviations: Vec<(f64, u64)> = self
+            .histogram
+            .iter_recorded()
+            .map(|value| {
+                (
+                    (value.value_iterated_to() as f64 - median).abs(),
+                    value.count_at_value(),
+                )
+            })
+            .collect();
+        deviations.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let half = self.histogram.len().div_ceil(2);
+        let mut seen = 0;
+        for (deviation, count) in deviations {
+            seen += count;
+            if seen >= half {
+                return (median / 1000.0, deviation / 1000.0);
+            }
+        }
+        (median / 1000.0, 0.0)
     }
 }
 
@@ -599,7 +633,24 @@ mod tests {
         assert_eq!(stats.slowest.unwrap().duration_us, 1_000_000);
         assert!(stats.band_samples.len() >= 2);
         assert_eq!(stats.errors, 1);
-        assert!((stats.percentile_rank(3_000) - 60.0).abs() < 0.01);
+        assert!((stats.percentile_rank(3_000) - 50.0).abs() < 0.01);
+        let (median, mad) = stats.median_and_mad_ms();
+        assert!(
+            (median - 3.0).abs() < 0.01 && (mad - 2.0).abs() < 0.01,
+            "{median} {mad}"
+        );
+    }
+
+    #[test]
+    fn a_call_as_long_as_all_the_others_is_at_the_middle_not_the_top() {
+        let mut histograms = LatencyHistograms::default();
+        let now = 5000;
+        for _ in 0..20 {
+            histograms.record(&key(), &observation(40_000, now), now);
+        }
+        let stats = histograms.stats(&key(), Some(5), now).unwrap();
+        assert!((stats.percentile_rank(40_000) - 50.0).abs() < 0.01);
+        assert_eq!(stats.median_and_mad_ms().1, 0.0);
     }
 
     proptest! {
