@@ -290,6 +290,11 @@ pub struct RawServer {
     /// PEM certificate chain and key: all three listeners speak TLS when both are set.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Where people's Grafana is (the page links each trace into its Explore); empty:
+    /// no link.
+    pub grafana_url: String,
+    /// The uid of the Tempo data source pointing at this tracelink in that Grafana.
+    pub grafana_tempo_uid: String,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -362,6 +367,8 @@ impl Default for RawServer {
             shutdown_grace_ms: 10_000,
             tls_cert: None,
             tls_key: None,
+            grafana_url: String::new(),
+            grafana_tempo_uid: "tempo".into(),
         }
     }
 }
@@ -405,6 +412,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// TLS on every listener.
     pub tls: Option<crate::tls::Tls>,
+    /// Grafana's address and the uid of its Tempo data source for this tracelink.
+    pub grafana: Option<(String, String)>,
     pub data_dir: PathBuf,
     pub commit_interval: Duration,
     pub commit_max_spans: usize,
@@ -689,6 +698,16 @@ impl RawConfig {
             otlp_http_addr: addr("server.otlp_http_addr", &self.server.otlp_http_addr)?,
             otlp_grpc_addr: addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr)?,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            grafana: (!self.server.grafana_url.trim().is_empty()).then(|| {
+                (
+                    self.server
+                        .grafana_url
+                        .trim()
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    self.server.grafana_tempo_uid.clone(),
+                )
+            }),
             tls: match (&self.server.tls_cert, &self.server.tls_key) {
                 (None, None) => None,
                 (Some(cert), Some(key)) => {

@@ -68,7 +68,10 @@ async fn send_log(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_finds_a_trace_and_draws_its_story_in_a_real_browser() {
     let dir = common::temp_dir();
-    let server = TestServer::start(&common::data_path(&dir), |_| {}).await;
+    let server = TestServer::start(&common::data_path(&dir), |raw| {
+        raw.server.grafana_url = "http://grafana.example:3000/".into();
+    })
+    .await;
     let checkouts = common::sdk::six_checkouts(&server).await;
     // Trace 1 failed in payments: a log line in its failing span, one in its root.
     let failing = &checkouts.trace_ids[1];
@@ -164,6 +167,17 @@ async fn the_page_finds_a_trace_and_draws_its_story_in_a_real_browser() {
         "{page}"
     );
     browser.screenshot(&screenshot("trace")).await;
+    // Open in Grafana: Explore on the Tempo data source, with this trace id.
+    let grafana = browser.find("a.grafana").await;
+    let href = browser.attribute(&grafana, "href").await;
+    assert!(
+        href.starts_with("http://grafana.example:3000/explore?schemaVersion=1&panes="),
+        "{href}"
+    );
+    assert!(
+        href.contains(failing.as_str()) && href.contains("%22tempo%22"),
+        "{href}"
+    );
 
     // Attributes open on click (a <details>, no script).
     let summary = browser

@@ -84,6 +84,112 @@ pub(crate) fn spans_of(batches: &[ResourceSpans]) -> Vec<SpanInput> {
     spans
 }
 
+/// Recent traces of a parent operation looked at to tell calls that usually overlap from
+/// calls that always run one after the other.
+const SEQUENTIAL_HISTORY_TRACES: usize = 20;
+/// Comparable traces below which nothing is said either way.
+const SEQUENTIAL_MIN_HISTORY: usize = 5;
+
+/// Keep a `sequential_calls` finding only where those calls usually overlap in the recent
+/// traces of the same parent operation (then running one after the other here cost
+/// time); calls that always run in sequence probably depend on each other, and go.
+fn judge_sequential_calls(
+    storage: &Storage,
+    trace_id: &TraceId,
+    spans: &[SpanInput],
+    findings: &mut Vec<analysis::Finding>,
+) -> Result<(), ApiError> {
+    let by_id: HashMap<&str, &SpanInput> = spans
+        .iter()
+        .map(|span| (span.span_id.as_str(), span))
+        .collect();
+    let mut judged = Vec::with_capacity(findings.len());
+    for mut finding in findings.drain(..) {
+        if finding.kind != "sequential_calls" {
+            judged.push(finding);
+            continue;
+        }
+        let calls: Vec<&SpanInput> = finding
+            .span_ids
+            .iter()
+            .filter_map(|id| by_id.get(id.as_str()).copied())
+            .collect();
+        let Some(parent) = calls
+            .first()
+            .and_then(|call| call.parent_span_id.as_deref())
+            .and_then(|id| by_id.get(id).copied())
+        else {
+            judged.push(finding);
+            continue;
+        };
+        let identities: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|call| (call.service.as_str(), call.name.as_str()))
+            .collect();
+        let query = crate::query::traceql::parse(&format!(
+            "{{ resource.service.name = \"{}\" && name = \"{}\" }}",
+            quote(&parent.service),
+            quote(&parent.name)
+        ))
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+        let end = parent.start_unix_nano;
+        let request = crate::query::search::SearchRequest {
+            query,
+            limit: SEQUENTIAL_HISTORY_TRACES + 1,
+            start_unix_nano: Some(end.saturating_sub(3_600_000_000_000)),
+            end_unix_nano: Some(end),
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        };
+        let (mut comparable, mut overlapped) = (0usize, 0usize);
+        for found in crate::query::search::search(storage, &request)?.traces {
+            if found.trace_id == *trace_id || comparable >= SEQUENTIAL_HISTORY_TRACES {
+                continue;
+            }
+            let Some(batches) = storage.find_trace(&found.trace_id)? else {
+                continue;
+            };
+            let earlier = spans_of(&batches);
+            for other_parent in earlier
+                .iter()
+                .filter(|span| span.service == parent.service && span.name == parent.name)
+            {
+                let mut intervals: Vec<(u64, u64)> = earlier
+                    .iter()
+                    .filter(|span| {
+                        span.parent_span_id.as_deref() == Some(other_parent.span_id.as_str())
+                            && identities.contains(&(span.service.as_str(), span.name.as_str()))
+                    })
+                    .map(|span| (span.start_unix_nano, span.end_unix_nano))
+                    .collect();
+                if intervals.len() < 2 {
+                    continue;
+                }
+                intervals.sort_unstable();
+                comparable += 1;
+                if intervals.windows(2).any(|pair| pair[1].0 < pair[0].1) {
+                    overlapped += 1;
+                }
+            }
+        }
+        if comparable < SEQUENTIAL_MIN_HISTORY {
+            finding.message.push_str(&format!(
+                " (only {comparable} recent trace(s) of {} / {} to tell whether they usually overlap)",
+                parent.service, parent.name
+            ));
+            judged.push(finding);
+        } else if overlapped * 2 >= comparable {
+            finding.message.push_str(&format!(
+                "; they overlapped in {overlapped} of the {comparable} recent traces of {} / {}",
+                parent.service, parent.name
+            ));
+            judged.push(finding);
+        }
+    }
+    *findings = judged;
+    Ok(())
+}
+
 fn operation_key(span: &SpanInput) -> OperationKey {
     OperationKey {
         service: span.service.to_string(),
@@ -148,7 +254,8 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
         }
     }
     let rank = |span: &SpanInput| normals.get(&operation_key(span)).copied();
-    let trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);
+    let mut trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);
+    judge_sequential_calls(storage, trace_id, &spans, &mut trace.analysis.findings)?;
 
     let mut logs = storage.logs.search(&LogQuery {
         trace_id: Some(*trace_id),

@@ -139,11 +139,14 @@ pub async fn trace(State(state): State<AppState>, Path(raw_id): Path<String>) ->
     let joined = tokio::task::spawn_blocking(move || {
         let trace_id = crate::api::join::resolve_trace_id(&state.storage, trace_id, low_only)?;
         crate::api::join::join_trace(&state, &trace_id)
+            .map(|joined| (joined, state.config.grafana.clone()))
     })
     .await;
     match joined {
-        Ok(Ok(Some(joined))) => page("Trace", &render::trace_page(&joined)).into_response(),
-        Ok(Ok(None)) => (
+        Ok(Ok((Some(joined), grafana))) => {
+            page("Trace", &render::trace_page(&joined, grafana.as_ref())).into_response()
+        }
+        Ok(Ok((None, _))) => (
             axum::http::StatusCode::NOT_FOUND,
             page(
                 "Trace",

@@ -255,7 +255,20 @@ pub fn log_lines(records: &[Value]) -> String {
 /// critical path outlined, slowest and root cause marked, the operation's p50–p99 band
 /// beside it, attributes and events on click), the span's log lines under it, and the
 /// findings.
-pub fn trace_page(joined: &Value) -> String {
+/// Grafana Explore on a trace, through the Tempo data source `uid` (Grafana 10+ panes).
+pub fn grafana_explore(grafana_url: &str, uid: &str, trace_id: &str) -> String {
+    let panes = serde_json::json!({"t": {
+        "datasource": uid,
+        "queries": [{"refId": "A", "datasource": {"type": "tempo", "uid": uid}, "queryType": "traceql", "query": trace_id}],
+        "range": {"from": "now-1h", "to": "now"}
+    }});
+    format!(
+        "{grafana_url}/explore?schemaVersion=1&panes={}",
+        url_value(&panes.to_string())
+    )
+}
+
+pub fn trace_page(joined: &Value, grafana: Option<&(String, String)>) -> String {
     let trace = &joined["trace"];
     let analysis = &trace["analysis"];
     let empty = Vec::new();
@@ -318,11 +331,17 @@ pub fn trace_page(joined: &Value) -> String {
     );
     let _ = write!(
         out,
-        "<p class=\"links\"><a href=\"/api/v2/traces/{id}\">Tempo API</a> · \
+        "<p class=\"links\">{grafana}<a href=\"/api/v2/traces/{id}\">Tempo API</a> · \
          <a href=\"/logs?trace_id={id}\">logs</a> · \
          <a href=\"/loki/api/v1/query_range?query={loki}\">Loki query</a> · \
          <a href=\"/api/join/trace/{id}\">join JSON</a> · <a href=\"/metrics\">metrics</a></p>",
         id = escape(trace_id),
+        grafana = grafana
+            .map(|(url, uid)| format!(
+                "<a class=\"grafana\" href=\"{}\">open in Grafana</a> · ",
+                escape(&grafana_explore(url, uid, trace_id))
+            ))
+            .unwrap_or_default(),
         loki = url_value(&format!("{{service_name=~\".+\"}} |= \"{trace_id}\"")),
     );
     let findings = analysis["findings"].as_array().unwrap_or(&empty);
