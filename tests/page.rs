@@ -220,6 +220,25 @@ async fn the_page_finds_a_trace_and_draws_its_story_in_a_real_browser() {
         "{graph_text}"
     );
     assert_eq!(browser.find_all("svg.graph .edge.failing").await.len(), 1);
+    // Each service's own calls (payments: its six Charge calls, half failed).
+    let rows = browser.find_all("table.services tbody tr").await;
+    let mut payments_row = String::new();
+    for row in &rows {
+        let text = browser.text(row).await;
+        if text.starts_with("payments") {
+            payments_row = text;
+        }
+    }
+    assert!(
+        payments_row.starts_with("payments 6 ") && payments_row.contains("50.0%"),
+        "{payments_row}"
+    );
+    let headers = browser.find_all("table.operations thead th").await.len();
+    let cells = browser
+        .find_all("table.operations tbody tr:first-child td")
+        .await
+        .len();
+    assert_eq!(headers, cells, "a header for every column");
     browser.screenshot(&screenshot("services")).await;
 
     // Diagnose: the checkouts' ten minutes against the ten before (empty).

@@ -217,6 +217,7 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
     };
     let now = crate::metrics::latency::current_minute();
     let mut rows = Vec::new();
+    let mut services = Vec::new();
     {
         let latency = crate::lock(&state.pipeline.metrics.latency);
         for key in latency.all_keys() {
@@ -224,6 +225,14 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
                 if stats.count > 0 {
                     rows.push((key, stats));
                 }
+            }
+        }
+        let mut names: Vec<String> = rows.iter().map(|(key, _)| key.service.clone()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if let Some(stats) = latency.service_stats(&name, minutes, now) {
+                services.push((name, stats));
             }
         }
     }
@@ -236,7 +245,11 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
     });
     let end_ms = now * 60_000 + 60_000;
     let links = crate::lock(&state.pipeline.metrics.dependencies).links(end_ms, minutes * 60_000);
-    page("Services", &render::services_page(minutes, &rows, &links)).into_response()
+    page(
+        "Services",
+        &render::services_page(minutes, &services, &rows, &links),
+    )
+    .into_response()
 }
 
 pub async fn logs(State(state): State<AppState>, Query(params): Params) -> Response {

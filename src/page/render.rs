@@ -526,7 +526,12 @@ pub fn logs_page(params: &HashMap<String, String>, records: &[Value]) -> String 
 
 /// Services: each operation's rate, error rate and p50/p99 over the window, and the
 /// service graph (an SVG circle of the services, an arrow per caller → callee).
-pub fn services_page(minutes: u64, rows: &[(OperationKey, WindowStats)], links: &[Link]) -> String {
+pub fn services_page(
+    minutes: u64,
+    per_service: &[(String, WindowStats)],
+    rows: &[(OperationKey, WindowStats)],
+    links: &[Link],
+) -> String {
     let mut out = format!("<h1>Services</h1><p>Over the last {minutes} minutes: ");
     for window in ["5m", "15m", "60m"] {
         let _ = write!(out, "<a href=\"/services?window={window}\">{window}</a> ");
@@ -587,8 +592,34 @@ pub fn services_page(minutes: u64, rows: &[(OperationKey, WindowStats)], links: 
         out.push_str("</svg>");
     }
     out.push_str(
-        "<table class=\"results\"><thead><tr><th>Service</th><th>Operation</th><th>Kind</th><th>Calls/s</th>\
-         <th>Errors</th><th>p50</th><th>p99</th></tr></thead><tbody>",
+        "<table class=\"results services\"><thead><tr><th>Service</th><th>Calls</th><th>Calls/s</th><th>Errors</th>\
+         <th>p50</th><th>p99</th></tr></thead><tbody>",
+    );
+    for (service, stats) in per_service {
+        let error_rate = if stats.count == 0 {
+            0.0
+        } else {
+            stats.errors as f64 / stats.count as f64
+        };
+        let _ = write!(
+            out,
+            "<tr{}><td><a href=\"/search?service={}\"><span class=\"service\" style=\"--hue:{}\">{}</span></a></td>\
+             <td>{}</td><td>{:.3}</td><td>{:.1}%</td><td>{:.1} ms</td><td>{:.1} ms</td></tr>",
+            if error_rate > 0.0 { " class=\"failed\"" } else { "" },
+            url_value(service),
+            hue(service),
+            escape(service),
+            stats.count,
+            stats.count as f64 / (minutes * 60) as f64,
+            error_rate * 100.0,
+            stats.p50_ms,
+            stats.p99_ms,
+        );
+    }
+    out.push_str("</tbody></table><h2>Operations</h2>");
+    out.push_str(
+        "<table class=\"results operations\"><thead><tr><th>Service</th><th>Operation</th><th>Kind</th><th>Calls</th>\
+         <th>Calls/s</th><th>Errors</th><th>p50</th><th>p99</th></tr></thead><tbody>",
     );
     for (key, stats) in rows {
         let error_rate = if stats.count == 0 {

@@ -131,6 +131,30 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// Count and quantiles again from the histogram (after merging others into it).
+    fn recomputed(mut self) -> WindowStats {
+        let histogram = &self.histogram;
+        let quantile_ms = |quantile: f64| {
+            if histogram.is_empty() {
+                0.0
+            } else {
+                histogram.value_at_quantile(quantile) as f64 / 1000.0
+            }
+        };
+        self.count = histogram.len();
+        self.p50_ms = quantile_ms(0.5);
+        self.p90_ms = quantile_ms(0.9);
+        self.p95_ms = quantile_ms(0.95);
+        self.p99_ms = quantile_ms(0.99);
+        self.p999_ms = quantile_ms(0.999);
+        self.max_ms = if histogram.is_empty() {
+            0.0
+        } else {
+            histogram.max() as f64 / 1000.0
+        };
+        self
+    }
+
     /// Forget the sampled traces that are not stored (dropped by tail sampling), so that
     /// every trace named opens.
     pub fn forget_samples(&mut self, not_stored: impl Fn(&TraceId) -> bool) {
@@ -520,6 +544,44 @@ impl LatencyHistograms {
         self.operations.get(key).map(|operation| {
             operation.stats_where(|minute| minute >= from_minute && minute <= to_minute, false)
         })
+    }
+
+    /// A service's calls over the last `minutes`: its SERVER and CONSUMER operations merged
+    /// (what it was asked to do; its own client calls are its callees' business), or all
+    /// its operations when it has none of those.
+    pub fn service_stats(
+        &self,
+        service: &str,
+        minutes: u64,
+        now_minute: u64,
+    ) -> Option<WindowStats> {
+        let keys: Vec<&OperationKey> = self
+            .operations
+            .keys()
+            .filter(|key| key.service == service)
+            .collect();
+        let served: Vec<&&OperationKey> = keys
+            .iter()
+            .filter(|key| matches!(key.span_kind, 2 | 5))
+            .collect();
+        let chosen: Vec<&OperationKey> = if served.is_empty() {
+            keys
+        } else {
+            served.into_iter().copied().collect()
+        };
+        let mut merged: Option<WindowStats> = None;
+        for key in chosen {
+            let stats = self.operations[key].stats(Some(minutes), now_minute);
+            merged = Some(match merged {
+                None => stats,
+                Some(mut sum) => {
+                    let _ = sum.histogram.add(&stats.histogram);
+                    sum.errors += stats.errors;
+                    sum
+                }
+            });
+        }
+        merged.map(WindowStats::recomputed)
     }
 
     /// Every operation observed.
