@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::analysis::{self, AnalyzedTrace};
+use crate::analysis::{self, kind_code, kind_name, AnalyzedTrace};
 use crate::metrics::latency::{LatencyHistograms, OperationKey};
 use crate::metrics::names::normalise_span_name;
 use crate::model::{Level, LogRecord};
@@ -159,28 +159,6 @@ pub struct Counted {
     pub count: usize,
 }
 
-fn kind_name(kind: i32) -> &'static str {
-    match kind {
-        1 => "internal",
-        2 => "server",
-        3 => "client",
-        4 => "producer",
-        5 => "consumer",
-        _ => "unspecified",
-    }
-}
-
-fn kind_code(name: &str) -> i32 {
-    match name {
-        "internal" => 1,
-        "server" => 2,
-        "client" => 3,
-        "producer" => 4,
-        "consumer" => 5,
-        _ => 0,
-    }
-}
-
 fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
@@ -301,16 +279,7 @@ fn facts(traces: &[AnalyzedTrace]) -> (HashMap<Op, TraceFacts>, f64) {
                         entry
                             .failing_trace
                             .get_or_insert_with(|| trace.trace_id.clone());
-                        let message = if span.status_message.is_empty() {
-                            span.events
-                                .iter()
-                                .find(|event| event["name"] == "exception")
-                                .and_then(|event| event["attributes"]["exception.message"].as_str())
-                                .unwrap_or_default()
-                                .to_owned()
-                        } else {
-                            span.status_message.clone()
-                        };
+                        let message = analysis::failure_message(&span.status_message, &span.events);
                         if !message.is_empty() {
                             *entry.messages.entry(template(&message)).or_default() += 1;
                         }

@@ -212,14 +212,7 @@ fn error_log(service: &str, time: u64, message: &str) -> ExportLogsServiceReques
 }
 
 async fn post(server: &TestServer, path: &str, body: Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}{path}", server.otlp_http))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    common::post_protobuf(server.otlp_http, path, body).await;
 }
 
 /// Ten healthy minutes then ten with `incident`, a checkout every 10 s; the diagnosis of

@@ -55,14 +55,7 @@ async fn send_log(
             ..Default::default()
         }],
     };
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/logs", server.otlp_http))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    common::post_protobuf(server.otlp_http, "/v1/logs", request.encode_to_vec()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

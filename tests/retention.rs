@@ -72,14 +72,7 @@ async fn send_spans(server_otlp: std::net::SocketAddr, spans: Vec<Span>) {
             ..Default::default()
         }],
     };
-    let response = reqwest::Client::new()
-        .post(format!("http://{server_otlp}/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    common::post_protobuf(server_otlp, "/v1/traces", request.encode_to_vec()).await;
 }
 
 async fn send_log(server_otlp: std::net::SocketAddr, number: u64, message: &str) {
@@ -101,14 +94,7 @@ async fn send_log(server_otlp: std::net::SocketAddr, number: u64, message: &str)
             ..Default::default()
         }],
     };
-    let response = reqwest::Client::new()
-        .post(format!("http://{server_otlp}/v1/logs"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    common::post_protobuf(server_otlp, "/v1/logs", request.encode_to_vec()).await;
 }
 
 fn hex(number: u64) -> String {

@@ -68,20 +68,12 @@ async fn sequential_finding(history_parallel: bool) -> Option<Value> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let client = reqwest::Client::new();
     let mut last = String::new();
     for number in 0..7u64 {
         // Six earlier orders, then the one to judge, in sequence.
         let parallel = number < 6 && history_parallel;
         let (request, trace_id) = order(number + 1, now - (20 - number) * 60_000 * MS, parallel);
-        let response = client
-            .post(format!("http://{}/v1/traces", server.otlp_http))
-            .header("content-type", "application/x-protobuf")
-            .body(request.encode_to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        common::post_protobuf(server.otlp_http, "/v1/traces", request.encode_to_vec()).await;
         last = trace_id;
     }
     let joined: Value = reqwest::get(server.url(&format!("/api/join/trace/{last}")))

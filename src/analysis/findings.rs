@@ -27,10 +27,15 @@ const N_PLUS_ONE_MIN_NANOS: u64 = 50_000_000;
 
 /// The error message of a span: its status message, else its exception event's.
 pub fn error_message(span: &SpanInput) -> String {
-    if !span.status_message.is_empty() {
-        return span.status_message.clone();
+    failure_message(&span.status_message, &span.events)
+}
+
+/// A status message, else the `exception.message` of an `exception` event.
+pub fn failure_message(status_message: &str, events: &[serde_json::Value]) -> String {
+    if !status_message.is_empty() {
+        return status_message.to_owned();
     }
-    span.events
+    events
         .iter()
         .find(|event| event["name"] == "exception")
         .and_then(|event| event["attributes"]["exception.message"].as_str())

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-pub use findings::Finding;
+pub use findings::{failure_message, Finding};
 
 /// One span as analysis needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +155,8 @@ pub fn display_name(span: &SpanInput) -> String {
     span.name.clone()
 }
 
-fn kind_name(kind: i32) -> &'static str {
+/// The OTLP span kind's name, as the analysis, the diagnosis and the page show it.
+pub fn kind_name(kind: i32) -> &'static str {
     match kind {
         1 => "internal",
         2 => "server",
@@ -163,6 +164,18 @@ fn kind_name(kind: i32) -> &'static str {
         4 => "producer",
         5 => "consumer",
         _ => "unspecified",
+    }
+}
+
+/// The OTLP span kind of a name [`kind_name`] gives.
+pub fn kind_code(name: &str) -> i32 {
+    match name {
+        "internal" => 1,
+        "server" => 2,
+        "client" => 3,
+        "producer" => 4,
+        "consumer" => 5,
+        _ => 0,
     }
 }
 

@@ -290,7 +290,7 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
                 "span_kind": format!("{:?}", crate::metrics::SpanKindLabel::from_otlp(key.span_kind)),
                 "window": format!("{WINDOW_MINUTES}m"),
                 "count": window.map_or(0, |window| window.count),
-                "error_rate": window.map_or(0.0, |window| if window.count == 0 { 0.0 } else { window.errors as f64 / window.count as f64 }),
+                "error_rate": window.map_or(0.0, WindowStats::error_rate),
                 "p50_ms": window.map(|window| window.p50_ms),
                 "p90_ms": window.map(|window| window.p90_ms),
                 "p99_ms": window.map(|window| window.p99_ms),

@@ -63,37 +63,11 @@ fn clock(nanos: u64) -> String {
     text.get(..23).unwrap_or(&text).replace('T', " ")
 }
 
-fn kind_name(kind: i32) -> &'static str {
-    match kind {
-        1 => "internal",
-        2 => "server",
-        3 => "client",
-        4 => "producer",
-        5 => "consumer",
-        _ => "unspecified",
-    }
-}
-
 /// A stable colour per service.
 fn hue(service: &str) -> u32 {
     service.bytes().fold(2166136261u32, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(16777619)
     }) % 360
-}
-
-/// HTTP server spans named by their method alone are shown with their route or path.
-fn display_name(name: &str, attributes: &Value) -> String {
-    const METHODS: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    if METHODS.contains(&name) || name == "HTTP" {
-        for key in ["http.route", "url.path", "http.target"] {
-            if let Some(path) = attributes[key].as_str() {
-                return format!("{name} {path}");
-            }
-        }
-    }
-    name.to_owned()
 }
 
 /// One search result.
@@ -471,7 +445,7 @@ pub fn trace_page(joined: &Value, grafana: Option<&(String, String)>) -> String 
             depth = span["depth"].as_u64().unwrap_or_default(),
             hue = hue(service),
             service = escape(service),
-            name = escape(&display_name(name, &span["attributes"])),
+            name = escape(name),
             duration = ms((length * 1e6) as u64),
             kind = escape(span["kind"].as_str().unwrap_or_default()),
             status = escape(span["status"].as_str().unwrap_or_default()),
@@ -596,11 +570,7 @@ pub fn services_page(
          <th>p50</th><th>p99</th></tr></thead><tbody>",
     );
     for (service, stats) in per_service {
-        let error_rate = if stats.count == 0 {
-            0.0
-        } else {
-            stats.errors as f64 / stats.count as f64
-        };
+        let error_rate = stats.error_rate();
         let _ = write!(
             out,
             "<tr{}><td><a href=\"/search?service={}\"><span class=\"service\" style=\"--hue:{}\">{}</span></a></td>\
@@ -622,11 +592,7 @@ pub fn services_page(
          <th>Calls/s</th><th>Errors</th><th>p50</th><th>p99</th></tr></thead><tbody>",
     );
     for (key, stats) in rows {
-        let error_rate = if stats.count == 0 {
-            0.0
-        } else {
-            stats.errors as f64 / stats.count as f64
-        };
+        let error_rate = stats.error_rate();
         let _ = write!(
             out,
             "<tr{}><td><a href=\"/search?service={}\"><span class=\"service\" style=\"--hue:{}\">{}</span></a></td><td>{}</td><td>{}</td>\
@@ -636,7 +602,7 @@ pub fn services_page(
             hue(&key.service),
             escape(&key.service),
             escape(&key.span_name),
-            kind_name(key.span_kind),
+            crate::analysis::kind_name(key.span_kind),
             stats.count,
             stats.count as f64 / (minutes * 60) as f64,
             error_rate * 100.0,

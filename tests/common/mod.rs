@@ -232,6 +232,18 @@ impl Process {
     }
 }
 
+/// POST a protobuf body to an OTLP/HTTP path (`/v1/traces`, `/v1/logs`); it must be acked.
+pub async fn post_protobuf(otlp_http: SocketAddr, path: &str, body: Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{otlp_http}{path}"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+}
+
 /// Fetch a trace as OTLP through Tempo's v1 protobuf route; `None` on 404.
 pub async fn fetch_trace(http: SocketAddr, trace_id: &str) -> Option<Vec<ResourceSpans>> {
     let response = reqwest::Client::new()

@@ -131,6 +131,15 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// Errors per call (0 without calls).
+    pub fn error_rate(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.count as f64
+        }
+    }
+
     /// Count and quantiles again from the histogram (after merging others into it).
     fn recomputed(mut self) -> WindowStats {
         let histogram = &self.histogram;
