@@ -198,7 +198,24 @@ async fn the_page_finds_a_trace_and_draws_its_story_in_a_real_browser() {
         .await
         .contains(&format!("/trace/{failing}#log-")));
 
-    // The id box takes a Datadog decimal id (the low 64 bits).
+    // The id box takes a log id (to the line, on its trace) ...
+    let logs: serde_json::Value = reqwest::get(format!("{base}/api/logs?service=payments"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log_id = logs["logs"][0]["id"].as_str().unwrap().to_owned();
+    browser.open(&format!("{base}/go?id={log_id}")).await;
+    assert!(
+        browser
+            .url()
+            .await
+            .ends_with(&format!("/trace/{failing}#log-{log_id}")),
+        "{}",
+        browser.url().await
+    );
+    // ... and a Datadog decimal id (the low 64 bits).
     let low64 = u64::from_str_radix(&failing[16..], 16).unwrap();
     browser.open(&format!("{base}/go?id={low64}")).await;
     assert!(browser.url().await.ends_with(&format!("/trace/{low64}")));

@@ -192,21 +192,26 @@ pub async fn log(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     }
 }
 
-/// The id box: a trace id in any spelling, else a log id.
+/// The id box: a stored log id, else a trace id in any spelling (a log id can look like
+/// URL-safe base64, so the logs are asked first).
 pub async fn go(State(state): State<AppState>, Query(params): Params) -> Response {
     let id = param(&params, "id").to_owned();
-    if crate::api::logs::parse_query_trace_id(&id).is_ok() {
-        return Redirect::to(&format!("/trace/{id}")).into_response();
-    }
     let storage = state.storage.clone();
     let lookup = id.clone();
-    match crate::api::blocking(move || storage.logs.get(&lookup)).await {
-        Ok(Some(_)) => Redirect::to(&format!("/log/{id}")).into_response(),
-        _ => failure(
-            "Go",
-            format!("{id:?} is neither a trace id nor a stored log id"),
-        ),
+    let is_log = matches!(
+        crate::api::blocking(move || storage.logs.get(&lookup)).await,
+        Ok(Some(_))
+    );
+    if is_log {
+        return Redirect::to(&format!("/log/{}", crate::cli::query_escape(&id))).into_response();
     }
+    if crate::api::logs::parse_query_trace_id(&id).is_ok() {
+        return Redirect::to(&format!("/trace/{}", crate::cli::query_escape(&id))).into_response();
+    }
+    failure(
+        "Go",
+        format!("{id:?} is neither a trace id nor a stored log id"),
+    )
 }
 
 pub async fn services(State(state): State<AppState>, Query(params): Params) -> Response {
