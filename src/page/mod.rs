@@ -44,15 +44,16 @@ fn param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// The window a `range` parameter names (`15m`, `1h`, `6h`, `24h`, `7d`), in ns.
+/// The window a `range` parameter names (`5m`, `15m`, `1h`, `6h`, `24h`, `7d`; the form's
+/// default, the last hour, otherwise), in ns.
 fn range_nanos(text: &str) -> u64 {
     let minutes = match text {
         "5m" => 5,
-        "1h" => 60,
+        "15m" => 15,
         "6h" => 360,
         "24h" => 1440,
         "7d" => 10_080,
-        _ => 15,
+        _ => 60,
     };
     minutes * 60 * 1_000_000_000
 }
@@ -308,5 +309,45 @@ pub async fn diagnose(State(state): State<AppState>, Query(params): Params) -> R
             page("Diagnose", &render::diagnose_page(&params, &value)).into_response()
         }
         Err(error) => failure("Diagnose", error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_search_form_becomes_traceql_and_the_free_query_wins() {
+        let fields = params(&[
+            ("service", "pay\"ments"),
+            ("operation", "Charge"),
+            ("status", "error"),
+            ("min", "100ms"),
+            ("max", "not a duration"),
+        ]);
+        let query = form_query(&fields);
+        assert_eq!(
+            query,
+            r#"{ resource.service.name = "pay\"ments" && name = "Charge" && status = error && duration >= 100ms }"#
+        );
+        assert!(crate::query::traceql::parse(&query).is_ok());
+        assert_eq!(form_query(&params(&[])), "{  }");
+        assert!(crate::query::traceql::parse(&form_query(&params(&[]))).is_ok());
+        let free = params(&[("service", "x"), ("q", "{ .a = 1 }")]);
+        assert_eq!(form_query(&free), "{ .a = 1 }");
+    }
+
+    #[test]
+    fn the_range_defaults_to_the_hour_the_form_shows() {
+        assert_eq!(range_nanos(""), 3_600_000_000_000);
+        assert_eq!(range_nanos("15m"), 900_000_000_000);
+        assert_eq!(range_nanos("7d"), 7 * 24 * 3_600_000_000_000);
     }
 }
