@@ -133,19 +133,52 @@ impl<I: PartitionIndex> Partitions<I> {
     /// Open every partition under `root`, finishing interrupted drops and moving an index
     /// of an earlier version (made directly in `root`) into a partition of its own.
     pub fn open(root: &Path, window: Duration) -> Result<Partitions<I>, StoreError> {
+        Partitions::open_as(root, window, false)
+    }
+
+    /// Open the committed partitions beside the process that owns them (a test, a tool):
+    /// nothing is moved, deleted or created, partitions not yet committed are left out.
+    pub fn open_read_only(root: &Path, window: Duration) -> Result<Partitions<I>, StoreError> {
+        Partitions::open_as(root, window, true)
+    }
+
+    fn open_as(
+        root: &Path,
+        window: Duration,
+        read_only: bool,
+    ) -> Result<Partitions<I>, StoreError> {
         let window_secs = (window.as_secs() as i64).max(1);
-        migrate_unpartitioned(root, window_secs)?;
-        std::fs::create_dir_all(root)?;
+        if !read_only {
+            migrate_unpartitioned(root, window_secs)?;
+            std::fs::create_dir_all(root)?;
+        }
         let mut list = Vec::new();
-        for entry in std::fs::read_dir(root)? {
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(error) if read_only && error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Partitions {
+                    root: root.to_owned(),
+                    window_secs,
+                    list: RwLock::new(list),
+                    dropped: Default::default(),
+                })
+            }
+            Err(error) => return Err(error.into()),
+        };
+        for entry in entries {
             let entry = entry?;
             if !entry.file_type()?.is_dir() {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(DROPPING) {
-                tracing::info!(path = %entry.path().display(), "finishing an interrupted partition drop");
-                remove_dir_all(&entry.path())?;
+                if !read_only {
+                    tracing::info!(path = %entry.path().display(), "finishing an interrupted partition drop");
+                    remove_dir_all(&entry.path())?;
+                }
+                continue;
+            }
+            if read_only && !entry.path().join("meta.json").exists() {
                 continue;
             }
             let Some(start) = parse_partition_name(&name) else {
@@ -394,6 +427,27 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, vec![partition_name(130)]);
+    }
+
+    #[test]
+    fn a_read_only_open_changes_nothing_and_reads_only_committed_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("logs");
+        let window = Duration::from_secs(10);
+        let missing: Partitions<LogIndex> = Partitions::open_read_only(&root, window).unwrap();
+        assert!(missing.newest_first().is_empty());
+        assert!(!root.exists(), "nothing created");
+        let owner: Partitions<LogIndex> = Partitions::open(&root, window).unwrap();
+        owner.current_or_open(100).unwrap();
+        std::fs::create_dir_all(root.join(partition_name(110))).unwrap();
+        std::fs::create_dir_all(root.join(format!("{}{DROPPING}", partition_name(90)))).unwrap();
+        let reader: Partitions<LogIndex> = Partitions::open_read_only(&root, window).unwrap();
+        let starts: Vec<i64> = reader.newest_first().iter().map(|p| p.start).collect();
+        assert_eq!(starts, vec![100], "the empty directory is no partition yet");
+        assert!(root
+            .join(format!("{}{DROPPING}", partition_name(90)))
+            .exists());
+        assert!(!root.join(partition_name(110)).join("meta.json").exists());
     }
 
     #[test]

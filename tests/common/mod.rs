@@ -284,12 +284,17 @@ pub fn data_path(dir: &tempfile::TempDir) -> PathBuf {
 
 /// The committed traces index (every partition), read beside the server.
 pub fn open_traces(data_dir: &Path) -> tracelink::store::Partitions<tracelink::store::TraceIndex> {
-    tracelink::store::Partitions::open(&data_dir.join("traces"), Duration::from_secs(3600)).unwrap()
+    tracelink::store::Partitions::open_read_only(
+        &data_dir.join("traces"),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
 }
 
 /// The committed logs index (every partition), read beside the server.
 pub fn open_logs(data_dir: &Path) -> tracelink::store::Partitions<tracelink::store::LogIndex> {
-    tracelink::store::Partitions::open(&data_dir.join("logs"), Duration::from_secs(3600)).unwrap()
+    tracelink::store::Partitions::open_read_only(&data_dir.join("logs"), Duration::from_secs(3600))
+        .unwrap()
 }
 
 /// Every record of the committed logs index, read beside the running server.
