@@ -222,26 +222,36 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
         _ => 15,
     };
     let now = crate::metrics::latency::current_minute();
-    let mut rows = Vec::new();
-    let mut services = Vec::new();
-    {
+    // Every operation's stats once; the services' rows are merged from them.
+    let all: Vec<_> = {
         let latency = crate::lock(&state.pipeline.metrics.latency);
-        for key in latency.all_keys() {
-            if let Some(stats) = latency.stats(&key, Some(minutes), now) {
-                if stats.count > 0 {
-                    rows.push((key, stats));
-                }
-            }
-        }
-        let mut names: Vec<String> = rows.iter().map(|(key, _)| key.service.clone()).collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            if let Some(stats) = latency.service_stats(&name, minutes, now) {
-                services.push((name, stats));
-            }
-        }
-    }
+        latency
+            .all_keys()
+            .into_iter()
+            .filter_map(|key| {
+                let stats = latency.stats(&key, Some(minutes), now)?;
+                Some((key, stats))
+            })
+            .collect()
+    };
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|(_, stats)| stats.count > 0)
+        .map(|(key, _)| key.service.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    let services: Vec<_> = names
+        .into_iter()
+        .filter_map(|name| {
+            let stats = crate::metrics::latency::service_summary(&all, &name)?;
+            Some((name, stats))
+        })
+        .collect();
+    let mut rows: Vec<_> = all
+        .into_iter()
+        .filter(|(_, stats)| stats.count > 0)
+        .collect();
     rows.sort_by(|a, b| {
         (&a.0.service, a.0.span_kind != 2, &a.0.span_name).cmp(&(
             &b.0.service,

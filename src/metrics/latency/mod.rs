@@ -113,6 +113,37 @@ fn add_minute(into: &mut Histogram<u64>, minute: &Histogram<u32>) {
     }
 }
 
+/// A service's calls from its operations' stats over one window: its SERVER and CONSUMER
+/// operations merged (what it was asked to do; its own client calls are its callees'
+/// business), or all its operations when it has none of those.
+pub fn service_summary(
+    operations: &[(OperationKey, WindowStats)],
+    service: &str,
+) -> Option<WindowStats> {
+    let of_service: Vec<&(OperationKey, WindowStats)> = operations
+        .iter()
+        .filter(|(key, _)| key.service == service)
+        .collect();
+    let served = of_service
+        .iter()
+        .any(|(key, _)| matches!(key.span_kind, 2 | 5));
+    let mut merged: Option<WindowStats> = None;
+    for (key, stats) in of_service {
+        if served && !matches!(key.span_kind, 2 | 5) {
+            continue;
+        }
+        merged = Some(match merged {
+            None => stats.clone(),
+            Some(mut sum) => {
+                let _ = sum.histogram.add(&stats.histogram);
+                sum.errors += stats.errors;
+                sum
+            }
+        });
+    }
+    merged.map(WindowStats::recomputed)
+}
+
 /// Summary of one window of one operation; durations in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowStats {
@@ -553,44 +584,6 @@ impl LatencyHistograms {
         self.operations.get(key).map(|operation| {
             operation.stats_where(|minute| minute >= from_minute && minute <= to_minute, false)
         })
-    }
-
-    /// A service's calls over the last `minutes`: its SERVER and CONSUMER operations merged
-    /// (what it was asked to do; its own client calls are its callees' business), or all
-    /// its operations when it has none of those.
-    pub fn service_stats(
-        &self,
-        service: &str,
-        minutes: u64,
-        now_minute: u64,
-    ) -> Option<WindowStats> {
-        let keys: Vec<&OperationKey> = self
-            .operations
-            .keys()
-            .filter(|key| key.service == service)
-            .collect();
-        let served: Vec<&&OperationKey> = keys
-            .iter()
-            .filter(|key| matches!(key.span_kind, 2 | 5))
-            .collect();
-        let chosen: Vec<&OperationKey> = if served.is_empty() {
-            keys
-        } else {
-            served.into_iter().copied().collect()
-        };
-        let mut merged: Option<WindowStats> = None;
-        for key in chosen {
-            let stats = self.operations[key].stats(Some(minutes), now_minute);
-            merged = Some(match merged {
-                None => stats,
-                Some(mut sum) => {
-                    let _ = sum.histogram.add(&stats.histogram);
-                    sum.errors += stats.errors;
-                    sum
-                }
-            });
-        }
-        merged.map(WindowStats::recomputed)
     }
 
     /// Every operation observed.
