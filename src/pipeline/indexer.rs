@@ -391,8 +391,9 @@ impl Indexer {
         };
         let head = &self.storage.head;
         for mut trace in leaving {
+            let wal_last = trace.wal_last();
             let spans = trace.read_spans();
-            let views: Vec<&Span> = spans.iter().map(|held| &held.span).collect();
+            let views: Vec<&Span> = spans.iter().collect();
             metrics.record_trace_edges(&views);
             let earlier = trace.decided.or_else(|| head.decision(&trace.trace_id));
             let decision = match earlier {
@@ -408,11 +409,11 @@ impl Indexer {
                 }
             };
             if decision.keep {
-                let document = self
-                    .traces
-                    .partition
-                    .index
-                    .document(&spans, &mut self.scratch);
+                let document =
+                    self.traces
+                        .partition
+                        .index
+                        .document(&spans, wal_last, &mut self.scratch);
                 self.traces.writer.add_document(document)?;
                 self.fragments_pending += 1;
                 self.records_pending += spans.len();

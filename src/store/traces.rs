@@ -25,8 +25,7 @@ use super::tags::{split_operation, split_term, AttributeTerms, TagScope, TagType
 #[cfg(test)]
 use super::CommitPayload;
 use super::{open_index, StoreError};
-use crate::model::{SpanId, TraceId};
-use crate::pipeline::head::HeadSpan;
+use crate::model::{Span, SpanId, TraceId};
 
 /// What a fragment must hold for its trace to be a search candidate (each an indexed
 /// term of the fragment document).
@@ -184,20 +183,25 @@ impl TraceIndex {
         })
     }
 
-    /// One document for the spans of a trace fragment (all of one trace, not empty).
-    /// `payload` is a scratch buffer reused across calls.
-    pub fn document(&self, spans: &[HeadSpan], payload: &mut Vec<u8>) -> TantivyDocument {
+    /// One document for the spans of a trace fragment (all of one trace, not empty) that
+    /// came in WAL records up to the one starting at `wal_last`. `payload` is a scratch
+    /// buffer reused across calls.
+    pub fn document(
+        &self,
+        spans: &[Span],
+        wal_last: u64,
+        payload: &mut Vec<u8>,
+    ) -> TantivyDocument {
         let fields = &self.fields;
         let mut document = TantivyDocument::new();
         let Some(first) = spans.first() else {
             return document;
         };
-        let trace_id = first.span.trace_id;
+        let trace_id = first.trace_id;
         document.add_bytes(fields.trace_id, trace_id.0.as_slice());
         document.add_u64(fields.trace_low64, trace_id.low_u64());
         let mut start = u64::MAX;
         let mut end = 0u64;
-        let mut wal_last = 0u64;
         let mut services = BTreeSet::new();
         let mut names = BTreeSet::new();
         let mut statuses = 0u8;
@@ -207,8 +211,7 @@ impl TraceIndex {
         // Resource terms once per distinct envelope of the fragment.
         let mut envelopes_seen: Vec<*const crate::model::Envelope> = Vec::new();
         payload.clear();
-        for head_span in spans {
-            let span = &head_span.span;
+        for span in spans {
             if fields.attribute.is_some() {
                 let envelope = std::sync::Arc::as_ptr(&span.envelope);
                 let with_resource = !envelopes_seen.contains(&envelope);
@@ -223,7 +226,6 @@ impl TraceIndex {
                 span.start_time_unix_nano
                     .saturating_add(span.duration_nanos),
             );
-            wal_last = wal_last.max(head_span.wal_start);
             services.insert(&*span.service);
             names.insert(span.name.as_str());
             statuses |= 1 << span.status_code.clamp(0, 7);
@@ -808,7 +810,7 @@ mod tests {
         }
     }
 
-    fn span(trace: u8, id: u8, wal_start: u64) -> HeadSpan {
+    fn span(trace: u8, id: u8) -> Span {
         let otlp = OtlpSpan {
             trace_id: vec![trace; 16],
             span_id: vec![id; 8],
@@ -817,10 +819,7 @@ mod tests {
             end_time_unix_nano: u64::from(id) + 10,
             ..Default::default()
         };
-        HeadSpan {
-            wal_start,
-            span: Span::from_otlp(None, "", None, "", otlp).unwrap(),
-        }
+        Span::from_otlp(None, "", None, "", otlp).unwrap()
     }
 
     #[test]
@@ -834,12 +833,12 @@ mod tests {
             let older = partitions.current_or_open(100).unwrap();
             let index = &older.index;
             let mut writer = index.writer(16 << 20).unwrap();
-            let first = [span(1, 1, 0), span(1, 2, 10)];
+            let first = [span(1, 1), span(1, 2)];
             writer
-                .add_document(index.document(&first, &mut scratch))
+                .add_document(index.document(&first, 10, &mut scratch))
                 .unwrap();
             writer
-                .add_document(index.document(&[span(2, 3, 20)], &mut scratch))
+                .add_document(index.document(&[span(2, 3)], 20, &mut scratch))
                 .unwrap();
             index.commit(&mut writer, &at(1000)).unwrap();
             // The next window: trace 1's late fragment lands in another partition.
@@ -847,12 +846,12 @@ mod tests {
             let index = &newer.index;
             let mut writer = index.writer(16 << 20).unwrap();
             writer
-                .add_document(index.document(&[span(1, 4, 30)], &mut scratch))
+                .add_document(index.document(&[span(1, 4)], 30, &mut scratch))
                 .unwrap();
             index.commit(&mut writer, &at(4242)).unwrap();
             let payloads = partitions.trace_payloads(&TraceId([1; 16])).unwrap();
             assert_eq!(payloads.len(), 3);
-            assert!(payloads.contains(&first[0].span.payload));
+            assert!(payloads.contains(&first[0].payload));
             assert_eq!(partitions.fragments(&TraceId([1; 16])).unwrap(), 2);
             let (page, scanned) = partitions
                 .fragments_newest_first(None, None, &[], 0, 10)

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::HeadSpan;
 use crate::model::{Envelope, Span, SpanId, TraceId};
 use crate::wal::WalFiles;
 
-/// A trace's spans as the head holds them while they assemble.
+/// A trace's spans as the head holds them while they assemble. What spans of a trace
+/// share is kept once here rather than in each [`HeldSpan`] (the head is most of ingest's
+/// memory): the WAL positions replay and the index ask of a fragment are its first and
+/// last record's, and the sampling randomness is the trace's.
 #[derive(Default)]
 pub(super) struct HeldSpans {
     envelopes: Vec<Arc<Envelope>>,
@@ -20,28 +22,33 @@ pub(super) struct HeldSpans {
     /// a span, which would also scatter small blocks over the allocator's pages.
     names: Vec<Box<str>>,
     pub(super) spans: Vec<HeldSpan>,
+    /// The start of the first and of the latest WAL record a span came in (spans are
+    /// pushed in log order, so these are the lowest and the highest).
+    first_wal_start: u64,
+    last_wal_start: u64,
+    /// The first `rv` randomness a span of the trace carried (the sampler reads the
+    /// first one).
+    randomness: Option<u64>,
 }
 
 /// How many of a trace's latest distinct names a new span's name is compared with before
 /// it is kept as a new one (bounds the search in traces of many distinct names).
 const NAMES_SEARCHED: usize = 64;
 
-/// `HeldSpan::randomness` when the span carried none.
-const NO_RANDOMNESS: u64 = u64::MAX;
-
+/// One span as the head holds it: 56 bytes (`held_span_is_56_bytes`).
 pub(super) struct HeldSpan {
-    wal_start: u64,
     /// Log position of the span's payload (a one-span `ResourceSpans`) and its length.
     payload_at: u64,
     payload_len: u32,
     span_id: SpanId,
     parent_span_id: Option<SpanId>,
-    kind: i32,
-    status_code: i32,
+    /// The span kind and status code clamped to `0..=255`: what the index and the
+    /// sampler read of them (the index clamps them to `0..=7`; the payload keeps the
+    /// original).
+    kind: u8,
+    status_code: u8,
     pub(super) start_time_unix_nano: u64,
     duration_nanos: u64,
-    /// The `rv` randomness (56 bits), or [`NO_RANDOMNESS`].
-    randomness: u64,
     name: u32,
     envelope: u16,
     has_exception: bool,
@@ -50,8 +57,10 @@ pub(super) struct HeldSpan {
 /// The bytes between two span payloads of one WAL record: the next one's length prefix.
 pub(super) const PAYLOAD_GAP: u64 = 4;
 
-/// Where a span's payload lies in the log.
+/// Where a span's payload lies in the log: 12 bytes, since the head keeps one for every
+/// span of a trace that left and is not committed yet.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 pub(super) struct Place {
     at: u64,
     len: u32,
@@ -93,17 +102,20 @@ impl HeldSpans {
                 self.names.len() - 1
             }
         };
+        if self.spans.is_empty() {
+            self.first_wal_start = wal_start;
+        }
+        self.last_wal_start = self.last_wal_start.max(wal_start);
+        self.randomness = self.randomness.or(span.randomness);
         self.spans.push(HeldSpan {
-            wal_start,
             payload_at,
             payload_len: span.payload.len() as u32,
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
-            kind: span.kind,
-            status_code: span.status_code,
+            kind: span.kind.clamp(0, u8::MAX.into()) as u8,
+            status_code: span.status_code.clamp(0, u8::MAX.into()) as u8,
             start_time_unix_nano: span.start_time_unix_nano,
             duration_nanos: span.duration_nanos,
-            randomness: span.randomness.unwrap_or(NO_RANDOMNESS),
             name: name as u32,
             envelope: envelope as u16,
             has_exception: span.has_exception,
@@ -139,20 +151,24 @@ impl HeldSpans {
     }
 
     pub(super) fn first_wal_start(&self) -> Option<u64> {
-        self.spans.iter().map(|held| held.wal_start).min()
+        (!self.spans.is_empty()).then_some(self.first_wal_start)
+    }
+
+    /// The start of the latest WAL record a span came in (0 when empty).
+    pub(super) fn last_wal_start(&self) -> u64 {
+        self.last_wal_start
     }
 
     /// The whole spans again, for sampling and the index, with their payloads read back
     /// (`payloads[i]` for `spans[i]`; a span whose payload could not be read is left out).
-    pub(super) fn into_spans(
-        self,
-        trace_id: TraceId,
-        payloads: Vec<Option<Bytes>>,
-    ) -> Vec<HeadSpan> {
+    pub(super) fn into_spans(self, trace_id: TraceId, payloads: Vec<Option<Bytes>>) -> Vec<Span> {
         let HeldSpans {
             envelopes,
             names,
             spans,
+            first_wal_start: _,
+            last_wal_start: _,
+            randomness,
         } = self;
         spans
             .into_iter()
@@ -160,23 +176,20 @@ impl HeldSpans {
             .filter_map(|(held, payload)| {
                 let payload = payload?;
                 let envelope = envelopes[held.envelope as usize].clone();
-                Some(HeadSpan {
-                    wal_start: held.wal_start,
-                    span: Span {
-                        trace_id,
-                        span_id: held.span_id,
-                        parent_span_id: held.parent_span_id,
-                        service: envelope.service().clone(),
-                        name: names[held.name as usize].to_string(),
-                        kind: held.kind,
-                        status_code: held.status_code,
-                        start_time_unix_nano: held.start_time_unix_nano,
-                        duration_nanos: held.duration_nanos,
-                        has_exception: held.has_exception,
-                        randomness: (held.randomness != NO_RANDOMNESS).then_some(held.randomness),
-                        payload,
-                        envelope,
-                    },
+                Some(Span {
+                    trace_id,
+                    span_id: held.span_id,
+                    parent_span_id: held.parent_span_id,
+                    service: envelope.service().clone(),
+                    name: names[held.name as usize].to_string(),
+                    kind: held.kind.into(),
+                    status_code: held.status_code.into(),
+                    start_time_unix_nano: held.start_time_unix_nano,
+                    duration_nanos: held.duration_nanos,
+                    has_exception: held.has_exception,
+                    randomness,
+                    payload,
+                    envelope,
                 })
             })
             .collect()

@@ -49,13 +49,6 @@ pub struct HeadLimits {
     pub decision_cache_size: usize,
 }
 
-/// A span with the start of the WAL record it came in.
-#[derive(Debug, Clone)]
-pub struct HeadSpan {
-    pub wal_start: u64,
-    pub span: Span,
-}
-
 /// Why a trace left the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leave {
@@ -105,9 +98,15 @@ impl LeavingTrace {
         self.held.len() == 0
     }
 
+    /// The start of the latest WAL record that brought a span of this fragment (what a
+    /// replay from a later position need not look for in the index).
+    pub fn wal_last(&self) -> u64 {
+        self.held.last_wal_start()
+    }
+
     /// The whole spans, read back from the log (outside the head's lock: ingest never
     /// waits on the reads). Once: a second call returns nothing.
-    pub fn read_spans(&mut self) -> Vec<HeadSpan> {
+    pub fn read_spans(&mut self) -> Vec<Span> {
         let places: Vec<Place> = self.held.places().collect();
         let payloads = read_payloads(&self.files, &places);
         let unread = payloads.iter().filter(|payload| payload.is_none()).count();
@@ -146,7 +145,10 @@ struct OpenTrace {
 
 #[derive(Default)]
 struct HeadInner {
-    open: FastMap<TraceId, OpenTrace>,
+    /// Boxed: the table's slots stay small (a table grows by doubling, and while it
+    /// rehashes the old one is still there; with the trace inline that was ~40 MiB of
+    /// ingest's peak).
+    open: FastMap<TraceId, Box<OpenTrace>>,
     /// Left the head, decision pending, or kept and waiting for the commit that holds
     /// them: still served by id, from the log.
     leaving: FastMap<TraceId, Vec<Place>>,
@@ -237,7 +239,7 @@ impl Head {
                 )));
                 inner.open.insert(
                     trace_id,
-                    OpenTrace {
+                    Box::new(OpenTrace {
                         spans: HeldSpans::default(),
                         exemplars: Vec::new(),
                         bytes: 0,
@@ -246,7 +248,7 @@ impl Head {
                         generation,
                         has_root: false,
                         decided,
-                    },
+                    }),
                 );
             } else if let Some(decided) = inner.open.get(&trace_id).and_then(|open| open.decided) {
                 if decided.keep {
@@ -267,7 +269,7 @@ impl Head {
                 || open.spans.envelopes_full()
             {
                 if let Some(full) = inner.open.remove(&trace_id) {
-                    inner.full.push(leaving(trace_id, full, Leave::Full));
+                    inner.full.push(leaving(trace_id, *full, Leave::Full));
                 }
             }
         }
@@ -316,7 +318,7 @@ impl Head {
             let open = std::mem::take(&mut inner.open);
             out.extend(
                 open.into_iter()
-                    .map(|(trace_id, trace)| leaving(trace_id, trace, Leave::Shutdown)),
+                    .map(|(trace_id, trace)| leaving(trace_id, *trace, Leave::Shutdown)),
             );
         } else {
             while let Some(Reverse((deadline, trace_id, generation))) =
@@ -350,7 +352,7 @@ impl Head {
                     Leave::Idle
                 };
                 if let Some(open) = inner.open.remove(&trace_id) {
-                    out.push(leaving(trace_id, open, leave));
+                    out.push(leaving(trace_id, *open, leave));
                 }
             }
         }

@@ -136,6 +136,10 @@ fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
     assert_eq!(due.len(), 11);
     assert!(due.iter().all(|trace| trace.leave == Leave::Full));
     assert!(due.iter().all(|trace| trace.len() == 3));
+    // Each fragment names the latest record its spans came in: the index's `wal_last`.
+    let wal_lasts: Vec<u64> = due.iter().map(LeavingTrace::wal_last).collect();
+    let expected: Vec<u64> = (0..11).map(|fragment| starts[fragment * 3 + 2]).collect();
+    assert_eq!(wal_lasts, expected);
     assert_eq!(head.replay_from(), starts[33]);
     let mut head = Fixture::new(
         HeadLimits {
@@ -195,12 +199,7 @@ fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
     let expected: Vec<Bytes> = spans.iter().map(|span| span.payload.clone()).collect();
     assert_eq!(head.trace_payloads(&TraceId([1; 16])), expected);
     let mut due = head.take_leaving(start, true);
-    let back: Vec<Span> = due[0]
-        .read_spans()
-        .into_iter()
-        .map(|held| held.span)
-        .collect();
-    assert_eq!(back, spans);
+    assert_eq!(due[0].read_spans(), spans);
 }
 
 #[test]
@@ -275,7 +274,7 @@ fn spans_come_back_from_every_segment_they_were_logged_in() {
     let read: Vec<Bytes> = due[0]
         .read_spans()
         .into_iter()
-        .map(|held| held.span.payload)
+        .map(|span| span.payload)
         .collect();
     assert_eq!(read, expected);
     // Once a commit holds the trace the head lets go, and the segments may go.
@@ -283,4 +282,32 @@ fn spans_come_back_from_every_segment_they_were_logged_in() {
     assert!(head.files.remove_segments_below(end).unwrap() > 0);
     assert!(head.files.slices([(0, 1)].into_iter())[0].is_none());
     assert!(head.trace_payloads(&TraceId([1; 16])).is_empty());
+}
+
+#[test]
+fn a_held_span_is_56_bytes() {
+    // The head holds one per acked span not yet committed (up to
+    // `limits.ingest_queue_spans`): a field more is ~8 bytes a span of the peak memory.
+    assert_eq!(std::mem::size_of::<held::HeldSpan>(), 56);
+    assert_eq!(std::mem::size_of::<Place>(), 12);
+}
+
+#[test]
+fn a_trace_keeps_the_first_randomness_its_spans_carried() {
+    let mut head = head(100);
+    let start = Instant::now();
+    let mut plain = span(1, 1);
+    plain.randomness = None;
+    let mut first = span(1, 2);
+    first.randomness = Some(0x12);
+    let mut second = span(1, 3);
+    second.randomness = Some(0x34);
+    head.insert(vec![plain, first, second], start);
+    let mut due = head.take_leaving(start, true);
+    let randomness: Vec<Option<u64>> = due[0]
+        .read_spans()
+        .iter()
+        .map(|span| span.randomness)
+        .collect();
+    assert_eq!(randomness, vec![Some(0x12); 3]);
 }
