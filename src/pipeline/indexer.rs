@@ -182,8 +182,14 @@ impl Indexer {
 
     pub(super) fn run(mut self, jobs: Receiver<IndexJob>) {
         let mut last_cycle = Instant::now();
+        // A pass stopped at its size bound: the rest of what is due goes at once.
+        let mut more_due = false;
         loop {
-            let wait = self.commit_interval.saturating_sub(last_cycle.elapsed());
+            let wait = if more_due {
+                Duration::ZERO
+            } else {
+                self.commit_interval.saturating_sub(last_cycle.elapsed())
+            };
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
                     if let Err(error) = self.add(job) {
@@ -191,12 +197,12 @@ impl Indexer {
                         return;
                     }
                     if self.records_pending >= self.commit_max_records {
-                        self.cycle(false);
+                        more_due = self.cycle(false);
                         last_cycle = Instant::now();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.cycle(false);
+                    more_due = self.cycle(false);
                     last_cycle = Instant::now();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -263,14 +269,21 @@ impl Indexer {
         Ok(())
     }
 
-    /// Send the traces that are due through sampling, then commit and tidy up.
-    fn cycle(&mut self, everything: bool) {
-        let leaving = self.storage.head.take_leaving(Instant::now(), everything);
+    /// Send the traces that are due through sampling (at most `commit_max_records`
+    /// spans' worth), then commit and tidy up. Returns whether the pass stopped at that
+    /// bound, so more may be due.
+    fn cycle(&mut self, everything: bool) -> bool {
+        let leaving = self.storage.head.take_leaving_at_most(
+            Instant::now(),
+            everything,
+            self.commit_max_records,
+        );
+        let taken: usize = leaving.iter().map(LeavingTrace::len).sum();
         if let Err(error) = self.seal(leaving) {
             // Without a commit the replay position stays where it was, so the WAL keeps
             // every trace not yet committed for the next start.
             tracing::error!(%error, "tantivy refused a trace; nothing is committed, the WAL keeps it for replay");
-            return;
+            return false;
         }
         let committed = self.commit();
         if everything || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
@@ -281,6 +294,7 @@ impl Indexer {
             self.roll();
             self.retain();
         }
+        !everything && taken >= self.commit_max_records
     }
 
     /// Start the partitions of a new window once the current one has passed (right after

@@ -74,15 +74,6 @@ pub struct LeavingTrace {
     pub leave: Leave,
 }
 
-/// A trace taken out of `open`, its spans not yet read back from the log.
-struct Departing {
-    trace_id: TraceId,
-    spans: HeldSpans,
-    exemplars: Vec<PendingExemplar>,
-    decided: Option<Decision>,
-    leave: Leave,
-}
-
 /// How long before a window a leaving trace may have started and still hold spans in it.
 const LEAVING_LOOKBACK_NANOS: u64 = 60_000_000_000;
 
@@ -155,7 +146,7 @@ struct HeadInner {
     /// The earliest span start of each leaving trace (for search).
     leaving_starts: FastMap<TraceId, u64>,
     /// Full traces, due to leave at the next pass.
-    full: Vec<Departing>,
+    full: Vec<LeavingTrace>,
     /// When to look at a trace again: (deadline, trace id, generation).
     deadlines: BinaryHeap<Reverse<(Instant, TraceId, u64)>>,
     next_generation: u64,
@@ -269,7 +260,7 @@ impl Head {
                 || open.spans.envelopes_full()
             {
                 if let Some(full) = inner.open.remove(&trace_id) {
-                    inner.full.push(leaving(trace_id, *full, Leave::Full));
+                    inner.full.push(self.leaving(trace_id, *full, Leave::Full));
                 }
             }
         }
@@ -291,40 +282,39 @@ impl Head {
         inserted
     }
 
-    /// Take the traces that are due to leave at `now` (every trace when `everything`),
-    /// their spans read back from the log. They stay readable by id until
-    /// [`Head::dropped`] or [`Head::committed`].
+    /// Take the traces that are due to leave at `now` (every trace when `everything`).
+    /// They stay readable by id until [`Head::dropped`] or [`Head::committed`].
     pub fn take_leaving(&self, now: Instant, everything: bool) -> Vec<LeavingTrace> {
-        let departing = self.take_departing(now, everything);
-        departing
-            .into_iter()
-            .map(|trace| LeavingTrace {
-                trace_id: trace.trace_id,
-                held: trace.spans,
-                files: self.files.clone(),
-                exemplars: trace.exemplars,
-                decided: trace.decided,
-                leave: trace.leave,
-            })
-            .collect()
+        self.take_leaving_at_most(now, everything, usize::MAX)
     }
 
-    fn take_departing(&self, now: Instant, everything: bool) -> Vec<Departing> {
+    /// [`Head::take_leaving`], stopping once the traces taken hold `max_spans` spans
+    /// (full traces are always taken; `everything` takes everything): a pass of bounded
+    /// size, so the indexer commits and frees the queue's room as it goes instead of
+    /// after sealing every trace that came due during a slow pass, and the lock is held
+    /// for a bounded time.
+    pub fn take_leaving_at_most(
+        &self,
+        now: Instant,
+        everything: bool,
+        max_spans: usize,
+    ) -> Vec<LeavingTrace> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let mut out = std::mem::take(&mut inner.full);
+        let mut taken: usize = out.iter().map(LeavingTrace::len).sum();
         if everything {
             inner.deadlines.clear();
             let open = std::mem::take(&mut inner.open);
             out.extend(
                 open.into_iter()
-                    .map(|(trace_id, trace)| leaving(trace_id, *trace, Leave::Shutdown)),
+                    .map(|(trace_id, trace)| self.leaving(trace_id, *trace, Leave::Shutdown)),
             );
         } else {
             while let Some(Reverse((deadline, trace_id, generation))) =
                 inner.deadlines.peek().copied()
             {
-                if deadline > now {
+                if deadline > now || taken >= max_spans {
                     break;
                 }
                 inner.deadlines.pop();
@@ -352,7 +342,8 @@ impl Head {
                     Leave::Idle
                 };
                 if let Some(open) = inner.open.remove(&trace_id) {
-                    out.push(leaving(trace_id, *open, leave));
+                    taken += open.spans.len();
+                    out.push(self.leaving(trace_id, *open, leave));
                 }
             }
         }
@@ -361,14 +352,25 @@ impl Head {
                 .leaving
                 .entry(trace.trace_id)
                 .or_default()
-                .extend(trace.spans.places());
-            if let Some(start) = trace.spans.earliest_start() {
+                .extend(trace.held.places());
+            if let Some(start) = trace.held.earliest_start() {
                 let earliest = inner.leaving_starts.entry(trace.trace_id).or_insert(start);
                 *earliest = (*earliest).min(start);
             }
-            inner.leaving_spans += trace.spans.len();
+            inner.leaving_spans += trace.held.len();
         }
         out
+    }
+
+    fn leaving(&self, trace_id: TraceId, trace: OpenTrace, leave: Leave) -> LeavingTrace {
+        LeavingTrace {
+            trace_id,
+            held: trace.spans,
+            files: self.files.clone(),
+            exemplars: trace.exemplars,
+            decided: trace.decided,
+            leave,
+        }
     }
 
     /// Remember a trace's decision (for its late spans and for the join).
@@ -426,7 +428,7 @@ impl Head {
         let full = inner
             .full
             .iter()
-            .filter_map(|trace| trace.spans.first_wal_start());
+            .filter_map(|trace| trace.held.first_wal_start());
         open.chain(full).min().unwrap_or(inner.received_through)
     }
 
@@ -445,7 +447,7 @@ impl Head {
             places.extend(open.spans.places());
         }
         for full in inner.full.iter().filter(|full| full.trace_id == *trace_id) {
-            places.extend(full.spans.places());
+            places.extend(full.held.places());
         }
         drop(inner);
         read_payloads(&self.files, &places)
@@ -470,7 +472,7 @@ impl Head {
             .open
             .values()
             .map(|trace| &trace.spans)
-            .chain(inner.full.iter().map(|trace| &trace.spans));
+            .chain(inner.full.iter().map(|trace| &trace.held));
         let mut found: Vec<(u64, Place)> = assembling
             .flat_map(|held| {
                 held.spans.iter().filter_map(|span| {
@@ -519,7 +521,7 @@ impl Head {
             note(*trace_id, open.spans.earliest_start());
         }
         for full in &inner.full {
-            note(full.trace_id, full.spans.earliest_start());
+            note(full.trace_id, full.held.earliest_start());
         }
         for (trace_id, leaving) in &inner.leaving_starts {
             note(*trace_id, Some(*leaving));
@@ -542,16 +544,6 @@ impl Head {
     /// Traces assembling.
     pub fn open_traces(&self) -> usize {
         lock(&self.inner).open.len()
-    }
-}
-
-fn leaving(trace_id: TraceId, trace: OpenTrace, leave: Leave) -> Departing {
-    Departing {
-        trace_id,
-        spans: trace.spans,
-        exemplars: trace.exemplars,
-        decided: trace.decided,
-        leave,
     }
 }
 

@@ -311,3 +311,36 @@ fn a_trace_keeps_the_first_randomness_its_spans_carried() {
         .collect();
     assert_eq!(randomness, vec![Some(0x12); 3]);
 }
+
+#[test]
+fn a_pass_stops_at_its_size_bound_and_the_next_takes_the_rest() {
+    let mut head = head(100);
+    let start = Instant::now();
+    head.insert(
+        vec![
+            span(1, 1),
+            span(1, 2),
+            span(2, 3),
+            span(2, 4),
+            span(3, 5),
+            span(3, 6),
+        ],
+        start,
+    );
+    let later = start + Duration::from_secs(6);
+    let first = head.take_leaving_at_most(later, false, 3);
+    assert_eq!(
+        first.len(),
+        2,
+        "the second trace crosses the bound of 3 spans"
+    );
+    let second = head.take_leaving_at_most(later, false, 3);
+    assert_eq!(second.len(), 1);
+    assert!(head.take_leaving_at_most(later, false, 3).is_empty());
+    let mut left: Vec<TraceId> = first.iter().chain(&second).map(|t| t.trace_id).collect();
+    left.sort_by_key(|id| id.0);
+    assert_eq!(
+        left,
+        vec![TraceId([1; 16]), TraceId([2; 16]), TraceId([3; 16])]
+    );
+}
