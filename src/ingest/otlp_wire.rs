@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
@@ -115,6 +116,64 @@ fn scope_spans(
     Ok(())
 }
 
+/// A stored span payload (a one-span `ResourceSpans`) read back into the pipeline's span,
+/// under the envelope it was stored with. The head keeps only where an assembling span
+/// lies in the log and its envelope; the rest is read here when its trace leaves. The
+/// payload was checked and redacted on its way in, so nothing is refused or changed, and
+/// it becomes the span's payload as it is.
+pub fn stored_span(payload: Bytes, envelope: &Arc<Envelope>) -> Result<Span, String> {
+    let read = |payload: &Bytes| -> Wire<Option<Span>> {
+        let Some(scope) = first_child(payload, DEPTH)? else {
+            return Ok(None);
+        };
+        let Some(encoded) = first_child(scope, DEPTH - 1)? else {
+            return Ok(None);
+        };
+        let fields = SpanFields::read_stored(encoded, DEPTH - 2)?;
+        let Ok(ids) = SpanIds::check(
+            fields.name,
+            fields.trace_id,
+            fields.span_id,
+            fields.parent_span_id,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Span {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
+            service: envelope.service().clone(),
+            name: fields.name.to_owned(),
+            kind: fields.kind,
+            status_code: fields.status_code,
+            start_time_unix_nano: fields.start_time_unix_nano,
+            duration_nanos: fields
+                .end_time_unix_nano
+                .saturating_sub(fields.start_time_unix_nano),
+            has_exception: fields.has_exception,
+            randomness: tracestate_randomness(fields.trace_state),
+            payload: Bytes::new(),
+            envelope: envelope.clone(),
+        }))
+    };
+    match read(&payload) {
+        Ok(Some(span)) => Ok(Span { payload, ..span }),
+        Ok(None) => Err("stored payload holds no valid span".to_owned()),
+        Err(error) => Err(format!("stored payload does not decode: {error}")),
+    }
+}
+
+/// The first repeated child (field 2) of a `ResourceSpans` or `ScopeSpans`.
+fn first_child(bytes: &[u8], depth: u32) -> Wire<Option<&[u8]>> {
+    let mut fields = Fields::new(bytes, depth);
+    while let Some((tag, value)) = fields.next()? {
+        if tag == 2 {
+            return Ok(Some(value.message()?));
+        }
+    }
+    Ok(None)
+}
+
 /// `ResourceSpans` and `ScopeSpans` have one shape: 1 a small message (the resource, the
 /// scope), decoded; 2 the repeated children, left as bytes; 3 the schema URL.
 struct Level<'a, M> {
@@ -197,6 +256,32 @@ impl<'a> SpanFields<'a> {
         Ok(span)
     }
 
+    /// The fields of a span stored by this process (checked when it came in): attributes,
+    /// links and events are not looked into again, only events' names.
+    fn read_stored(bytes: &'a [u8], depth: u32) -> Wire<SpanFields<'a>> {
+        let mut span = SpanFields::default();
+        let mut fields = Fields::new(bytes, depth);
+        while let Some((tag, value)) = fields.next()? {
+            match tag {
+                1 => span.trace_id = value.bytes()?,
+                2 => span.span_id = value.bytes()?,
+                3 => span.trace_state = value.string()?,
+                4 => span.parent_span_id = value.bytes()?,
+                5 => span.name = value.string()?,
+                6 => span.kind = value.varint()? as i32,
+                7 => span.start_time_unix_nano = value.fixed64()?,
+                8 => span.end_time_unix_nano = value.fixed64()?,
+                11 => span.has_exception |= event_named_exception(value.message()?, depth)?,
+                15 => {
+                    let code = status(value.message()?, depth.saturating_sub(1))?;
+                    span.status_code = code.unwrap_or(span.status_code);
+                }
+                _ => {}
+            }
+        }
+        Ok(span)
+    }
+
     /// The pipeline's span, or its refusal (bad ids). A span with an all-zero parent id,
     /// or one the redactor's screen flags, is decoded and encoded again (without the id,
     /// with its secrets redacted), so that no stored span carries either.
@@ -252,6 +337,18 @@ fn event(bytes: &[u8], depth: u32) -> Wire<bool> {
                 value.varint()?;
             }
             _ => {}
+        }
+    }
+    Ok(name == "exception")
+}
+
+/// Whether a stored `Span.Event` is named `exception` (its other fields are not read).
+fn event_named_exception(bytes: &[u8], depth: u32) -> Wire<bool> {
+    let mut fields = Fields::new(bytes, depth);
+    let mut name = "";
+    while let Some((tag, value)) = fields.next()? {
+        if tag == 2 {
+            name = value.string()?;
         }
     }
     Ok(name == "exception")

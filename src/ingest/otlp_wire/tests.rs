@@ -413,4 +413,37 @@ proptest! {
             }
         }
     }
+
+    /// What the head reads back when a trace leaves: every span the request reader took
+    /// comes back from its stored payload as it went in (the head keeps only where it
+    /// lies and its envelope).
+    #[test]
+    fn a_stored_payload_reads_back_to_its_span(
+        spans in vec(span_strategy(), 1..4),
+        service in "[a-z]{1,5}",
+    ) {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![string_value("service.name", &service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                schema_url: "https://example.com/schema".into(),
+            }],
+        };
+        let decoded = decode_request(&request.encode_to_vec(), &Redactor::off()).unwrap();
+        for span in decoded.spans {
+            let back = stored_span(span.payload.clone(), &span.envelope).unwrap();
+            prop_assert_eq!(back, span);
+        }
+    }
+}
+
+#[test]
+fn a_stored_payload_without_a_span_is_an_error() {
+    let envelope = Arc::new(Envelope::new(None, "", None, ""));
+    let empty = ResourceSpans::default().encode_to_vec();
+    assert!(stored_span(Bytes::from(empty), &envelope).is_err());
+    assert!(stored_span(Bytes::from_static(&[0x12, 0x05, 1]), &envelope).is_err());
 }

@@ -1,57 +1,39 @@
 //! How an assembling trace holds its spans: where each span's payload lies in the
-//! write-ahead log, each distinct resource and scope once, and the few fields sampling,
-//! the index and the join need. The bytes themselves stay in the log (fsynced before the
-//! span was acked, and in the page cache as a rule) and are read back when the trace
-//! leaves or is asked for.
+//! write-ahead log and under which resource and scope (each distinct one once), 16 bytes a
+//! span. The bytes themselves stay in the log (fsynced before the span was acked, and in
+//! the page cache as a rule) and are read back when the trace leaves or is asked for; the
+//! fields sampling and the index need are read from them then.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{Envelope, Span, SpanId, TraceId};
+use crate::ingest::otlp_wire::stored_span;
+use crate::model::{Envelope, Span, TraceId};
 use crate::wal::WalFiles;
 
-/// A trace's spans as the head holds them while they assemble. What spans of a trace
-/// share is kept once here rather than in each [`HeldSpan`] (the head is most of ingest's
-/// memory): the WAL positions replay and the index ask of a fragment are its first and
-/// last record's, and the sampling randomness is the trace's.
+/// A trace's spans as the head holds them while they assemble. What the spans of a trace
+/// share is kept once here rather than in each [`HeldSpan`]: the head is most of ingest's
+/// memory, and its bound (`limits.ingest_queue_spans`) with the trace idle time sets how
+/// fast ingest can go.
 #[derive(Default)]
 pub(super) struct HeldSpans {
     envelopes: Vec<Arc<Envelope>>,
-    /// Span names, each distinct one once (a trace repeats its operations): no allocation
-    /// a span, which would also scatter small blocks over the allocator's pages.
-    names: Vec<Box<str>>,
     pub(super) spans: Vec<HeldSpan>,
     /// The start of the first and of the latest WAL record a span came in (spans are
     /// pushed in log order, so these are the lowest and the highest).
     first_wal_start: u64,
     last_wal_start: u64,
-    /// The first `rv` randomness a span of the trace carried (the sampler reads the
-    /// first one).
-    randomness: Option<u64>,
+    /// The earliest start of a span held.
+    earliest_start: u64,
 }
 
-/// How many of a trace's latest distinct names a new span's name is compared with before
-/// it is kept as a new one (bounds the search in traces of many distinct names).
-const NAMES_SEARCHED: usize = 64;
-
-/// One span as the head holds it: 56 bytes (`held_span_is_56_bytes`).
+/// One span as the head holds it: 16 bytes (`a_held_span_is_16_bytes`).
 pub(super) struct HeldSpan {
     /// Log position of the span's payload (a one-span `ResourceSpans`) and its length.
     payload_at: u64,
     payload_len: u32,
-    span_id: SpanId,
-    parent_span_id: Option<SpanId>,
-    /// The span kind and status code clamped to `0..=255`: what the index and the
-    /// sampler read of them (the index clamps them to `0..=7`; the payload keeps the
-    /// original).
-    kind: u8,
-    status_code: u8,
-    pub(super) start_time_unix_nano: u64,
-    duration_nanos: u64,
-    name: u32,
     envelope: u16,
-    has_exception: bool,
 }
 
 /// The bytes between two span payloads of one WAL record: the next one's length prefix.
@@ -76,7 +58,7 @@ impl HeldSpans {
     /// Keep `span`, whose payload lies at log position `payload_at`; `more_spans` says
     /// how many spans of this trace the batch brings, so the vector grows once by that
     /// much.
-    pub(super) fn push(&mut self, wal_start: u64, payload_at: u64, span: Span, more_spans: usize) {
+    pub(super) fn push(&mut self, wal_start: u64, payload_at: u64, span: &Span, more_spans: usize) {
         if self.spans.len() == self.spans.capacity() {
             self.spans.reserve_exact(more_spans);
         }
@@ -91,34 +73,16 @@ impl HeldSpans {
                 self.envelopes.len() - 1
             }
         };
-        let searched_from = self.names.len().saturating_sub(NAMES_SEARCHED);
-        let name = match self.names[searched_from..]
-            .iter()
-            .rposition(|known| **known == *span.name)
-        {
-            Some(index) => searched_from + index,
-            None => {
-                self.names.push(span.name.into_boxed_str());
-                self.names.len() - 1
-            }
-        };
         if self.spans.is_empty() {
             self.first_wal_start = wal_start;
+            self.earliest_start = span.start_time_unix_nano;
         }
         self.last_wal_start = self.last_wal_start.max(wal_start);
-        self.randomness = self.randomness.or(span.randomness);
+        self.earliest_start = self.earliest_start.min(span.start_time_unix_nano);
         self.spans.push(HeldSpan {
             payload_at,
             payload_len: span.payload.len() as u32,
-            span_id: span.span_id,
-            parent_span_id: span.parent_span_id,
-            kind: span.kind.clamp(0, u8::MAX.into()) as u8,
-            status_code: span.status_code.clamp(0, u8::MAX.into()) as u8,
-            start_time_unix_nano: span.start_time_unix_nano,
-            duration_nanos: span.duration_nanos,
-            name: name as u32,
             envelope: envelope as u16,
-            has_exception: span.has_exception,
         });
     }
 
@@ -144,10 +108,7 @@ impl HeldSpans {
     }
 
     pub(super) fn earliest_start(&self) -> Option<u64> {
-        self.spans
-            .iter()
-            .map(|held| held.start_time_unix_nano)
-            .min()
+        (!self.spans.is_empty()).then_some(self.earliest_start)
     }
 
     pub(super) fn first_wal_start(&self) -> Option<u64> {
@@ -159,38 +120,23 @@ impl HeldSpans {
         self.last_wal_start
     }
 
-    /// The whole spans again, for sampling and the index, with their payloads read back
+    /// The whole spans again, for sampling and the index, read from their payloads
     /// (`payloads[i]` for `spans[i]`; a span whose payload could not be read is left out).
     pub(super) fn into_spans(self, trace_id: TraceId, payloads: Vec<Option<Bytes>>) -> Vec<Span> {
         let HeldSpans {
-            envelopes,
-            names,
-            spans,
-            first_wal_start: _,
-            last_wal_start: _,
-            randomness,
+            envelopes, spans, ..
         } = self;
         spans
             .into_iter()
             .zip(payloads)
             .filter_map(|(held, payload)| {
-                let payload = payload?;
-                let envelope = envelopes[held.envelope as usize].clone();
-                Some(Span {
-                    trace_id,
-                    span_id: held.span_id,
-                    parent_span_id: held.parent_span_id,
-                    service: envelope.service().clone(),
-                    name: names[held.name as usize].to_string(),
-                    kind: held.kind.into(),
-                    status_code: held.status_code.into(),
-                    start_time_unix_nano: held.start_time_unix_nano,
-                    duration_nanos: held.duration_nanos,
-                    has_exception: held.has_exception,
-                    randomness,
-                    payload,
-                    envelope,
-                })
+                match stored_span(payload?, &envelopes[held.envelope as usize]) {
+                    Ok(span) => Some(span),
+                    Err(error) => {
+                        tracing::error!(%trace_id, %error, "a span read back from the write-ahead log does not decode");
+                        None
+                    }
+                }
             })
             .collect()
     }

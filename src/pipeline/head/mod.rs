@@ -251,7 +251,7 @@ impl Head {
             };
             open.has_root |= span.parent_span_id.is_none();
             open.spans
-                .push(wal_start, payload_at, span, run_from[index]);
+                .push(wal_start, payload_at, &span, run_from[index]);
             open.bytes += bytes;
             open.last_seen = now;
             inner.spans += 1;
@@ -473,13 +473,19 @@ impl Head {
             .values()
             .map(|trace| &trace.spans)
             .chain(inner.full.iter().map(|trace| &trace.held));
+        // The head keeps a trace's earliest start, not each span's: the service's spans
+        // of every trace that may hold spans in the window are read (the caller keeps
+        // those running at the record's time).
         let mut found: Vec<(u64, Place)> = assembling
-            .flat_map(|held| {
-                held.spans.iter().filter_map(|span| {
-                    let matches = &**held.envelope_of(span).service() == service
-                        && (from..=to).contains(&span.start_time_unix_nano);
-                    matches.then(|| (span.start_time_unix_nano, HeldSpans::place(span)))
-                })
+            .filter_map(|held| Some((held.earliest_start()?, held)))
+            .filter(|(start, _)| {
+                *start <= to && start.saturating_add(LEAVING_LOOKBACK_NANOS) >= from
+            })
+            .flat_map(|(start, held)| {
+                held.spans
+                    .iter()
+                    .filter(|span| &**held.envelope_of(span).service() == service)
+                    .map(move |span| (start, HeldSpans::place(span)))
             })
             .collect();
         // Traces that have left but are not committed yet: only where their spans lie is

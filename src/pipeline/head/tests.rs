@@ -285,31 +285,11 @@ fn spans_come_back_from_every_segment_they_were_logged_in() {
 }
 
 #[test]
-fn a_held_span_is_56_bytes() {
+fn a_held_span_is_16_bytes() {
     // The head holds one per acked span not yet committed (up to
     // `limits.ingest_queue_spans`): a field more is ~8 bytes a span of the peak memory.
-    assert_eq!(std::mem::size_of::<held::HeldSpan>(), 56);
+    assert_eq!(std::mem::size_of::<held::HeldSpan>(), 16);
     assert_eq!(std::mem::size_of::<Place>(), 12);
-}
-
-#[test]
-fn a_trace_keeps_the_first_randomness_its_spans_carried() {
-    let mut head = head(100);
-    let start = Instant::now();
-    let mut plain = span(1, 1);
-    plain.randomness = None;
-    let mut first = span(1, 2);
-    first.randomness = Some(0x12);
-    let mut second = span(1, 3);
-    second.randomness = Some(0x34);
-    head.insert(vec![plain, first, second], start);
-    let mut due = head.take_leaving(start, true);
-    let randomness: Vec<Option<u64>> = due[0]
-        .read_spans()
-        .iter()
-        .map(|span| span.randomness)
-        .collect();
-    assert_eq!(randomness, vec![Some(0x12); 3]);
 }
 
 #[test]
