@@ -394,7 +394,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_request_bytes: 64 * 1024 * 1024,
-            ingest_queue_spans: 1_572_864,
+            ingest_queue_spans: 2_097_152,
             max_concurrent_requests: 32,
             max_spans_per_trace: 10_000,
             max_bytes_per_trace: 5_000_000,

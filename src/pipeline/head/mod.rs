@@ -17,7 +17,7 @@
 //! not a span). One mutex guards it all; every operation is short.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::FastMap;
 use std::sync::Mutex;
@@ -73,6 +73,9 @@ pub struct LeavingTrace {
     pub decided: Option<Decision>,
     pub leave: Leave,
 }
+
+/// Traces a pass moves out of `open` under one hold of the head's lock.
+const TRACES_PER_HOLD: usize = 2048;
 
 /// How long before a window a leaving trace may have started and still hold spans in it.
 const LEAVING_LOOKBACK_NANOS: u64 = 60_000_000_000;
@@ -147,6 +150,11 @@ struct HeadInner {
     leaving_starts: FastMap<TraceId, u64>,
     /// Full traces, due to leave at the next pass.
     full: Vec<LeavingTrace>,
+    /// Open traces in the order they opened, which is the log's order: (start of the
+    /// record that brought the first span, trace id, generation). The first entry whose
+    /// trace is still open is where replay must start; entries of traces that left are
+    /// dropped when they reach the front.
+    opened: VecDeque<(u64, TraceId, u64)>,
     /// When to look at a trace again: (deadline, trace id, generation).
     deadlines: BinaryHeap<Reverse<(Instant, TraceId, u64)>>,
     next_generation: u64,
@@ -218,6 +226,7 @@ impl Head {
                 }
                 let generation = inner.next_generation;
                 inner.next_generation += 1;
+                inner.opened.push_back((wal_start, trace_id, generation));
                 // The shorter idle time: a trace whose root comes in this batch is looked
                 // at then; one without is pushed back to its own deadline.
                 inner.deadlines.push(Reverse((
@@ -299,67 +308,87 @@ impl Head {
         everything: bool,
         max_spans: usize,
     ) -> Vec<LeavingTrace> {
-        let mut inner = lock(&self.inner);
-        let inner = &mut *inner;
-        let mut out = std::mem::take(&mut inner.full);
-        let mut taken: usize = out.iter().map(LeavingTrace::len).sum();
-        if everything {
-            inner.deadlines.clear();
-            let open = std::mem::take(&mut inner.open);
-            out.extend(
-                open.into_iter()
-                    .map(|(trace_id, trace)| self.leaving(trace_id, *trace, Leave::Shutdown)),
-            );
-        } else {
-            while let Some(Reverse((deadline, trace_id, generation))) =
-                inner.deadlines.peek().copied()
-            {
-                if deadline > now || taken >= max_spans {
-                    break;
-                }
-                inner.deadlines.pop();
-                let Some(open) = inner.open.get(&trace_id) else {
-                    continue;
-                };
-                if open.generation != generation {
-                    continue;
-                }
-                let idle = if open.has_root {
-                    self.limits.trace_idle_after_root
-                } else {
-                    self.limits.trace_idle
-                };
-                let idle_at = open.last_seen + idle;
-                let old_at = open.first_seen + self.limits.trace_max_age;
-                let due = idle_at.min(old_at);
-                if due > now {
-                    inner.deadlines.push(Reverse((due, trace_id, generation)));
-                    continue;
-                }
-                let leave = if old_at <= now && idle_at > now {
-                    Leave::MaxAge
-                } else {
-                    Leave::Idle
-                };
-                if let Some(open) = inner.open.remove(&trace_id) {
-                    taken += open.spans.len();
-                    out.push(self.leaving(trace_id, *open, leave));
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        // The lock is taken once per chunk of traces, so ingest (and a query by id) waits
+        // at most one chunk's work, however long the pass. Each trace moves from `open` to
+        // `leaving` under one hold, so it is always found by id.
+        let mut first = true;
+        loop {
+            let mut inner = lock(&self.inner);
+            let inner = &mut *inner;
+            let chunk_from = out.len();
+            let mut done = true;
+            if first {
+                out.append(&mut inner.full);
+                taken += out.iter().map(LeavingTrace::len).sum::<usize>();
+                first = false;
+            }
+            if everything {
+                inner.deadlines.clear();
+                inner.opened.clear();
+                let open = std::mem::take(&mut inner.open);
+                out.extend(
+                    open.into_iter()
+                        .map(|(trace_id, trace)| self.leaving(trace_id, *trace, Leave::Shutdown)),
+                );
+            } else {
+                while let Some(Reverse((deadline, trace_id, generation))) =
+                    inner.deadlines.peek().copied()
+                {
+                    if deadline > now || taken >= max_spans {
+                        break;
+                    }
+                    if out.len() - chunk_from >= TRACES_PER_HOLD {
+                        done = false;
+                        break;
+                    }
+                    inner.deadlines.pop();
+                    let Some(open) = inner.open.get(&trace_id) else {
+                        continue;
+                    };
+                    if open.generation != generation {
+                        continue;
+                    }
+                    let idle = if open.has_root {
+                        self.limits.trace_idle_after_root
+                    } else {
+                        self.limits.trace_idle
+                    };
+                    let idle_at = open.last_seen + idle;
+                    let old_at = open.first_seen + self.limits.trace_max_age;
+                    let due = idle_at.min(old_at);
+                    if due > now {
+                        inner.deadlines.push(Reverse((due, trace_id, generation)));
+                        continue;
+                    }
+                    let leave = if old_at <= now && idle_at > now {
+                        Leave::MaxAge
+                    } else {
+                        Leave::Idle
+                    };
+                    if let Some(open) = inner.open.remove(&trace_id) {
+                        taken += open.spans.len();
+                        out.push(self.leaving(trace_id, *open, leave));
+                    }
                 }
             }
-        }
-        for trace in &out {
-            inner
-                .leaving
-                .entry(trace.trace_id)
-                .or_default()
-                .extend(trace.held.places());
-            if let Some(start) = trace.held.earliest_start() {
-                let earliest = inner.leaving_starts.entry(trace.trace_id).or_insert(start);
-                *earliest = (*earliest).min(start);
+            for trace in &out[chunk_from..] {
+                inner
+                    .leaving
+                    .entry(trace.trace_id)
+                    .or_default()
+                    .extend(trace.held.places());
+                if let Some(start) = trace.held.earliest_start() {
+                    let earliest = inner.leaving_starts.entry(trace.trace_id).or_insert(start);
+                    *earliest = (*earliest).min(start);
+                }
+                inner.leaving_spans += trace.held.len();
             }
-            inner.leaving_spans += trace.held.len();
+            if done {
+                return out;
+            }
         }
-        out
     }
 
     fn leaving(&self, trace_id: TraceId, trace: OpenTrace, leave: Leave) -> LeavingTrace {
@@ -420,16 +449,27 @@ impl Head {
     /// end of the last record inserted. Leaving traces are not counted: call it when
     /// every one of them is decided and the kept ones are in the writer.
     pub fn replay_from(&self) -> u64 {
-        let inner = lock(&self.inner);
-        let open = inner
-            .open
-            .values()
-            .filter_map(|trace| trace.spans.first_wal_start());
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        while let Some(&(_, trace_id, generation)) = inner.opened.front() {
+            if inner
+                .open
+                .get(&trace_id)
+                .is_some_and(|open| open.generation == generation)
+            {
+                break;
+            }
+            inner.opened.pop_front();
+        }
+        let open = inner.opened.front().map(|(wal_start, _, _)| *wal_start);
         let full = inner
             .full
             .iter()
             .filter_map(|trace| trace.held.first_wal_start());
-        open.chain(full).min().unwrap_or(inner.received_through)
+        open.into_iter()
+            .chain(full)
+            .min()
+            .unwrap_or(inner.received_through)
     }
 
     /// Raise the replay start on an empty head: a replay that found nothing to assemble

@@ -324,3 +324,46 @@ fn a_pass_stops_at_its_size_bound_and_the_next_takes_the_rest() {
         vec![TraceId([1; 16]), TraceId([2; 16]), TraceId([3; 16])]
     );
 }
+
+#[test]
+fn replay_starts_at_the_first_record_of_the_oldest_trace_still_open() {
+    let mut head = head(100);
+    let start = Instant::now();
+    let (_, first_end, _) = head.insert_at(vec![span(1, 1)], start);
+    let (second, _, _) = head.insert_at(vec![span(2, 2)], start + Duration::from_secs(3));
+    // Trace 1 opened first and is still open: its first record.
+    assert_eq!(head.replay_from(), 0);
+    let due = head.take_leaving(start + Duration::from_millis(5500), false);
+    assert_eq!(due.len(), 1, "trace 1 was idle 5 s, trace 2 not yet");
+    assert!(first_end <= second);
+    assert_eq!(head.replay_from(), second);
+}
+
+#[test]
+fn a_pass_longer_than_one_lock_hold_takes_every_due_trace_and_serves_them_all() {
+    let mut head = head(100);
+    let start = Instant::now();
+    let traces = TRACES_PER_HOLD * 2 + 17;
+    let spans: Vec<Span> = (0..traces)
+        .map(|n| {
+            let otlp = OtlpSpan {
+                trace_id: (n as u128 + 1).to_be_bytes().to_vec(),
+                span_id: vec![1; 8],
+                ..Default::default()
+            };
+            Span::from_otlp(None, "", None, "", otlp).unwrap()
+        })
+        .collect();
+    head.insert(spans, start);
+    let due = head.take_leaving(start + Duration::from_secs(6), false);
+    assert_eq!(due.len(), traces);
+    for n in [0, TRACES_PER_HOLD, traces - 1] {
+        let id = TraceId((n as u128 + 1).to_be_bytes());
+        assert_eq!(
+            head.trace_payloads(&id).len(),
+            1,
+            "trace {n} is served while it leaves"
+        );
+    }
+    assert_eq!(head.committed(), traces);
+}
