@@ -228,15 +228,10 @@ impl<'a> SpanFields<'a> {
         let mut span = SpanFields::default();
         let mut fields = Fields::new(bytes, depth);
         while let Some((tag, value)) = fields.next()? {
+            if span.read_scalar(tag, value)? {
+                continue;
+            }
             match tag {
-                1 => span.trace_id = value.bytes()?,
-                2 => span.span_id = value.bytes()?,
-                3 => span.trace_state = value.string()?,
-                4 => span.parent_span_id = value.bytes()?,
-                5 => span.name = value.string()?,
-                6 => span.kind = value.varint()? as i32,
-                7 => span.start_time_unix_nano = value.fixed64()?,
-                8 => span.end_time_unix_nano = value.fixed64()?,
                 9 => key_value(value.message()?, depth.saturating_sub(1))?,
                 10 | 12 | 14 => {
                     value.varint()?;
@@ -256,21 +251,33 @@ impl<'a> SpanFields<'a> {
         Ok(span)
     }
 
+    /// Fields 1 to 8 (ids, tracestate, name, kind, times), read alike by both readers;
+    /// whether `tag` was one of them.
+    fn read_scalar(&mut self, tag: u32, value: Value<'a>) -> Wire<bool> {
+        match tag {
+            1 => self.trace_id = value.bytes()?,
+            2 => self.span_id = value.bytes()?,
+            3 => self.trace_state = value.string()?,
+            4 => self.parent_span_id = value.bytes()?,
+            5 => self.name = value.string()?,
+            6 => self.kind = value.varint()? as i32,
+            7 => self.start_time_unix_nano = value.fixed64()?,
+            8 => self.end_time_unix_nano = value.fixed64()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// The fields of a span stored by this process (checked when it came in): attributes,
     /// links and events are not looked into again, only events' names.
     fn read_stored(bytes: &'a [u8], depth: u32) -> Wire<SpanFields<'a>> {
         let mut span = SpanFields::default();
         let mut fields = Fields::new(bytes, depth);
         while let Some((tag, value)) = fields.next()? {
+            if span.read_scalar(tag, value)? {
+                continue;
+            }
             match tag {
-                1 => span.trace_id = value.bytes()?,
-                2 => span.span_id = value.bytes()?,
-                3 => span.trace_state = value.string()?,
-                4 => span.parent_span_id = value.bytes()?,
-                5 => span.name = value.string()?,
-                6 => span.kind = value.varint()? as i32,
-                7 => span.start_time_unix_nano = value.fixed64()?,
-                8 => span.end_time_unix_nano = value.fixed64()?,
                 11 => span.has_exception |= event_named_exception(value.message()?, depth)?,
                 15 => {
                     let code = status(value.message()?, depth.saturating_sub(1))?;

@@ -346,6 +346,27 @@ fn apply(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
     bytes
 }
 
+/// A request of one resource (`service`) and one scope holding `spans`.
+fn one_service_request(
+    spans: Vec<OtlpSpan>,
+    service: &str,
+    schema_url: &str,
+) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![string_value("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            schema_url: schema_url.into(),
+        }],
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -383,16 +404,7 @@ proptest! {
         service in "[a-z]{1,5}",
         edits in vec(edit_strategy(), 0..2),
     ) {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![string_value("service.name", &service)],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-                schema_url: String::new(),
-            }],
-        };
+        let request = one_service_request(spans, &service, "");
         let bytes = apply(request.encode_to_vec(), &edits);
         let by_prost = ExportTraceServiceRequest::decode(&bytes[..]);
         let by_wire = decode_request(&bytes, &Redactor::off());
@@ -422,16 +434,7 @@ proptest! {
         spans in vec(span_strategy(), 1..4),
         service in "[a-z]{1,5}",
     ) {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![string_value("service.name", &service)],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-                schema_url: "https://example.com/schema".into(),
-            }],
-        };
+        let request = one_service_request(spans, &service, "https://example.com/schema");
         let decoded = decode_request(&request.encode_to_vec(), &Redactor::off()).unwrap();
         for span in decoded.spans {
             let back = stored_span(span.payload.clone(), &span.envelope).unwrap();
