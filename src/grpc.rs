@@ -159,7 +159,7 @@ async fn export<R: Send + 'static>(
         .await
         .map_err(|_| Status::unavailable("service is shutting down"))?;
     state.pipeline.check_room().map_err(submit_status)?;
-    let (batch, rejected, message) = tokio::task::spawn_blocking(move || decode(request))
+    let (batch, rejected, message) = crate::ingest::decoders::decode(move || decode(request))
         .await
         .map_err(|error| Status::internal(format!("decoding failed: {error}")))??;
     state.pipeline.submit(batch).await.map_err(submit_status)?;

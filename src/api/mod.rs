@@ -351,7 +351,7 @@ pub async fn decode_ingest_body<T: Send + 'static>(
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
+    crate::ingest::decoders::decode(move || {
         let body = crate::ingest::decode_body(content_encoding.as_deref(), &body, limit)?;
         decode(&body)
     })

@@ -3,6 +3,7 @@
 //! Called by the HTTP and gRPC handlers on their own tasks; pure functions of bytes to
 //! `Vec<Span>`, never touching the WAL, the index or the metrics.
 
+pub mod decoders;
 pub mod logline;
 pub mod otlp;
 pub mod otlp_logs;

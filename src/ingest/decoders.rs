@@ -1,0 +1,65 @@
+//! The threads ingest bodies are decompressed and decoded on: tokio blocking threads of
+//! their own runtime, at a lower priority (nice [`DECODE_NICE`]) than the threads that
+//! answer queries. Under full-rate ingest the two cores are busy with decoding; a query
+//! by trace id then waits for a core behind it, which made its p99 several times its
+//! median. At nice 2 a decoding thread weighs ~60% of a query's, so the scheduler runs a
+//! query first while ingest keeps most of the CPU. A thread cannot take back a priority
+//! it gave up without privileges, so the decoders are threads that only decode (the
+//! indexer, at nice 5, stays below both).
+
+use std::sync::OnceLock;
+
+use tokio::runtime::Runtime;
+
+/// The nice value of the decoding threads.
+const DECODE_NICE: i32 = 2;
+
+static DECODERS: OnceLock<Option<Runtime>> = OnceLock::new();
+
+fn decoders() -> Option<&'static Runtime> {
+    DECODERS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("tracelink-decode")
+                .on_thread_start(|| {
+                    let thread = rustix::thread::gettid();
+                    if let Err(error) =
+                        rustix::process::setpriority_process(Some(thread), DECODE_NICE)
+                    {
+                        tracing::warn!(%error, "decoding thread's priority not lowered");
+                    }
+                })
+                .build()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no decoding threads; ingest decodes on the shared blocking threads")
+                })
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Run `work` (a body's decompression and decoding) on a decoding thread.
+pub async fn decode<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match decoders() {
+        Some(runtime) => runtime.spawn_blocking(work).await,
+        None => tokio::task::spawn_blocking(work).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_decoded_on_threads_below_the_queries_priority() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let on_decoder = decode(nice).await.unwrap().unwrap();
+        let here = nice().unwrap();
+        // Unless the tests themselves run below nice 2 (a thread cannot raise its own
+        // priority without privileges), the decoder is at exactly 2.
+        assert_eq!(on_decoder, DECODE_NICE.max(here));
+    }
+}
