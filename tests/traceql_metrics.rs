@@ -200,8 +200,13 @@ async fn check_answers(server: &TestServer, window: &Window, failed: &[String]) 
     assert!(series
         .prom_labels
         .contains("resource.service.name=\"gateway\""));
-    // Every step of the range, oldest first, aligned to the step.
-    assert_eq!(series.samples.len(), 13, "{series:?}");
+    // Every step of the range, oldest first, aligned to the step: the intervals from the
+    // start rounded down to the step until the end (12 of them over these 120 s when the
+    // start falls on a step, 13 otherwise).
+    let start_seconds: u64 = window.start.parse().unwrap();
+    let end_seconds: u64 = window.end.parse().unwrap();
+    let intervals = (end_seconds - (start_seconds - start_seconds % 10)).div_ceil(10);
+    assert_eq!(series.samples.len() as u64, intervals, "{series:?}");
     let stamps: Vec<u64> = series
         .samples
         .iter()
