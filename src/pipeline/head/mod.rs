@@ -1,8 +1,8 @@
 //! The head: acked spans assembled into traces, served by trace id until a tantivy commit
-//! holds them. It holds where each span lies in the write-ahead log and the few fields
-//! sampling and the index need, not the span's bytes: those are read back from the log
-//! when the trace leaves or is asked for, so memory grows by ~100 bytes a held span,
-//! whatever the spans' size.
+//! holds them. It holds where each span lies in the write-ahead log and under which
+//! resource and scope, not the span's bytes: those are read back from the log when the
+//! trace leaves (with the fields sampling and the index need) or is asked for, so memory
+//! grows by 16 bytes a held span and ~250 a trace, whatever the spans' size.
 //!
 //! Filled by the WAL thread right after each fsync and before the ack (read your writes);
 //! emptied by the indexer thread, which takes the traces that are due to leave (no span
