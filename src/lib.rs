@@ -331,6 +331,15 @@ fn no_delay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
+/// Lower the calling thread's priority to `nice` (threads it starts inherit it); `what`
+/// names the threads in the warning when the system refuses.
+pub(crate) fn lower_thread_priority(nice: i32, what: &str) {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        tracing::warn!(%error, "{what}: priority not lowered");
+    }
+}
+
 /// Lock a mutex whose holders never leave its data half-changed, so a panic elsewhere
 /// (poisoning) is no reason to stop using it.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

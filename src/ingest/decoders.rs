@@ -22,14 +22,7 @@ fn decoders() -> Option<&'static Runtime> {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("tracelink-decode")
-                .on_thread_start(|| {
-                    let thread = rustix::thread::gettid();
-                    if let Err(error) =
-                        rustix::process::setpriority_process(Some(thread), DECODE_NICE)
-                    {
-                        tracing::warn!(%error, "decoding thread's priority not lowered");
-                    }
-                })
+                .on_thread_start(|| crate::lower_thread_priority(DECODE_NICE, "decoding thread"))
                 .build()
                 .inspect_err(|error| {
                     tracing::warn!(%error, "no decoding threads; ingest decodes on the shared blocking threads")

@@ -122,8 +122,8 @@ fn scope_spans(
 /// payload was checked and redacted on its way in, so nothing is refused or changed, and
 /// it becomes the span's payload as it is.
 pub fn stored_span(payload: Bytes, envelope: &Arc<Envelope>) -> Result<Span, String> {
-    let read = |payload: &Bytes| -> Wire<Option<Span>> {
-        let Some(scope) = first_child(payload, DEPTH)? else {
+    let read = || -> Wire<Option<Span>> {
+        let Some(scope) = first_child(&payload, DEPTH)? else {
             return Ok(None);
         };
         let Some(encoded) = first_child(scope, DEPTH - 1)? else {
@@ -152,12 +152,12 @@ pub fn stored_span(payload: Bytes, envelope: &Arc<Envelope>) -> Result<Span, Str
                 .saturating_sub(fields.start_time_unix_nano),
             has_exception: fields.has_exception,
             randomness: tracestate_randomness(fields.trace_state),
-            payload: Bytes::new(),
+            payload: payload.clone(),
             envelope: envelope.clone(),
         }))
     };
-    match read(&payload) {
-        Ok(Some(span)) => Ok(Span { payload, ..span }),
+    match read() {
+        Ok(Some(span)) => Ok(span),
         Ok(None) => Err("stored payload holds no valid span".to_owned()),
         Err(error) => Err(format!("stored payload does not decode: {error}")),
     }
@@ -225,12 +225,7 @@ struct SpanFields<'a> {
 impl<'a> SpanFields<'a> {
     /// Check a `Span` message as prost would decode it, reading the fields on the way.
     fn read(bytes: &'a [u8], depth: u32) -> Wire<SpanFields<'a>> {
-        let mut span = SpanFields::default();
-        let mut fields = Fields::new(bytes, depth);
-        while let Some((tag, value)) = fields.next()? {
-            if span.read_scalar(tag, value)? {
-                continue;
-            }
+        SpanFields::read_with(bytes, depth, |span, tag, value| {
             match tag {
                 9 => key_value(value.message()?, depth.saturating_sub(1))?,
                 10 | 12 | 14 => {
@@ -238,55 +233,59 @@ impl<'a> SpanFields<'a> {
                 }
                 11 => span.has_exception |= event(value.message()?, depth.saturating_sub(1))?,
                 13 => link(value.message()?, depth.saturating_sub(1))?,
-                15 => {
-                    let code = status(value.message()?, depth.saturating_sub(1))?;
-                    span.status_code = code.unwrap_or(span.status_code);
-                }
+                15 => span.read_status(value, depth)?,
                 16 => {
                     value.fixed32()?;
                 }
                 _ => {}
             }
-        }
-        Ok(span)
-    }
-
-    /// Fields 1 to 8 (ids, tracestate, name, kind, times), read alike by both readers;
-    /// whether `tag` was one of them.
-    fn read_scalar(&mut self, tag: u32, value: Value<'a>) -> Wire<bool> {
-        match tag {
-            1 => self.trace_id = value.bytes()?,
-            2 => self.span_id = value.bytes()?,
-            3 => self.trace_state = value.string()?,
-            4 => self.parent_span_id = value.bytes()?,
-            5 => self.name = value.string()?,
-            6 => self.kind = value.varint()? as i32,
-            7 => self.start_time_unix_nano = value.fixed64()?,
-            8 => self.end_time_unix_nano = value.fixed64()?,
-            _ => return Ok(false),
-        }
-        Ok(true)
+            Ok(())
+        })
     }
 
     /// The fields of a span stored by this process (checked when it came in): attributes,
     /// links and events are not looked into again, only events' names.
     fn read_stored(bytes: &'a [u8], depth: u32) -> Wire<SpanFields<'a>> {
+        SpanFields::read_with(bytes, depth, |span, tag, value| {
+            match tag {
+                11 => span.has_exception |= event_named_exception(value.message()?, depth)?,
+                15 => span.read_status(value, depth)?,
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+
+    /// Walk a span's fields: 1 to 8 (ids, tracestate, name, kind, times) are read here,
+    /// alike for both readers; every other field goes to `rest`.
+    fn read_with(
+        bytes: &'a [u8],
+        depth: u32,
+        mut rest: impl FnMut(&mut SpanFields<'a>, u32, Value<'a>) -> Wire<()>,
+    ) -> Wire<SpanFields<'a>> {
         let mut span = SpanFields::default();
         let mut fields = Fields::new(bytes, depth);
         while let Some((tag, value)) = fields.next()? {
-            if span.read_scalar(tag, value)? {
-                continue;
-            }
             match tag {
-                11 => span.has_exception |= event_named_exception(value.message()?, depth)?,
-                15 => {
-                    let code = status(value.message()?, depth.saturating_sub(1))?;
-                    span.status_code = code.unwrap_or(span.status_code);
-                }
-                _ => {}
+                1 => span.trace_id = value.bytes()?,
+                2 => span.span_id = value.bytes()?,
+                3 => span.trace_state = value.string()?,
+                4 => span.parent_span_id = value.bytes()?,
+                5 => span.name = value.string()?,
+                6 => span.kind = value.varint()? as i32,
+                7 => span.start_time_unix_nano = value.fixed64()?,
+                8 => span.end_time_unix_nano = value.fixed64()?,
+                _ => rest(&mut span, tag, value)?,
             }
         }
         Ok(span)
+    }
+
+    /// Field 15, `Status`: its code, when this occurrence sets one.
+    fn read_status(&mut self, value: Value<'a>, depth: u32) -> Wire<()> {
+        let code = status(value.message()?, depth.saturating_sub(1))?;
+        self.status_code = code.unwrap_or(self.status_code);
+        Ok(())
     }
 
     /// The pipeline's span, or its refusal (bad ids). A span with an all-zero parent id,

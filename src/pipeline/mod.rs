@@ -212,14 +212,6 @@ fn restore_snapshot<T>(
 /// when it has to catch up (a nice-5 thread weighs a third of a nice-0 one).
 const INDEXER_NICE: i32 = 5;
 
-/// Lower this thread's priority to [`INDEXER_NICE`] (threads it starts inherit it).
-fn background_priority() {
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), INDEXER_NICE) {
-        tracing::warn!(%error, "indexer priority not lowered; it runs at the queries' priority");
-    }
-}
-
 fn decode_spans(record: &[u8]) -> (Vec<Span>, Vec<u64>) {
     crate::store::traces::split_payload_at(record)
         .into_iter()
@@ -378,7 +370,10 @@ impl Pipeline {
         let indexer_thread = std::thread::Builder::new()
             .name("tracelink-indexer".into())
             .spawn(move || {
-                background_priority();
+                crate::lower_thread_priority(
+                    INDEXER_NICE,
+                    "indexer (it runs at the queries' priority)",
+                );
                 match indexer::Indexer::new(
                     indexer_storage,
                     &indexer_config,
