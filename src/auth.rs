@@ -88,6 +88,13 @@ impl Tokens {
     }
 
     /// Whether `scope` needs a token at all.
+    /// The first token of a scope, which this node presents to its cluster peers.
+    pub fn first(&self, scope: Scope) -> Option<String> {
+        self.of(scope)
+            .first()
+            .map(|token| String::from_utf8_lossy(token).into_owned())
+    }
+
     pub fn required(&self, scope: Scope) -> bool {
         !self.of(scope).is_empty()
     }

@@ -41,6 +41,37 @@ pub struct RawConfig {
     pub sampling: RawSampling,
     pub auth: RawAuth,
     pub redaction: RawRedaction,
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`: several tracelinks as one service on a NATS JetStream cluster. Without
+/// `nats_urls`, a single node with its local write-ahead log.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    pub nats_urls: TokenEntries,
+    pub partitions: u64,
+    pub stream_replicas: u64,
+    pub node_id: String,
+    pub advertise_url: String,
+    pub lease_ttl_ms: u64,
+    pub replay_window: String,
+    pub query_timeout_ms: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        RawCluster {
+            nats_urls: TokenEntries::default(),
+            partitions: 64,
+            stream_replicas: 3,
+            node_id: String::new(),
+            advertise_url: String::new(),
+            lease_ttl_ms: 10_000,
+            replay_window: "1h".into(),
+            query_timeout_ms: 2_000,
+        }
+    }
 }
 
 /// `[redaction]`: what is redacted before anything is written (see [`crate::redact`]).
@@ -98,7 +129,8 @@ pub struct RawAuth {
     pub allow_unauthenticated: bool,
 }
 
-/// A list of token entries, or one (`TRACELINK_AUTH_INGEST_TOKENS=env:OTLP_TOKEN`).
+/// A list of entries, or one (`TRACELINK_AUTH_INGEST_TOKENS=env:OTLP_TOKEN`); also the
+/// cluster's NATS addresses, where one string may hold several separated by commas.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum TokenEntries {
@@ -440,6 +472,22 @@ pub struct Config {
     pub sampling: SamplingConfig,
     pub tokens: crate::auth::Tokens,
     pub redactor: std::sync::Arc<crate::redact::Redactor>,
+    /// `None`: one node, its local write-ahead log.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`, checked.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nats_urls: Vec<String>,
+    pub partitions: u32,
+    pub stream_replicas: usize,
+    pub node_id: String,
+    /// Empty: `http://` and the address `server.http_addr` bound.
+    pub advertise_url: String,
+    pub lease_ttl: Duration,
+    pub replay_window: Duration,
+    pub query_timeout: Duration,
 }
 
 impl Config {
@@ -511,7 +559,8 @@ pub struct LogSourceConfig {
     pub fields: FieldNames,
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
+    "cluster",
     "server",
     "storage",
     "retention",
@@ -819,7 +868,10 @@ impl RawConfig {
                 self.auth.ingest_tokens.resolve("auth.ingest_tokens")?,
                 self.auth.query_tokens.resolve("auth.query_tokens")?,
             ),
+            cluster: None,
         };
+        let mut config = config;
+        config.cluster = validate_cluster(&self.cluster, config.http_addr)?;
         if !self.auth.allow_unauthenticated {
             use crate::auth::Scope;
             // Protected by default: a listener beyond loopback needs the tokens of what
@@ -960,6 +1012,90 @@ fn validate_logs(raw: &RawLogs) -> Result<LogsConfig, ConfigError> {
         idle_close: Duration::from_millis(raw.idle_close_ms),
         sources,
     })
+}
+
+fn validate_cluster(
+    raw: &RawCluster,
+    http_addr: SocketAddr,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let invalid = |key: &str, problem: &str| ConfigError::Invalid {
+        key: format!("cluster.{key}"),
+        problem: problem.into(),
+    };
+    let nats_urls: Vec<String> = raw
+        .nats_urls
+        .entries()
+        .iter()
+        .flat_map(|entry| entry.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if nats_urls.is_empty() {
+        return Ok(None);
+    }
+    if !(1..=4096).contains(&raw.partitions) {
+        return Err(invalid("partitions", "must be between 1 and 4096"));
+    }
+    if !(1..=5).contains(&raw.stream_replicas) {
+        return Err(invalid(
+            "stream_replicas",
+            "must be between 1 and 5 (JetStream's limit)",
+        ));
+    }
+    let node_id = raw.node_id.trim();
+    if node_id.is_empty()
+        || node_id.len() > 64
+        || !node_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    {
+        return Err(invalid(
+            "node_id",
+            "must be set, at most 64 letters, digits, '-' or '_', and unique in the cluster",
+        ));
+    }
+    if raw.lease_ttl_ms < 1000 {
+        return Err(invalid("lease_ttl_ms", "must be at least 1000"));
+    }
+    let replay_window = match humantime::parse_duration(raw.replay_window.trim()) {
+        Ok(window) if window >= Duration::from_secs(60) => window,
+        _ => {
+            return Err(invalid(
+                "replay_window",
+                "must be a duration of at least a minute, like \"1h\" or \"90m\"",
+            ))
+        }
+    };
+    let advertise_url = match raw.advertise_url.trim() {
+        "" if http_addr.ip().is_unspecified() => {
+            return Err(invalid(
+                "advertise_url",
+                "must be set when server.http_addr listens on every address",
+            ))
+        }
+        // Filled in with the address bound (server.http_addr may have port 0).
+        "" => String::new(),
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_owned()
+        }
+        _ => {
+            return Err(invalid(
+                "advertise_url",
+                "must start with http:// or https://",
+            ))
+        }
+    };
+    Ok(Some(ClusterConfig {
+        nats_urls,
+        partitions: raw.partitions as u32,
+        stream_replicas: raw.stream_replicas as usize,
+        node_id: node_id.to_owned(),
+        advertise_url,
+        lease_ttl: Duration::from_millis(raw.lease_ttl_ms),
+        replay_window,
+        query_timeout: Duration::from_millis(raw.query_timeout_ms.max(100)),
+    }))
 }
 
 fn validate_sampling(raw: &RawSampling) -> Result<SamplingConfig, ConfigError> {

@@ -719,7 +719,7 @@ pub fn gather(
         }
         let mut error_logs = Vec::new();
         for level in [Level::Error, Level::Fatal] {
-            error_logs.extend(storage.logs.search(&LogQuery {
+            error_logs.extend(storage.search_logs(&LogQuery {
                 level: Some(level),
                 service: None,
                 start_unix_nano: Some(start),

@@ -168,7 +168,9 @@ async fn export<R: Send + 'static>(
 
 fn submit_status(error: SubmitError) -> Status {
     match error {
-        SubmitError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        SubmitError::BatchTooLarge { .. } | SubmitError::RecordTooLarge { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
         _ => Status::unavailable(error.to_string()),
     }
 }

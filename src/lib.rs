@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod diagnose;
@@ -77,6 +78,8 @@ pub struct Server {
     pipeline: Arc<Pipeline>,
     /// The tailer's counters, once it runs; read by `/metrics`.
     tail_stats: Arc<std::sync::Mutex<Option<Arc<ingest::tail::TailStats>>>>,
+    /// In a cluster, the partitions this node owns; read by `/metrics`.
+    ownership: Arc<cluster::owner::Ownership>,
 }
 
 impl Server {
@@ -120,6 +123,7 @@ impl Server {
             storage,
             pipeline,
             tail_stats,
+            ownership: Arc::default(),
         })
     }
 
@@ -173,6 +177,43 @@ impl Server {
                         _ = ticks.tick() => disk.check(),
                     }
                 }
+            });
+        }
+        if let Some(mut cluster_config) = self.config.cluster.clone() {
+            if cluster_config.advertise_url.is_empty() {
+                cluster_config.advertise_url = format!("http://{}", self.http_addr());
+            }
+            // Join the cluster (ingest answers 503 until then), then hold this node's
+            // share of the partitions until shutdown.
+            let token = token.clone();
+            let pipeline = self.pipeline.clone();
+            let storage = self.storage.clone();
+            let peer_token = self.config.tokens.first(auth::Scope::Query);
+            let ownership = self.ownership.clone();
+            let data_dir = self.config.data_dir.clone();
+            servers.spawn(async move {
+                let incarnation = match cluster::incarnation(&data_dir) {
+                    Ok(incarnation) => incarnation,
+                    Err(error) => {
+                        tracing::error!(%error, "cluster: cannot keep this data directory's identity; not joining");
+                        return;
+                    }
+                };
+                let Some(joined) = cluster::Cluster::join(cluster_config.clone(), &token).await
+                else {
+                    return;
+                };
+                let joined = Arc::new(joined);
+                let peers = Arc::new(cluster::peers::Peers::new(
+                    cluster_config.node_id.clone(),
+                    cluster_config.query_timeout,
+                    peer_token,
+                    tokio::runtime::Handle::current(),
+                ));
+                let _ = storage.peers.set(peers.clone());
+                let _ = pipeline.cluster.set(joined.clone());
+                tracing::info!(node = %cluster_config.node_id, "joined the cluster");
+                cluster::owner::run(joined, pipeline, peers, ownership, incarnation, token).await;
             });
         }
         servers.spawn(serve_http(

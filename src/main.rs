@@ -77,6 +77,12 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:3200")]
         server: String,
     },
+    /// A cluster's nodes, who owns which partition, and each partition's consumer lag,
+    /// read from NATS with the `[cluster]` of the configuration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Measure throughput, latency, disk and memory on this machine.
     Bench {
         #[command(subcommand)]
@@ -213,6 +219,9 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Bench { target } => bench(target),
+        Command::Cluster {
+            command: ClusterCommand::Status { config, json },
+        } => cluster_status(config, json),
         Command::Trace { trace_id, server } => show(
             &format!("{}/api/join/trace/{trace_id}", server.trim_end_matches('/')),
             false,
@@ -290,6 +299,67 @@ struct DemoOptions {
     duration: Option<std::time::Duration>,
     phase: std::time::Duration,
     interval: std::time::Duration,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the nodes, partitions per node and consumer lag per partition.
+    Status {
+        /// Configuration file (default: config/tracelink.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn cluster_status(config_path: Option<PathBuf>, json: bool) -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match RawConfig::load(config_path.as_deref(), &env).and_then(RawConfig::validate) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let Some(cluster) = config.cluster else {
+        eprintln!("config: cluster.nats_urls is empty: this tracelink is not part of a cluster");
+        return ExitCode::from(EX_USAGE);
+    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|error| error.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let connected = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    tracelink::cluster::Cluster::connect(cluster),
+                )
+                .await
+                .map_err(|_| "NATS did not answer in 10 s".to_owned())?
+                .map_err(|error| error.to_string())?;
+                tracelink::cluster::status::read(&connected)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+        });
+    match result {
+        Ok(status) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            print!("{}", status.render());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cluster status: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(config_path: Option<PathBuf>) -> ExitCode {

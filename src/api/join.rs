@@ -257,7 +257,7 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
     let mut trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);
     judge_sequential_calls(storage, trace_id, &spans, &mut trace.analysis.findings)?;
 
-    let mut logs = storage.logs.search(&LogQuery {
+    let mut logs = storage.search_logs(&LogQuery {
         trace_id: Some(*trace_id),
         limit: 5000,
         oldest_first: true,
@@ -359,7 +359,7 @@ pub(crate) fn resolve_trace_id(
     {
         return Ok(stored);
     }
-    let found = storage.logs.search(&LogQuery {
+    let found = storage.search_logs(&LogQuery {
         trace_id: Some(trace_id),
         trace_low64_only: true,
         limit: 50,
@@ -434,8 +434,7 @@ pub async fn by_log(
     tokio::task::spawn_blocking(move || {
         let record = state
             .storage
-            .logs
-            .get(&log_id)?
+            .log_by_id(&log_id)?
             .ok_or_else(|| ApiError::NotFound(format!("log record {log_id} not found")))?;
         if let Some(trace_id) = record.trace_id {
             let trace_id = resolve_trace_id(&state.storage, trace_id, record.trace_id_low64_only)?;

@@ -87,7 +87,7 @@ pub async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = params.to_query()?;
     let storage = state.storage.clone();
-    let records: Vec<LogRecord> = tokio::task::spawn_blocking(move || storage.logs.search(&query))
+    let records: Vec<LogRecord> = tokio::task::spawn_blocking(move || storage.search_logs(&query))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok(Json(serde_json::json!({ "logs": records })))
@@ -99,7 +99,7 @@ pub async fn get_one(
 ) -> Result<Json<LogRecord>, ApiError> {
     let storage = state.storage.clone();
     let lookup = id.clone();
-    let found = tokio::task::spawn_blocking(move || storage.logs.get(&lookup))
+    let found = tokio::task::spawn_blocking(move || storage.log_by_id(&lookup))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     found

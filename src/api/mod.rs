@@ -6,6 +6,7 @@
 //! threads too. Layers: tracing, a request timeout, the body limit, and a cap on ingest
 //! requests decoded at once.
 
+pub mod cluster;
 pub mod diagnose;
 pub mod jaeger;
 pub mod join;
@@ -127,6 +128,12 @@ pub fn router(state: AppState) -> Router {
         .route("/loki/api/v1/query", get(loki::query))
         .route("/loki/api/v1/labels", get(loki::labels))
         .route("/loki/api/v1/label/{name}/values", get(loki::label_values))
+        .route(
+            crate::cluster::peers::TRACE_ROUTE,
+            get(cluster::trace_payloads),
+        )
+        .route(crate::cluster::peers::LOGS_ROUTE, post(cluster::logs))
+        .route(crate::cluster::peers::LOG_ROUTE, get(cluster::log))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))
         .route("/api/metrics/latency", get(metrics::latency))
@@ -218,6 +225,14 @@ async fn limit_ingest_concurrency(
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
+    if state.pipeline.is_ready() && state.pipeline.cluster_waiting() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            "joining the cluster",
+        )
+            .into_response();
+    }
     if state.pipeline.is_ready() {
         // Queries go on while ingest waits for disk space: still ready, and saying why
         // ingest is paused.
@@ -285,11 +300,14 @@ impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Overloaded => ApiError::TooManyRequests(error.to_string()),
-            SubmitError::BatchTooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
+            SubmitError::BatchTooLarge { .. } | SubmitError::RecordTooLarge { .. } => {
+                ApiError::PayloadTooLarge(error.to_string())
+            }
             SubmitError::NotReady
             | SubmitError::ShuttingDown
             | SubmitError::WalFailed
-            | SubmitError::DiskFull(_) => ApiError::Unavailable(error.to_string()),
+            | SubmitError::DiskFull(_)
+            | SubmitError::Cluster(_) => ApiError::Unavailable(error.to_string()),
         }
     }
 }

@@ -210,13 +210,14 @@ pub fn ingest_failure(encoding: Encoding, error: IngestError) -> Response {
 fn submit_failure(encoding: Encoding, error: SubmitError) -> Response {
     let (status, code) = match &error {
         SubmitError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, GRPC_RESOURCE_EXHAUSTED),
-        SubmitError::BatchTooLarge { .. } => {
+        SubmitError::BatchTooLarge { .. } | SubmitError::RecordTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, GRPC_RESOURCE_EXHAUSTED)
         }
         SubmitError::NotReady
         | SubmitError::ShuttingDown
         | SubmitError::WalFailed
-        | SubmitError::DiskFull(_) => (StatusCode::SERVICE_UNAVAILABLE, GRPC_UNAVAILABLE),
+        | SubmitError::DiskFull(_)
+        | SubmitError::Cluster(_) => (StatusCode::SERVICE_UNAVAILABLE, GRPC_UNAVAILABLE),
     };
     failure(encoding, status, code, error.to_string())
 }

@@ -56,6 +56,11 @@ impl LogRecord {
         format!("w{wal_position:x}-{index:x}")
     }
 
+    /// Id of the `index`-th record of the cluster stream's message `sequence`.
+    pub fn stream_id(sequence: u64, index: usize) -> String {
+        format!("s{sequence:x}-{index:x}")
+    }
+
     /// Id of a tailed line: a hash of the file's identity and the line's byte offset.
     pub fn file_id(file_identity: u64, offset: u64) -> String {
         format!("f{file_identity:016x}-{offset:x}")

@@ -167,7 +167,7 @@ pub async fn trace(State(state): State<AppState>, Path(raw_id): Path<String>) ->
 pub async fn log(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let storage = state.storage.clone();
     let lookup = id.clone();
-    match crate::api::blocking(move || storage.logs.get(&lookup)).await {
+    match crate::api::blocking(move || storage.log_by_id(&lookup)).await {
         Ok(Some(record)) => match record.trace_id {
             Some(trace_id) => {
                 Redirect::to(&format!("/trace/{}#log-{}", trace_id.to_hex(), id)).into_response()
@@ -200,7 +200,7 @@ pub async fn go(State(state): State<AppState>, Query(params): Params) -> Respons
     let storage = state.storage.clone();
     let lookup = id.clone();
     let is_log = matches!(
-        crate::api::blocking(move || storage.logs.get(&lookup)).await,
+        crate::api::blocking(move || storage.log_by_id(&lookup)).await,
         Ok(Some(_))
     );
     if is_log {
@@ -296,7 +296,7 @@ pub async fn logs(State(state): State<AppState>, Query(params): Params) -> Respo
         }
     }
     let storage = state.storage.clone();
-    match crate::api::blocking(move || storage.logs.search(&query)).await {
+    match crate::api::blocking(move || storage.search_logs(&query)).await {
         Ok(records) => {
             let records: Vec<Value> = records
                 .iter()

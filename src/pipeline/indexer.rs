@@ -226,7 +226,13 @@ impl Indexer {
                     return Ok(());
                 }
                 for (index, record) in records.iter_mut().enumerate() {
-                    record.assign_id(LogRecord::wal_id(wal_position, index));
+                    // A record from a cluster's stream came with its id (the stream's
+                    // sequence), the same on whichever node indexes it.
+                    let id = match record.id.is_empty() {
+                        true => LogRecord::wal_id(wal_position, index),
+                        false => std::mem::take(&mut record.id),
+                    };
+                    record.assign_id(id);
                 }
                 self.add_logs(&records)
             }

@@ -56,6 +56,12 @@ pub enum SubmitError {
     /// The disk guard refuses ingest (503 / `UNAVAILABLE`, retried later).
     #[error("ingest is paused: {0}")]
     DiskFull(String),
+    /// The cluster's stream did not take the batch (503 / `UNAVAILABLE`, retried later).
+    #[error("cluster stream unavailable: {0}")]
+    Cluster(String),
+    /// One record is larger than a message of the cluster's stream may be (413).
+    #[error("a record of {bytes} bytes is larger than the cluster's messages may be ({limit})")]
+    RecordTooLarge { bytes: usize, limit: usize },
 }
 
 /// Counters of the pipeline, read by `/metrics`.
@@ -73,6 +79,9 @@ pub struct PipelineStats {
     pub wal_fsyncs: AtomicU64,
     pub commits: AtomicU64,
     pub fragments_indexed: AtomicU64,
+    /// In a cluster: records this node received and the stream acked.
+    pub spans_published: AtomicU64,
+    pub logs_published: AtomicU64,
 }
 
 /// Records accepted and not yet in a tantivy commit (or dropped by sampling), against
@@ -261,7 +270,13 @@ pub struct TailSender {
     sender: SyncSender<IndexJob>,
     disk: Arc<disk::DiskGuard>,
     redactor: Arc<crate::redact::Redactor>,
+    /// In a cluster, lines go to the stream (their partition's owner indexes them) and
+    /// only the checkpoint to the local indexer, once the stream has acked them.
+    cluster: Option<(ClusterSlot, tokio::runtime::Handle)>,
 }
+
+/// The cluster connection, once joined.
+pub type ClusterSlot = Arc<std::sync::OnceLock<Arc<crate::cluster::Cluster>>>;
 
 impl TailSender {
     /// Whether the tailer should leave its files unread for now (no space to index them).
@@ -269,10 +284,31 @@ impl TailSender {
         self.disk.refusal().is_some()
     }
 
-    /// `false` once the pipeline has shut down.
+    /// `false` once the pipeline has shut down. In a cluster, blocks until the stream
+    /// has the lines (the file is their buffer meanwhile).
     pub fn send(&self, mut batch: TailedBatch) -> bool {
         for record in &mut batch.records {
             self.redactor.log(record);
+        }
+        if let Some((slot, runtime)) = &self.cluster {
+            let records = Batch::Logs(std::mem::take(&mut batch.records));
+            let mut said = false;
+            loop {
+                let published = match slot.get() {
+                    Some(cluster) => runtime.block_on(cluster.publish(&records)),
+                    None => Err(crate::cluster::ClusterError::Nats("not joined yet".into())),
+                };
+                match published {
+                    Ok(()) => break,
+                    Err(error) => {
+                        if !said {
+                            tracing::warn!(%error, "tailed lines wait for the cluster's stream");
+                            said = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
+            }
         }
         self.sender.send(IndexJob::Tailed(batch)).is_ok()
     }
@@ -300,6 +336,9 @@ pub struct Pipeline {
     /// Free space on the data directory, and whether ingest waits for it.
     pub disk: Arc<disk::DiskGuard>,
     pub sampler: Arc<sample::Sampler>,
+    /// Set when `[cluster]` is configured: ingest goes to the cluster's stream once joined.
+    cluster_mode: bool,
+    pub cluster: ClusterSlot,
 }
 
 /// Where the latency histograms are snapshotted, under the data dir.
@@ -409,6 +448,8 @@ impl Pipeline {
             stats,
             metrics,
             sampler,
+            cluster_mode: config.cluster.is_some(),
+            cluster: Arc::default(),
             disk: Arc::new(disk::DiskGuard::new(
                 config.data_dir.clone(),
                 config.min_free_bytes,
@@ -517,6 +558,11 @@ impl Pipeline {
         &self.config.redactor
     }
 
+    /// `[cluster]` is configured and the cluster not joined yet.
+    pub fn cluster_waiting(&self) -> bool {
+        self.cluster_mode && self.cluster.get().is_none()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -532,6 +578,11 @@ impl Pipeline {
             sender,
             disk: self.disk.clone(),
             redactor: self.config.redactor.clone(),
+            cluster: self
+                .cluster_mode
+                .then(|| tokio::runtime::Handle::try_current().ok())
+                .flatten()
+                .map(|runtime| (self.cluster.clone(), runtime)),
         })
     }
 
@@ -547,6 +598,13 @@ impl Pipeline {
     /// (not ready, or the queue is full): a client retrying against a full queue then
     /// costs no decoding.
     pub fn check_room(&self) -> Result<(), SubmitError> {
+        if self.cluster_mode {
+            // The room that counts is the stream's, which answers for itself.
+            return match self.cluster.get() {
+                Some(_) => Ok(()),
+                None => Err(SubmitError::Cluster("not joined yet".into())),
+            };
+        }
         if !self.is_ready() {
             return Err(SubmitError::NotReady);
         }
@@ -564,7 +622,7 @@ impl Pipeline {
     }
 
     /// Make a batch durable. Returns once it is fsynced in the WAL (and, for spans,
-    /// readable by trace id).
+    /// readable by trace id); in a cluster, once the stream has acked every record.
     pub async fn submit(&self, mut batch: Batch) -> Result<(), SubmitError> {
         if batch.is_empty() {
             return Ok(());
@@ -574,6 +632,34 @@ impl Pipeline {
             for record in records {
                 self.config.redactor.log(record);
             }
+        }
+        if self.cluster_mode {
+            let Some(cluster) = self.cluster.get() else {
+                return Err(SubmitError::Cluster("not joined yet".into()));
+            };
+            let accepted = match &batch {
+                Batch::Spans(_) => &self.stats.spans_published,
+                Batch::Logs(_) => &self.stats.logs_published,
+            };
+            return match cluster.publish(&batch).await {
+                Ok(()) => {
+                    accepted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(crate::cluster::ClusterError::TooLarge { bytes, limit }) => {
+                    Err(SubmitError::RecordTooLarge { bytes, limit })
+                }
+                Err(error) => Err(SubmitError::Cluster(error.to_string())),
+            };
+        }
+        self.write(batch).await
+    }
+
+    /// Write a batch through the local WAL into the head (ingest on one node, or a
+    /// partition this node owns in a cluster).
+    pub(crate) async fn write(&self, batch: Batch) -> Result<(), SubmitError> {
+        if batch.is_empty() {
+            return Ok(());
         }
         if !self.is_ready() {
             return Err(SubmitError::NotReady);

@@ -89,7 +89,7 @@ pub fn scan(
         if !seen.insert(trace_id) {
             return Ok(true);
         }
-        let Some(batches) = storage.find_trace(&trace_id)? else {
+        let Some(batches) = storage.find_trace_local(&trace_id)? else {
             return Ok(true);
         };
         let trace = TraceView::from_batches(&batches);
@@ -210,7 +210,7 @@ pub fn search_traces(
         .iter()
         .map(|trace| {
             storage
-                .find_trace(&trace.trace_id)
+                .find_trace_local(&trace.trace_id)
                 .map(Option::unwrap_or_default)
         })
         .collect()

@@ -83,8 +83,8 @@ impl LogFields {
     }
 }
 
-/// What `/api/logs` asks for; every part optional.
-#[derive(Debug, Clone, Default)]
+/// What `/api/logs` asks for; every part optional. Serialised for the cluster's peers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LogQuery {
     pub trace_id: Option<TraceId>,
     /// The trace id was given as only 64 bits (Datadog decimal): match on those.
@@ -350,7 +350,7 @@ impl LogIndex {
 
 /// Newest first; records of one instant by id, so that every order of partitions and
 /// segments gives the same answer.
-fn sort_newest_first(records: &mut [LogRecord]) {
+pub(crate) fn sort_newest_first(records: &mut [LogRecord]) {
     records.sort_by(|a, b| {
         b.time_unix_nano
             .cmp(&a.time_unix_nano)

@@ -24,7 +24,8 @@ pub use traces::TraceIndex;
 use crate::pipeline::head::{Head, HeadLimits};
 use crate::wal::WalFiles;
 
-use crate::model::{Span, TraceId};
+use crate::model::{LogRecord, Span, TraceId};
+use bytes::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,6 +117,8 @@ pub struct Storage {
     pub head: Head,
     /// The write-ahead log's segments (`wal/`), read by the head for spans assembling.
     pub wal_files: Arc<WalFiles>,
+    /// In a cluster, the other nodes: reads by trace id and log searches ask them too.
+    pub peers: std::sync::OnceLock<Arc<crate::cluster::peers::Peers>>,
 }
 
 impl Storage {
@@ -139,38 +142,109 @@ impl Storage {
             logs: Partitions::open(&data_dir.join("logs"), partition)?,
             head: Head::new(head_limits, wal_files.clone()),
             wal_files,
+            peers: std::sync::OnceLock::new(),
         })
     }
 
-    /// Every stored span of a trace, grouped by resource and scope as OTLP groups them,
-    /// each span once, spans ordered by start time. `None` when nothing is stored.
-    pub fn find_trace(&self, trace_id: &TraceId) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
+    /// The stored span payloads of a trace on this node: the head's, then every
+    /// partition's.
+    pub fn local_trace_payloads(&self, trace_id: &TraceId) -> Result<Vec<Bytes>, StoreError> {
         let mut payloads = self.head.trace_payloads(trace_id);
         payloads.extend(self.traces.trace_payloads(trace_id)?);
-        if payloads.is_empty() {
-            return Ok(None);
-        }
-        let mut seen_span_ids = HashSet::new();
-        let mut batches: Vec<ResourceSpans> = Vec::new();
-        for payload in payloads {
-            let single = match Span::decode_payload(&payload) {
-                Ok(single) => single,
-                Err(error) => {
-                    tracing::error!(trace_id = %trace_id, %error, "stored span does not decode");
-                    continue;
-                }
-            };
-            merge_single(&mut batches, single, &mut seen_span_ids);
-        }
-        for batch in &mut batches {
-            for scope in &mut batch.scope_spans {
-                scope
-                    .spans
-                    .sort_by_key(|span| (span.start_time_unix_nano, span.span_id.clone()));
-            }
-        }
-        Ok(Some(batches))
+        Ok(payloads)
     }
+
+    /// Every stored span of a trace, on every node of a cluster; see
+    /// [`Storage::find_trace_reporting`].
+    pub fn find_trace(&self, trace_id: &TraceId) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
+        Ok(self.find_trace_reporting(trace_id)?.0)
+    }
+
+    /// Every stored span of a trace (on this node and, in a cluster, on every other live
+    /// node), and the nodes that did not answer.
+    pub fn find_trace_reporting(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<(Option<Vec<ResourceSpans>>, Vec<String>), StoreError> {
+        let mut payloads = self.local_trace_payloads(trace_id)?;
+        let mut missing = Vec::new();
+        if let Some(peers) = self.peers.get() {
+            let gathered = peers.trace_payloads(trace_id);
+            payloads.extend(gathered.answers);
+            missing = gathered.missing;
+        }
+        Ok((merge_payloads(trace_id, payloads), missing))
+    }
+
+    /// The trace as this node alone holds it (searches, which run on every node).
+    pub fn find_trace_local(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
+        Ok(merge_payloads(
+            trace_id,
+            self.local_trace_payloads(trace_id)?,
+        ))
+    }
+
+    /// Log records matching `query`, newest first, on every node of a cluster (each
+    /// record once), and the nodes that did not answer.
+    pub fn search_logs_reporting(
+        &self,
+        query: &logs::LogQuery,
+    ) -> Result<(Vec<LogRecord>, Vec<String>), StoreError> {
+        let mut records = self.logs.search(query)?;
+        let Some(peers) = self.peers.get() else {
+            return Ok((records, Vec::new()));
+        };
+        let gathered = peers.logs(query);
+        records.extend(gathered.answers);
+        logs::sort_newest_first(&mut records);
+        records.dedup_by(|a, b| !a.id.is_empty() && a.id == b.id);
+        records.truncate(query.limit.max(1));
+        Ok((records, gathered.missing))
+    }
+
+    /// A log record by its id, here or on another node of a cluster.
+    pub fn log_by_id(&self, id: &str) -> Result<Option<LogRecord>, StoreError> {
+        if let Some(record) = self.logs.get(id)? {
+            return Ok(Some(record));
+        }
+        Ok(self.peers.get().and_then(|peers| peers.log(id)))
+    }
+
+    /// Log records matching `query`, on every node of a cluster.
+    pub fn search_logs(&self, query: &logs::LogQuery) -> Result<Vec<LogRecord>, StoreError> {
+        Ok(self.search_logs_reporting(query)?.0)
+    }
+}
+
+/// Spans' payloads as OTLP groups them by resource and scope, each span once, spans
+/// ordered by start time. `None` when there are none.
+fn merge_payloads(trace_id: &TraceId, payloads: Vec<Bytes>) -> Option<Vec<ResourceSpans>> {
+    if payloads.is_empty() {
+        return None;
+    }
+    let mut seen_span_ids = HashSet::new();
+    let mut batches: Vec<ResourceSpans> = Vec::new();
+    for payload in payloads {
+        let single = match Span::decode_payload(&payload) {
+            Ok(single) => single,
+            Err(error) => {
+                tracing::error!(trace_id = %trace_id, %error, "stored span does not decode");
+                continue;
+            }
+        };
+        merge_single(&mut batches, single, &mut seen_span_ids);
+    }
+    for batch in &mut batches {
+        for scope in &mut batch.scope_spans {
+            scope
+                .spans
+                .sort_by_key(|span| (span.start_time_unix_nano, span.span_id.clone()));
+        }
+    }
+    Some(batches)
 }
 
 /// Add a one-span `ResourceSpans` to the groups, unless its span id was seen already.

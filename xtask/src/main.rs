@@ -5,7 +5,7 @@
 //! The end-to-end tests drive real servers and clients: Prometheus and promtool (Debian's
 //! `prometheus`) scrape and lint `/metrics`; Debian's `python3-aiozipkin` sends Zipkin
 //! spans; `curl` is the HTTPS client of the TLS tests; `chromium` and `chromium-driver`
-//! run the page in a real browser. A missing one is installed with `apt-get` when we are root, and named with the
+//! run the page in a real browser; `nats-server` runs the cluster's JetStream. A missing one is installed with `apt-get` when we are root, and named with the
 //! command to run otherwise.
 
 use std::process::{Command, ExitCode};
@@ -18,6 +18,8 @@ const NEEDED: &[(&str, &str)] = &[
     // The page's tests drive Debian's headless Chromium through chromedriver.
     ("command -v chromium", "chromium"),
     ("command -v chromedriver", "chromium-driver"),
+    // The cluster's tests start three of them as one JetStream cluster.
+    ("command -v nats-server", "nats-server"),
     // Debian's interpreter: another python3 may come first on the PATH.
     (
         "/usr/bin/python3 -c 'import aiozipkin'",

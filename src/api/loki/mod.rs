@@ -329,7 +329,7 @@ fn select(
             _ => {}
         }
     }
-    let records = storage.logs.search(&query)?;
+    let records = storage.search_logs(&query)?;
     Ok(records
         .into_iter()
         .filter(|record| record_matches(selector, record))

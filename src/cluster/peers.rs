@@ -1,0 +1,193 @@
+//! Queries on any node: ask every other live node for what it holds, in parallel, each
+//! within `query_timeout`, and say which did not answer.
+//!
+//! Peers answer on two internal routes of their query API (query scope):
+//! `GET /internal/cluster/v1/traces/{id}` (the stored span payloads of a trace, each
+//! prefixed by its length, from the head and every partition) and
+//! `POST /internal/cluster/v1/logs` (a [`LogQuery`] as JSON, the records as JSON) and
+//! `GET /internal/cluster/v1/logs/{id}` (the record as JSON, or `null`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::lock;
+use crate::model::{LogRecord, TraceId};
+use crate::store::logs::LogQuery;
+
+pub const TRACE_ROUTE: &str = "/internal/cluster/v1/traces/{trace_id}";
+pub const LOGS_ROUTE: &str = "/internal/cluster/v1/logs";
+pub const LOG_ROUTE: &str = "/internal/cluster/v1/logs/{id}";
+
+/// The other nodes, and how to ask them.
+pub struct Peers {
+    me: String,
+    /// (node id, query URL) of the live nodes but this one.
+    others: Mutex<Vec<(String, String)>>,
+    client: reqwest::Client,
+    timeout: Duration,
+    /// Presented to peers when queries need a token.
+    token: Option<String>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What the peers answered, and who did not.
+pub struct Gathered<T> {
+    pub answers: Vec<T>,
+    /// Node ids that failed or did not answer in time.
+    pub missing: Vec<String>,
+}
+
+impl Peers {
+    pub fn new(
+        me: String,
+        timeout: Duration,
+        token: Option<String>,
+        runtime: tokio::runtime::Handle,
+    ) -> Peers {
+        Peers {
+            me,
+            others: Mutex::new(Vec::new()),
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
+            timeout,
+            token,
+            runtime,
+        }
+    }
+
+    pub fn set_nodes(&self, live: &[(String, String)]) {
+        *lock(&self.others) = live
+            .iter()
+            .filter(|(id, _)| *id != self.me)
+            .cloned()
+            .collect();
+    }
+
+    /// The other live nodes (id, URL).
+    pub fn others(&self) -> Vec<(String, String)> {
+        lock(&self.others).clone()
+    }
+
+    /// Every other node's stored span payloads of a trace. Blocking.
+    pub fn trace_payloads(&self, trace_id: &TraceId) -> Gathered<Bytes> {
+        let path = format!("/internal/cluster/v1/traces/{}", trace_id.to_hex());
+        let gathered = self.ask(
+            move |client, base| client.get(format!("{base}{path}")),
+            |body| Ok(crate::store::traces::split_payload(&body)),
+        );
+        Gathered {
+            answers: gathered.answers.into_iter().flatten().collect(),
+            missing: gathered.missing,
+        }
+    }
+
+    /// Every other node's log records matching `query`. Blocking.
+    pub fn logs(&self, query: &LogQuery) -> Gathered<LogRecord> {
+        let Ok(body) = serde_json::to_vec(query) else {
+            return Gathered {
+                answers: Vec::new(),
+                missing: Vec::new(),
+            };
+        };
+        let body = Bytes::from(body);
+        let gathered = self.ask(
+            move |client, base| {
+                client
+                    .post(format!("{base}{LOGS_ROUTE}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            },
+            |body| serde_json::from_slice::<Vec<LogRecord>>(&body).map_err(|e| e.to_string()),
+        );
+        Gathered {
+            answers: gathered.answers.into_iter().flatten().collect(),
+            missing: gathered.missing,
+        }
+    }
+
+    /// The log record with this id, from whichever other node holds it. Blocking.
+    pub fn log(&self, id: &str) -> Option<LogRecord> {
+        let mut path = String::from("/internal/cluster/v1/logs/");
+        path.extend(url_escape(id));
+        let gathered = self.ask(
+            move |client, base| client.get(format!("{base}{path}")),
+            |body| serde_json::from_slice::<Option<LogRecord>>(&body).map_err(|e| e.to_string()),
+        );
+        gathered.answers.into_iter().flatten().next()
+    }
+
+    /// Send a request to every other node at once and parse each answer. Runs on a
+    /// thread of its own, so it may be called from anywhere (a blocking thread, or an
+    /// async one).
+    fn ask<T: Send>(
+        &self,
+        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Sync,
+        parse: impl Fn(Bytes) -> Result<T, String> + Sync,
+    ) -> Gathered<T> {
+        let others = self.others();
+        if others.is_empty() {
+            return Gathered {
+                answers: Vec::new(),
+                missing: Vec::new(),
+            };
+        }
+        let asked = others.iter().map(|(node, base)| {
+            let mut builder = request(&self.client, base);
+            if let Some(token) = &self.token {
+                builder = builder.bearer_auth(token);
+            }
+            let parse = &parse;
+            async move {
+                let answer = async {
+                    let response = builder.send().await.map_err(|e| e.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!("status {}", response.status()));
+                    }
+                    let body = response.bytes().await.map_err(|e| e.to_string())?;
+                    parse(body)
+                };
+                match tokio::time::timeout(self.timeout, answer).await {
+                    Ok(Ok(parsed)) => Ok(parsed),
+                    Ok(Err(problem)) => Err((node.clone(), problem)),
+                    Err(_) => Err((node.clone(), "no answer in time".to_owned())),
+                }
+            }
+        });
+        let all = futures_util::future::join_all(asked);
+        let results = std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.runtime.block_on(all))
+                .join()
+                .unwrap_or_default()
+        });
+        let mut gathered = Gathered {
+            answers: Vec::new(),
+            missing: Vec::new(),
+        };
+        for result in results {
+            match result {
+                Ok(answer) => gathered.answers.push(answer),
+                Err((node, problem)) => {
+                    tracing::warn!(node, problem, "cluster: a peer did not answer a query");
+                    gathered.missing.push(node);
+                }
+            }
+        }
+        gathered
+    }
+}
+
+/// A path segment, percent-encoded but for unreserved characters.
+fn url_escape(segment: &str) -> impl Iterator<Item = String> + '_ {
+    segment.bytes().map(|byte| {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            char::from(byte).to_string()
+        } else {
+            format!("%{byte:02X}")
+        }
+    })
+}

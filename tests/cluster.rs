@@ -1,0 +1,549 @@
+//! Several tracelinks as one service: three real `nats-server` processes as one JetStream
+//! cluster and three real tracelink binaries on loopback. Spans come from the
+//! OpenTelemetry SDK's OTLP exporters; nodes and NATS servers are killed with SIGKILL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::sdk::{self, Service};
+use common::Process;
+use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::logs::{InMemoryLogExporter, LogBatch, LogExporter as _, SdkLoggerProvider};
+use opentelemetry_sdk::trace::SpanExporter as _;
+use serde_json::Value;
+
+const PARTITIONS: u32 = 8;
+
+/// A port for a NATS server: below Linux's ephemeral range (where every other server of
+/// the tests binds port 0), in a block of this process's own, so that two clusters of
+/// concurrent tests never meet.
+fn nats_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (std::process::id() % 500) as u16 * 24 + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Three `nats-server` processes clustered with JetStream, each with its own store.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    client_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = common::temp_dir();
+        let client_ports: Vec<u16> = (0..3).map(|_| nats_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| nats_port()).collect();
+        // Named apart too: servers of two clusters never join one another.
+        let name = format!("tracelink-{}-{}", std::process::id(), client_ports[0]);
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect();
+        let servers = (0..3)
+            .map(|index| {
+                let config = format!(
+                    "server_name: n{index}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: {name}, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    client_ports[index],
+                    dir.path().join(format!("js{index}")),
+                    route_ports[index],
+                    routes.join(", "),
+                );
+                let path = dir.path().join(format!("n{index}.conf"));
+                std::fs::write(&path, config).unwrap();
+                Some(
+                    Command::new("nats-server")
+                        .arg("-c")
+                        .arg(&path)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("nats-server (Debian's nats-server package; `cargo xtask test` installs it)"),
+                )
+            })
+            .collect();
+        Nats {
+            servers,
+            client_ports,
+            _dir: dir,
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill9(&mut self, index: usize) {
+        if let Some(mut server) = self.servers[index].take() {
+            server.kill().unwrap();
+            server.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for index in 0..self.servers.len() {
+            self.kill9(index);
+        }
+    }
+}
+
+/// A tracelink node of the cluster: the real binary, killed when dropped.
+struct Node {
+    id: String,
+    data_dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn start(work: &Path, nats: &Nats, id: &str, data_dir: PathBuf) -> Node {
+        let urls = nats.urls();
+        let process = common::spawn_binary(
+            work,
+            &data_dir,
+            &[
+                ("TRACELINK_CLUSTER_NATS_URLS", &urls),
+                ("TRACELINK_CLUSTER_NODE_ID", id),
+                ("TRACELINK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
+                ("TRACELINK_CLUSTER_LEASE_TTL_MS", "3000"),
+                ("TRACELINK_STORAGE_TRACE_IDLE_MS", "300"),
+                ("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "200"),
+            ],
+        );
+        Node {
+            id: id.to_owned(),
+            data_dir,
+            process: Some(process),
+        }
+    }
+
+    fn http(&self) -> SocketAddr {
+        self.process.as_ref().unwrap().http
+    }
+
+    fn otlp_http(&self) -> SocketAddr {
+        self.process.as_ref().unwrap().otlp_http
+    }
+
+    fn kill9(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill9();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(process) = self.process.take() {
+            assert!(process.terminate().success());
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(process) = &self.process {
+                for line in process.drain_log() {
+                    eprintln!("{}: {line}", self.id);
+                }
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// `tracelink cluster status --json`, as an operator runs it.
+fn cluster_status(work: &Path, nats: &Nats) -> Option<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tracelink"))
+        .args(["cluster", "status", "--json"])
+        .current_dir(work)
+        .env("TRACELINK_CLUSTER_NATS_URLS", nats.urls())
+        .env("TRACELINK_CLUSTER_NODE_ID", "operator")
+        .env("TRACELINK_CLUSTER_PARTITIONS", PARTITIONS.to_string())
+        .env("TRACELINK_STORAGE_DATA_DIR", work.join("operator"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).ok())
+        .flatten()
+}
+
+/// Partition → owner, once exactly `nodes` are live and own every partition between
+/// them, each its even share.
+async fn wait_for_owners(work: &Path, nats: &Nats, nodes: &[&str]) -> BTreeMap<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(status) = cluster_status(work, nats) {
+            let live: BTreeSet<&str> = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|node| node["node_id"].as_str().unwrap())
+                .collect();
+            let owners: BTreeMap<u32, String> = status["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|partition| {
+                    Some((
+                        partition["partition"].as_u64()? as u32,
+                        partition["owner"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let share = (PARTITIONS as usize).div_ceil(nodes.len());
+            let balanced = nodes.iter().all(|node| {
+                let owned = owners.values().filter(|owner| owner == node).count();
+                owned > 0 && owned <= share
+            });
+            if live == nodes.iter().copied().collect()
+                && owners.len() == PARTITIONS as usize
+                && owners.values().all(|owner| nodes.contains(&owner.as_str()))
+                && balanced
+            {
+                return owners;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("partitions never settled on {nodes:?}; last status: {last:?}");
+}
+
+async fn export_spans(otlp_http: SocketAddr, services: &[&Service]) -> Result<(), String> {
+    for service in services {
+        service.provider.force_flush().unwrap();
+        let spans = service.memory.get_finished_spans().unwrap();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{otlp_http}/v1/traces"))
+            .build()
+            .unwrap();
+        exporter.set_resource(&service.resource);
+        exporter
+            .export(spans)
+            .await
+            .map_err(|error| error.to_string())?;
+        service.memory.reset();
+    }
+    Ok(())
+}
+
+/// An error log line of payments for each trace, sent by the SDK's OTLP log exporter.
+async fn export_logs(otlp_http: SocketAddr, payments: &Service, trace_ids: &[String]) {
+    let memory = InMemoryLogExporter::default();
+    let provider = SdkLoggerProvider::builder()
+        .with_resource(payments.resource.clone())
+        .with_simple_exporter(memory.clone())
+        .build();
+    let logger = provider.logger("payments");
+    for trace_id in trace_ids {
+        let mut record = logger.create_log_record();
+        record.set_severity_number(Severity::Error);
+        record.set_severity_text("ERROR");
+        record.set_body(format!("card declined in trace {trace_id}").into());
+        record.set_timestamp(SystemTime::now());
+        record.set_trace_context(
+            TraceId::from_hex(trace_id).unwrap(),
+            SpanId::from_hex("00000000000000aa").unwrap(),
+            Some(TraceFlags::SAMPLED),
+        );
+        logger.emit(record);
+    }
+    let emitted = memory.get_emitted_logs().unwrap();
+    let data: Vec<_> = emitted
+        .iter()
+        .map(|log| (&log.record, &log.instrumentation))
+        .collect();
+    let exporter = opentelemetry_otlp::LogExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("http://{otlp_http}/v1/logs"))
+        .build()
+        .unwrap();
+    let mut exporter = exporter;
+    exporter.set_resource(&payments.resource);
+    exporter.export(LogBatch::new(&data)).await.unwrap();
+}
+
+async fn get_json(http: SocketAddr, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{http}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The span ids of a trace as a node returns it (Tempo's trace by id), each as often as
+/// it is returned.
+async fn span_ids(http: SocketAddr, trace_id: &str) -> Vec<String> {
+    let (status, body) = get_json(http, &format!("/api/traces/{trace_id}")).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut ids: Vec<String> = body["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|batch| batch["scopeSpans"].as_array().unwrap().iter())
+        .flat_map(|scope| scope["spans"].as_array().unwrap().iter())
+        .map(|span| span["spanId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Wait until `http` returns each trace whole: its three spans (gateway's two and
+/// payments' one), each once.
+async fn assert_whole(http: SocketAddr, trace_ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for trace_id in trace_ids {
+        loop {
+            let ids = span_ids(http, trace_id).await;
+            let distinct: BTreeSet<&String> = ids.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                ids.len(),
+                "a span twice in {trace_id}: {ids:?}"
+            );
+            if ids.len() == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{http} never returned trace {trace_id} whole (has {ids:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn checkouts(gateway: &Service, payments: &Service, count: u64, first: u64) -> Vec<String> {
+    let base = UNIX_EPOCH
+        + Duration::from_secs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                - 600,
+        );
+    (first..first + count)
+        .map(|index| sdk::checkout(gateway, payments, base, index))
+        .collect()
+}
+
+/// Acked spans a node has indexed (`tracelink_spans_indexed_total`).
+async fn spans_indexed(http: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("tracelink_spans_indexed_total "))
+        .map(|value| value.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_without_a_nats_server()
+{
+    let work = common::temp_dir();
+    let mut nats = Nats::start();
+    let nodes: Vec<Node> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|id| Node::start(work.path(), &nats, id, work.path().join(id)))
+        .collect();
+    wait_for_owners(work.path(), &nats, &["node1", "node2", "node3"]).await;
+
+    let gateway = sdk::service("gateway");
+    let payments = sdk::service("payments");
+    let trace_ids = checkouts(&gateway, &payments, 6, 0);
+    export_spans(nodes[0].otlp_http(), &[&gateway, &payments])
+        .await
+        .unwrap();
+    export_logs(nodes[1].otlp_http(), &payments, &trace_ids).await;
+
+    for node in &nodes {
+        assert_whole(node.http(), &trace_ids).await;
+    }
+    // The join from any node finds the trace's logs, which another node received.
+    for node in &nodes {
+        for trace_id in &trace_ids {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, joined) =
+                    get_json(node.http(), &format!("/api/join/trace/{trace_id}")).await;
+                let found = status == 200
+                    && joined["logs"].as_array().is_some_and(|logs| {
+                        logs.iter().any(|log| {
+                            log["message"] == format!("card declined in trace {trace_id}")
+                        })
+                    });
+                if found {
+                    assert_eq!(joined["logs"].as_array().unwrap().len(), 1, "{joined}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never joined trace {trace_id} to its log: {joined}",
+                    node.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // One NATS server of three dies: ingest and queries go on (a client retries what is
+    // refused while JetStream elects new leaders, as OTLP exporters do).
+    nats.kill9(0);
+    let more = checkouts(&gateway, &payments, 6, 6);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut target = 0;
+    loop {
+        match export_spans(nodes[target % 3].otlp_http(), &[&gateway, &payments]).await {
+            Ok(()) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "ingest never resumed: {error}");
+                target += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    for node in &nodes {
+        assert_whole(node.http(), &trace_ids).await;
+        assert_whole(node.http(), &more).await;
+    }
+
+    // Without JetStream nothing can be acked: 503 with Retry-After, not a lost ack.
+    nats.kill9(1);
+    nats.kill9(2);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", nodes[0].otlp_http()))
+        .header("content-type", "application/json")
+        .body(r#"{"resourceSpans":[{"resource":{},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"x","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_and_a_node_back_with_its_data_serves_it_again() {
+    let work = common::temp_dir();
+    let nats = Nats::start();
+    let mut nodes: Vec<Node> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|id| Node::start(work.path(), &nats, id, work.path().join(id)))
+        .collect();
+    let before = wait_for_owners(work.path(), &nats, &["node1", "node2", "node3"]).await;
+
+    // Ingest on node1 and node2 before and after node3 is killed with SIGKILL.
+    let gateway = sdk::service("gateway");
+    let payments = sdk::service("payments");
+    let mut acked = Vec::new();
+    for round in 0..10u64 {
+        if round == 5 {
+            nodes[2].kill9();
+        }
+        let trace_ids = checkouts(&gateway, &payments, 4, round * 4);
+        export_spans(
+            nodes[(round % 2) as usize].otlp_http(),
+            &[&gateway, &payments],
+        )
+        .await
+        .unwrap();
+        acked.extend(trace_ids);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // node3's partitions move to the survivors, who read them again from the stream.
+    let after = wait_for_owners(work.path(), &nats, &["node1", "node2"]).await;
+    assert!(before.values().any(|owner| owner == "node3"));
+    for node in &nodes[..2] {
+        assert_whole(node.http(), &acked).await;
+    }
+    // Every acked span is indexed exactly once among the survivors: what node3 held is
+    // indexed again by the new owners, nothing twice by them.
+    let expected = acked.len() as u64 * 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let indexed = spans_indexed(nodes[0].http()).await + spans_indexed(nodes[1].http()).await;
+        assert!(
+            indexed <= expected,
+            "{indexed} spans indexed for {expected} acked"
+        );
+        if indexed == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {indexed} of {expected} spans indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The stream forgets what is older than its replay window (here: purged at once).
+    // What node1 alone indexed then lives only in node1's partitions: gone from queries
+    // while node1 is away, served again once it is back with its data directory.
+    let addresses: Vec<async_nats::ServerAddr> = nats
+        .urls()
+        .split(',')
+        .map(|url| url.parse().unwrap())
+        .collect();
+    let client = async_nats::connect(addresses).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .get_stream(tracelink::cluster::STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let only_node1: Vec<String> = acked
+        .iter()
+        .filter(|trace_id| {
+            let id = tracelink::model::TraceId::parse(trace_id).unwrap();
+            let partition = tracelink::cluster::trace_partition(&id, PARTITIONS);
+            before[&partition] == "node1" && after[&partition] == "node1"
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !only_node1.is_empty(),
+        "no trace stayed on node1: {before:?} {after:?}"
+    );
+    nodes[0].terminate();
+    wait_for_owners(work.path(), &nats, &["node2"]).await;
+    for trace_id in &only_node1 {
+        assert!(span_ids(nodes[1].http(), trace_id).await.is_empty());
+    }
+    let data_dir = nodes[0].data_dir.clone();
+    nodes[0] = Node::start(work.path(), &nats, "node1", data_dir);
+    wait_for_owners(work.path(), &nats, &["node1", "node2"]).await;
+    assert_whole(nodes[1].http(), &only_node1).await;
+    assert_whole(nodes[0].http(), &acked).await;
+}
