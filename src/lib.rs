@@ -108,12 +108,14 @@ impl Server {
         let pipeline =
             Pipeline::new(storage.clone(), &config, metrics.clone()).map_err(storage_error)?;
         let tail_stats = Arc::new(std::sync::Mutex::new(None));
+        let ownership: Arc<cluster::owner::Ownership> = Arc::default();
         metrics.register_collector(Box::new(metrics::own::OwnMetrics {
             stats: pipeline.stats.clone(),
             pipeline: Arc::downgrade(&pipeline),
             storage: Arc::downgrade(&storage),
             data_dir: config.data_dir.clone(),
             tail: tail_stats.clone(),
+            ownership: config.cluster.is_some().then(|| ownership.clone()),
         }));
         Ok(Server {
             config,
@@ -123,7 +125,7 @@ impl Server {
             storage,
             pipeline,
             tail_stats,
-            ownership: Arc::default(),
+            ownership,
         })
     }
 

@@ -125,6 +125,7 @@ impl Node {
                 ("TRACELINK_CLUSTER_NODE_ID", id),
                 ("TRACELINK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
                 ("TRACELINK_CLUSTER_LEASE_TTL_MS", "3000"),
+                ("TRACELINK_CLUSTER_QUERY_TIMEOUT_MS", "1000"),
                 ("TRACELINK_STORAGE_TRACE_IDLE_MS", "300"),
                 ("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "200"),
             ],
@@ -353,8 +354,8 @@ fn checkouts(gateway: &Service, payments: &Service, count: u64, first: u64) -> V
         .collect()
 }
 
-/// Acked spans a node has indexed (`tracelink_spans_indexed_total`).
-async fn spans_indexed(http: SocketAddr) -> u64 {
+/// A sample of a node's `/metrics` without labels (0 when absent).
+async fn metric(http: SocketAddr, name: &str) -> u64 {
     let text = reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
@@ -362,9 +363,14 @@ async fn spans_indexed(http: SocketAddr) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|line| line.strip_prefix("tracelink_spans_indexed_total "))
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .map(|value| value.trim().parse::<f64>().unwrap() as u64)
         .unwrap_or(0)
+}
+
+/// Acked spans a node has indexed.
+async fn spans_indexed(http: SocketAddr) -> u64 {
+    metric(http, "tracelink_spans_indexed_total").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,6 +421,100 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
             }
         }
     }
+
+    // Searches from any node find every trace, whichever node holds it: Tempo's (as
+    // Grafana sends it), Jaeger's and Zipkin's.
+    let wanted: BTreeSet<&str> = trace_ids.iter().map(String::as_str).collect();
+    for node in &nodes {
+        let (status, found) = get_json(
+            node.http(),
+            "/api/search?q=%7Bresource.service.name%3D%22payments%22%7D&limit=20&start=0&end=4000000000",
+        )
+        .await;
+        assert_eq!(status, 200, "{found}");
+        let ids: BTreeSet<&str> = found["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|trace| trace["traceID"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, wanted, "Tempo search on {}", node.id);
+        let (_, jaeger) =
+            get_json(node.http(), "/jaeger/api/traces?service=gateway&limit=20").await;
+        let ids: BTreeSet<&str> = jaeger["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|trace| trace["traceID"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, wanted, "Jaeger search on {}", node.id);
+        let (_, zipkin) =
+            get_json(node.http(), "/api/v2/traces?serviceName=payments&limit=20").await;
+        assert_eq!(
+            zipkin.as_array().unwrap().len(),
+            6,
+            "Zipkin search on {}",
+            node.id
+        );
+    }
+
+    // ... which each node alone does not: every trace is whole on exactly one node.
+    let mut held = 0;
+    for node in &nodes {
+        let local = reqwest::Client::new()
+            .get(format!(
+                "http://{}/api/search?q=%7Bresource.service.name%3D%22payments%22%7D&limit=20&start=0&end=4000000000",
+                node.http()
+            ))
+            .header("tracelink-scope", "local")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        held += local["traces"].as_array().unwrap().len();
+    }
+    assert_eq!(held, 6);
+
+    // A node that does not answer in time is named, not hidden: Tempo's PARTIAL.
+    let frozen = nodes[2].process.as_ref().unwrap().pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &frozen])
+        .status()
+        .unwrap()
+        .success());
+    let asked = trace_ids
+        .iter()
+        .map(|trace_id| format!("/api/v2/traces/{trace_id}"))
+        .collect::<Vec<_>>();
+    let asked = asked.iter().map(|path| get_json(nodes[0].http(), path));
+    let answers = futures_util::future::join_all(asked).await;
+    let search = reqwest::get(format!("http://{}/api/search/tags", nodes[0].http()))
+        .await
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-CONT", &frozen])
+        .status()
+        .unwrap()
+        .success());
+    // The traces node3 holds are not found, and the answer says why.
+    for (status, answer) in &answers {
+        match status {
+            200 => {
+                assert_eq!(answer["status"], "PARTIAL", "{answer}");
+                assert!(
+                    answer["message"].as_str().unwrap().contains("node3"),
+                    "{answer}"
+                );
+            }
+            404 => assert!(answer.to_string().contains("node3"), "{answer}"),
+            other => panic!("status {other}: {answer}"),
+        }
+    }
+    assert!(answers.iter().any(|(status, _)| *status == 200));
+    assert_eq!(search.status(), 200);
+    assert_eq!(search.headers()["tracelink-partial"], "node3");
 
     // One NATS server of three dies: ingest and queries go on (a client retries what is
     // refused while JetStream elects new leaders, as OTLP exporters do).
@@ -483,6 +583,20 @@ async fn a_killed_node_loses_nothing_and_a_node_back_with_its_data_serves_it_aga
     // node3's partitions move to the survivors, who read them again from the stream.
     let after = wait_for_owners(work.path(), &nats, &["node1", "node2"]).await;
     assert!(before.values().any(|owner| owner == "node3"));
+    // Each node's /metrics covers what it owns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let owned = metric(nodes[0].http(), "tracelink_cluster_partitions_owned").await
+            + metric(nodes[1].http(), "tracelink_cluster_partitions_owned").await;
+        if owned == u64::from(PARTITIONS) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivors' metrics own {owned} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for node in &nodes[..2] {
         assert_whole(node.http(), &acked).await;
     }

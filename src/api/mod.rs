@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod diagnose;
+pub mod fanout;
 pub mod jaeger;
 pub mod join;
 pub mod logs;
@@ -139,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/latency", get(metrics::latency))
         .merge(ingest)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fanout::fan_out,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.config.tokens.clone(),
             crate::auth::http_guard,

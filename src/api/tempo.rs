@@ -36,15 +36,40 @@ fn wants_protobuf(headers: &HeaderMap) -> bool {
         })
 }
 
-async fn load_trace(state: &AppState, raw_id: &str) -> Result<Vec<ResourceSpans>, ApiError> {
+/// A trace, and the cluster's nodes that did not answer (their spans may be missing).
+async fn load_trace(
+    state: &AppState,
+    raw_id: &str,
+) -> Result<(Vec<ResourceSpans>, Vec<String>), ApiError> {
     let trace_id = TraceId::parse(raw_id)
         .map_err(|error| ApiError::BadRequest(format!("invalid trace id {raw_id:?}: {error}")))?;
     let storage = state.storage.clone();
-    let found = tokio::task::spawn_blocking(move || storage.find_trace(&trace_id))
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))??;
-    found.ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} not found")))
+    let (found, missing) =
+        tokio::task::spawn_blocking(move || storage.find_trace_reporting(&trace_id))
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))??;
+    match found {
+        Some(batches) => Ok((batches, missing)),
+        None if missing.is_empty() => {
+            Err(ApiError::NotFound(format!("trace {trace_id} not found")))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "trace {trace_id} not found; {}",
+            partial_message(&missing)
+        ))),
+    }
 }
+
+/// What an answer says when some nodes of the cluster did not answer.
+pub(crate) fn partial_message(missing: &[String]) -> String {
+    format!(
+        "nodes {} did not answer in time: what they hold is missing",
+        missing.join(", ")
+    )
+}
+
+/// The header that names the nodes a partial answer lacks.
+pub const PARTIAL_HEADER: &str = "tracelink-partial";
 
 fn protobuf_response(body: Vec<u8>) -> Response {
     (
@@ -65,15 +90,23 @@ pub async fn trace_v1(
     Path(trace_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let batches = load_trace(&state, &trace_id).await?;
-    if wants_protobuf(&headers) {
+    let (batches, missing) = load_trace(&state, &trace_id).await?;
+    let mut response = if wants_protobuf(&headers) {
         let body = TracesData {
             resource_spans: batches,
         }
         .encode_to_vec();
-        return Ok(protobuf_response(body));
+        protobuf_response(body)
+    } else {
+        Json(serde_json::json!({ "batches": batches })).into_response()
+    };
+    // v1 has no status field: a partial answer says so in a header.
+    if let Ok(value) = HeaderValue::from_str(&missing.join(",")) {
+        if !missing.is_empty() {
+            response.headers_mut().insert(PARTIAL_HEADER, value);
+        }
     }
-    Ok(Json(serde_json::json!({ "batches": batches })).into_response())
+    Ok(response)
 }
 
 /// `GET /api/v2/traces/{id}`: `tempopb.TraceByIDResponse` or
@@ -83,23 +116,31 @@ pub async fn trace_v2(
     Path(trace_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let batches = load_trace(&state, &trace_id).await?;
+    let (batches, missing) = load_trace(&state, &trace_id).await?;
+    // Tempo's PARTIAL: some of the cluster did not answer in time.
+    let (status, message) = match missing.is_empty() {
+        true => (0, String::new()),
+        false => (1, partial_message(&missing)),
+    };
     if wants_protobuf(&headers) {
         let body = TraceByIdResponse {
             trace: Some(TracesData {
                 resource_spans: batches,
             }),
-            status: 0,
-            message: String::new(),
+            status,
+            message,
         }
         .encode_to_vec();
         return Ok(protobuf_response(body));
     }
-    Ok(Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "trace": { "resourceSpans": batches },
-        "status": "COMPLETE",
-    }))
-    .into_response())
+        "status": if status == 0 { "COMPLETE" } else { "PARTIAL" },
+    });
+    if status != 0 {
+        body["message"] = serde_json::Value::String(message);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET /api/status/buildinfo`, in the shape Grafana reads from Tempo.

@@ -20,6 +20,9 @@ pub const TRACE_ROUTE: &str = "/internal/cluster/v1/traces/{trace_id}";
 pub const LOGS_ROUTE: &str = "/internal/cluster/v1/logs";
 pub const LOG_ROUTE: &str = "/internal/cluster/v1/logs/{id}";
 
+/// Set on a query a node passes on to its peers: answer from what you hold alone.
+pub const SCOPE_HEADER: &str = "tracelink-scope";
+
 /// The other nodes, and how to ask them.
 pub struct Peers {
     me: String,
@@ -125,16 +128,46 @@ impl Peers {
     /// async one).
     fn ask<T: Send>(
         &self,
-        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Sync,
-        parse: impl Fn(Bytes) -> Result<T, String> + Sync,
+        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Send + Sync,
+        parse: impl Fn(Bytes) -> Result<T, String> + Send + Sync,
     ) -> Gathered<T> {
-        let others = self.others();
-        if others.is_empty() {
+        if lock(&self.others).is_empty() {
             return Gathered {
                 answers: Vec::new(),
                 missing: Vec::new(),
             };
         }
+        let gathered = self.gather(request, parse);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.runtime.block_on(gathered))
+                .join()
+                .unwrap_or_else(|_| Gathered {
+                    answers: Vec::new(),
+                    missing: Vec::new(),
+                })
+        })
+    }
+
+    /// A `GET` of `path_and_query` on every other node, each answer as JSON.
+    pub async fn get_json(&self, path_and_query: &str) -> Gathered<serde_json::Value> {
+        self.gather(
+            |client, base| {
+                client
+                    .get(format!("{base}{path_and_query}"))
+                    .header(SCOPE_HEADER, "local")
+            },
+            |body| serde_json::from_slice(&body).map_err(|e| e.to_string()),
+        )
+        .await
+    }
+
+    async fn gather<T>(
+        &self,
+        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+        parse: impl Fn(Bytes) -> Result<T, String>,
+    ) -> Gathered<T> {
+        let others = self.others();
         let asked = others.iter().map(|(node, base)| {
             let mut builder = request(&self.client, base);
             if let Some(token) = &self.token {
@@ -157,13 +190,7 @@ impl Peers {
                 }
             }
         });
-        let all = futures_util::future::join_all(asked);
-        let results = std::thread::scope(|scope| {
-            scope
-                .spawn(|| self.runtime.block_on(all))
-                .join()
-                .unwrap_or_default()
-        });
+        let results = futures_util::future::join_all(asked).await;
         let mut gathered = Gathered {
             answers: Vec::new(),
             missing: Vec::new(),

@@ -28,6 +28,8 @@ pub struct OwnMetrics {
     pub storage: Weak<Storage>,
     pub data_dir: PathBuf,
     pub tail: Arc<Mutex<Option<Arc<TailStats>>>>,
+    /// In a cluster, the partitions this node owns.
+    pub ownership: Option<Arc<crate::cluster::owner::Ownership>>,
 }
 
 impl std::fmt::Debug for OwnMetrics {
@@ -87,6 +89,28 @@ impl Collector for OwnMetrics {
             "Spans of kept traces added to the tantivy traces index",
             load(&stats.spans_indexed),
         )?;
+        if let Some(ownership) = &self.ownership {
+            // What this node received and the stream acked; what it owns is counted by
+            // the metrics above, so that Prometheus sums the nodes.
+            counter(
+                &mut encoder,
+                "tracelink_cluster_spans_published",
+                "Spans this node received and the cluster's stream acked",
+                load(&stats.spans_published),
+            )?;
+            counter(
+                &mut encoder,
+                "tracelink_cluster_log_records_published",
+                "Log records this node received and the cluster's stream acked",
+                load(&stats.logs_published),
+            )?;
+            gauge(
+                &mut encoder,
+                "tracelink_cluster_partitions_owned",
+                "Partitions of the cluster's stream this node owns now",
+                crate::lock(&ownership.partitions).len() as i64,
+            )?;
+        }
         counter(
             &mut encoder,
             "tracelink_trace_fragments_indexed",
