@@ -135,6 +135,31 @@ enum BenchTarget {
         #[arg(long)]
         server_binary: Option<PathBuf>,
     },
+    /// The cluster path's cost per span beside one node's: ingest acked, ack latency and
+    /// CPU per span of one tracelink, then of 3 tracelinks on 3 JetStream servers.
+    Cluster {
+        /// Spans to ingest in each phase.
+        #[arg(long, default_value_t = 500_000)]
+        spans: u64,
+        /// Spans per OTLP batch.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Concurrent gRPC senders (spread over the cluster's nodes).
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// The cluster's partitions.
+        #[arg(long, default_value_t = 64)]
+        partitions: u32,
+        /// Copies JetStream keeps of the stream.
+        #[arg(long, default_value_t = 3)]
+        stream_replicas: usize,
+        /// The nats-server binary.
+        #[arg(long, default_value = "nats-server")]
+        nats_server: PathBuf,
+        /// Keep the data here instead of a removed temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// `/api/join/trace/{id}` latency for a 50-span trace with 200 log lines.
     Join {
         /// Other spans (and as many other log records) stored.
@@ -474,6 +499,28 @@ fn bench(target: BenchTarget) -> ExitCode {
                         .await
                     }
                     BenchTarget::NullSink => tracelink::bench::child::run_null_sink().await,
+                    BenchTarget::Cluster {
+                        spans,
+                        batch,
+                        senders,
+                        partitions,
+                        stream_replicas,
+                        nats_server,
+                        data_dir,
+                    } => {
+                        tracelink::bench::cluster::run(
+                            tracelink::bench::cluster::ClusterBenchOptions {
+                                spans,
+                                batch,
+                                senders,
+                                partitions,
+                                stream_replicas,
+                                data_dir,
+                                nats_server,
+                            },
+                        )
+                        .await
+                    }
                     BenchTarget::Search {
                         spans,
                         query_seconds,

@@ -3,6 +3,7 @@
 //! trace-by-id latency, `logs` measures tailing throughput, idle cost and log queries.
 
 pub mod child;
+pub mod cluster;
 pub mod join;
 pub mod logs;
 pub mod metrics;

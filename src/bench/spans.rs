@@ -180,6 +180,15 @@ impl Ingest {
         self.spans as f64 / self.seconds
     }
 
+    pub(super) fn seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    /// The servers' CPU seconds when the phase began.
+    pub(super) fn server_cpu_before(&self) -> f64 {
+        self.server_cpu_before
+    }
+
     pub(super) fn report(&mut self, what: &str) {
         println!(
             "{what}: {:.0} spans/s acked (wall); {:.0} spans per CPU-second of the server process ({:.2} cores busy), {:.0} µs of server CPU per span; load generator {:.2} cores; {} overload refusals retried",
@@ -219,15 +228,35 @@ pub(super) async fn ingest_with(
     batches: u64,
     make: impl Fn(u64) -> ExportTraceServiceRequest + Send + Sync + 'static,
 ) -> anyhow::Result<Ingest> {
-    let make = Arc::new(make);
     let endpoint = format!("http://{}", server.otlp_grpc);
+    ingest_to(
+        &[endpoint],
+        || server.cpu_seconds(),
+        senders_wanted,
+        batches,
+        make,
+    )
+    .await
+}
+
+/// As [`ingest_with`], the senders spread over `endpoints` (sender `i` to endpoint
+/// `i mod n`), the servers' CPU read by `server_cpu`.
+pub(super) async fn ingest_to(
+    endpoints: &[String],
+    server_cpu: impl Fn() -> f64,
+    senders_wanted: usize,
+    batches: u64,
+    make: impl Fn(u64) -> ExportTraceServiceRequest + Send + Sync + 'static,
+) -> anyhow::Result<Ingest> {
+    let make = Arc::new(make);
     let refusals = Arc::new(AtomicU64::new(0));
     let next_batch = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
-    for _ in 0..senders_wanted {
-        senders.push(Sender::connect(&endpoint, refusals.clone()).await?);
+    for index in 0..senders_wanted {
+        let endpoint = &endpoints[index % endpoints.len()];
+        senders.push(Sender::connect(endpoint, refusals.clone()).await?);
     }
-    let server_cpu_before = server.cpu_seconds();
+    let server_cpu_before = server_cpu();
     let client_cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -266,7 +295,7 @@ pub(super) async fn ingest_with(
         spans,
         seconds: started.elapsed().as_secs_f64(),
         server_cpu_before,
-        server_cpu: server.cpu_seconds() - server_cpu_before,
+        server_cpu: server_cpu() - server_cpu_before,
         client_cpu: cpu_seconds() - client_cpu_before,
         ack_latencies,
         refusals: refusals.load(Ordering::Relaxed),
@@ -274,7 +303,7 @@ pub(super) async fn ingest_with(
 }
 
 /// Wait until the server says it has indexed `spans` spans (its own counter).
-async fn wait_indexed(http: std::net::SocketAddr, spans: u64) -> anyhow::Result<()> {
+pub(super) async fn wait_indexed(http: std::net::SocketAddr, spans: u64) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {

@@ -155,6 +155,8 @@ pub struct Cluster {
     pub nodes: kv::Store,
     /// The registry bucket's stream, whose subjects name the live nodes.
     nodes_stream: stream::Stream,
+    /// Requests waiting for their records to be published together.
+    outbox: std::sync::Arc<publish::Outbox>,
 }
 
 impl Cluster {
@@ -177,7 +179,15 @@ impl Cluster {
             .get_stream(format!("KV_{NODES}"))
             .await
             .map_err(ClusterError::nats)?;
+        let outbox = std::sync::Arc::new(publish::Outbox::default());
+        let limit = client.server_info().max_payload.max(64 * 1024) - publish::HEADROOM;
+        tokio::spawn(publish::run_outbox(
+            outbox.clone(),
+            jetstream.clone(),
+            limit,
+        ));
         Ok(Cluster {
+            outbox,
             nodes_stream,
             config,
             client,

@@ -354,7 +354,8 @@ async fn consume(
                     durable_name: Some(name.clone()),
                     filter_subject: format!("tracelink.{partition}.>"),
                     deliver_policy,
-                    ack_policy: AckPolicy::Explicit,
+                    // One ack per fetch: acking a message acks every one before it.
+                    ack_policy: AckPolicy::All,
                     ack_wait: Duration::from_secs(30),
                     max_ack_pending: 4 * FETCH_MESSAGES as i64,
                     // A consumer unused for the replay window could only resume at
@@ -444,18 +445,15 @@ async fn consume(
             }
         });
         let written = futures_util::future::join_all(written).await;
-        let (done, left): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .zip(written)
-            .partition(|(_, written)| *written);
-        let acks = done.iter().map(|(message, _)| message.double_ack());
-        for acked in futures_util::future::join_all(acks).await {
-            if let Err(error) = acked {
-                tracing::debug!(partition, %error, "cluster: ack not confirmed; the message may come again");
+        // Messages come in stream order: ack the last of those written from the first on
+        // (which acks them all), give back the rest.
+        let through = written.iter().take_while(|written| **written).count();
+        if through > 0 {
+            if let Err(error) = messages[through - 1].double_ack().await {
+                tracing::debug!(partition, %error, "cluster: ack not confirmed; the messages may come again");
             }
         }
-        let left: Vec<_> = left.into_iter().map(|(message, _)| message).collect();
-        give_back(&left).await;
+        give_back(&messages[through..]).await;
     }
     Some(started_after)
 }

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::{service_partition, subject, trace_partition, Cluster, ClusterError, Kind};
 use crate::model::{LogRecord, Span};
 use crate::pipeline::Batch;
 
 /// Room left in a message for its headers and subject.
-const HEADROOM: usize = 4096;
+pub(super) const HEADROOM: usize = 4096;
 
 /// How long a request waits for JetStream's acks before it is refused (503).
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -20,29 +21,120 @@ impl Cluster {
     /// JetStream has acked all of them. An error means the client must retry: some of the
     /// records may be stored (a retry stores them again; queries fold the duplicate).
     pub async fn publish(&self, batch: &Batch) -> Result<(), ClusterError> {
-        let limit = (self.client.server_info().max_payload.max(64 * 1024)) - HEADROOM;
+        let limit = self.message_limit();
         let messages = match batch {
             Batch::Spans(spans) => span_messages(spans, self.config.partitions, limit)?,
             Batch::Logs(records) => log_messages(records, self.config.partitions, limit)?,
         };
-        let mut acks = Vec::with_capacity(messages.len());
-        for (subject, payload) in messages {
-            let ack = self
-                .jetstream
-                .publish(subject, payload)
-                .await
-                .map_err(ClusterError::nats)?;
-            acks.push(std::future::IntoFuture::into_future(ack));
+        if messages.is_empty() {
+            return Ok(());
         }
-        let all = futures_util::future::try_join_all(acks);
-        match tokio::time::timeout(ACK_WAIT, all).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(ClusterError::nats(error)),
+        let (done, published) = oneshot::channel();
+        crate::lock(&self.outbox.waiting).push((messages, done));
+        self.outbox.wake.notify_one();
+        match tokio::time::timeout(ACK_WAIT * 2, published).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(problem))) => Err(ClusterError::Nats(problem)),
+            Ok(Err(_)) => Err(ClusterError::Nats("the publisher stopped".to_owned())),
             Err(_) => Err(ClusterError::Nats(
                 "JetStream did not ack in time".to_owned(),
             )),
         }
     }
+
+    /// The largest payload a message may carry.
+    pub(super) fn message_limit(&self) -> usize {
+        self.client.server_info().max_payload.max(64 * 1024) - HEADROOM
+    }
+}
+
+/// Requests waiting to be published, with their partitions' messages: published together,
+/// one message per partition for all of them where they fit (as the WAL's group commit
+/// shares one fsync), so that concurrent requests cost the stream fewer messages.
+#[derive(Default)]
+pub(super) struct Outbox {
+    waiting: std::sync::Mutex<Vec<Waiting>>,
+    wake: tokio::sync::Notify,
+}
+
+type Waiting = (Vec<(String, Bytes)>, oneshot::Sender<Result<(), String>>);
+
+/// Publish what waits, one round at a time, until the outbox is dropped by every holder
+/// but this task.
+pub(super) async fn run_outbox(
+    outbox: std::sync::Arc<Outbox>,
+    jetstream: async_nats::jetstream::Context,
+    limit: usize,
+) {
+    loop {
+        if std::sync::Arc::strong_count(&outbox) == 1 {
+            return;
+        }
+        tokio::select! {
+            _ = outbox.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        }
+        let waiting = std::mem::take(&mut *crate::lock(&outbox.waiting));
+        if waiting.is_empty() {
+            continue;
+        }
+        let (messages, waiters): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+        let merged = coalesce(messages.into_iter().flatten(), limit);
+        let result = publish_all(&jetstream, merged).await;
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+async fn publish_all(
+    jetstream: &async_nats::jetstream::Context,
+    messages: Vec<(String, Bytes)>,
+) -> Result<(), String> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (subject, payload) in messages {
+        let ack = jetstream
+            .publish(subject, payload)
+            .await
+            .map_err(|error| error.to_string())?;
+        acks.push(std::future::IntoFuture::into_future(ack));
+    }
+    match tokio::time::timeout(ACK_WAIT, futures_util::future::try_join_all(acks)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("JetStream did not ack in time".to_owned()),
+    }
+}
+
+/// Messages of the same subject joined while they fit in `limit`: span payloads one
+/// after another, log records' JSON arrays into one array.
+fn coalesce(messages: impl Iterator<Item = (String, Bytes)>, limit: usize) -> Vec<(String, Bytes)> {
+    let mut by_subject: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for (subject, payload) in messages {
+        let logs = Kind::of_subject(&subject) == Some(Kind::Logs);
+        let parts = by_subject.entry(subject).or_default();
+        match parts.last_mut() {
+            Some(last) if last.len() + payload.len() <= limit => {
+                if logs {
+                    // "[a,b]" + "[c]" = "[a,b,c]"
+                    last.pop();
+                    last.push(b',');
+                    last.extend_from_slice(&payload[1..]);
+                } else {
+                    last.extend_from_slice(&payload);
+                }
+            }
+            _ => parts.push(payload.to_vec()),
+        }
+    }
+    by_subject
+        .into_iter()
+        .flat_map(|(subject, parts)| {
+            parts
+                .into_iter()
+                .map(move |part| (subject.clone(), Bytes::from(part)))
+        })
+        .collect()
 }
 
 /// Spans grouped by partition, each group cut into messages of at most `limit` bytes in
@@ -129,6 +221,36 @@ fn log_messages(
 mod tests {
     use super::*;
     use crate::wal::RecordKind;
+
+    #[test]
+    fn coalesced_messages_hold_every_record_once() {
+        let records: Vec<LogRecord> = (0..30)
+            .map(|n| LogRecord {
+                service: "svc".into(),
+                message: format!("line {n}"),
+                ..LogRecord::default()
+            })
+            .collect();
+        let first = log_messages(&records[..10], 4, 2000).unwrap();
+        let second = log_messages(&records[10..], 4, 2000).unwrap();
+        let merged = coalesce(first.into_iter().chain(second), 2000);
+        assert!(
+            merged.len() < 4,
+            "one message for the service's partition, cut by size"
+        );
+        let mut back = Vec::new();
+        for (_, payload) in &merged {
+            let (Batch::Logs(decoded), _) = Batch::decode(RecordKind::Logs, payload) else {
+                panic!("not logs");
+            };
+            back.extend(decoded.into_iter().map(|record| record.message));
+        }
+        let expected: Vec<String> = records
+            .iter()
+            .map(|record| record.message.clone())
+            .collect();
+        assert_eq!(back, expected);
+    }
 
     #[test]
     fn messages_decode_back_to_the_records_they_hold() {
