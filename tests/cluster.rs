@@ -116,8 +116,13 @@ struct Node {
 
 impl Node {
     fn start(work: &Path, nats: &Nats, id: &str, data_dir: PathBuf) -> Node {
+        Node::start_with(work, nats, id, data_dir, &[])
+    }
+
+    /// With `serve` arguments (`--config`).
+    fn start_with(work: &Path, nats: &Nats, id: &str, data_dir: PathBuf, args: &[&str]) -> Node {
         let urls = nats.urls();
-        let process = common::spawn_binary(
+        let process = common::spawn_binary_with_args(
             work,
             &data_dir,
             &[
@@ -129,6 +134,7 @@ impl Node {
                 ("TRACELINK_STORAGE_TRACE_IDLE_MS", "300"),
                 ("TRACELINK_STORAGE_COMMIT_INTERVAL_MS", "200"),
             ],
+            args,
         );
         Node {
             id: id.to_owned(),
@@ -378,9 +384,19 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
 {
     let work = common::temp_dir();
     let mut nats = Nats::start();
+    // node2 also tails a log file: its lines go to the partitions of their traces too.
+    let logs_dir = work.path().join("logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    let tail_config = common::write_tail_config(work.path(), &logs_dir.join("*.log"), 50);
     let nodes: Vec<Node> = ["node1", "node2", "node3"]
         .iter()
-        .map(|id| Node::start(work.path(), &nats, id, work.path().join(id)))
+        .map(|id| {
+            let args: &[&str] = match *id {
+                "node2" => &["--config", &tail_config],
+                _ => &[],
+            };
+            Node::start_with(work.path(), &nats, id, work.path().join(id), args)
+        })
         .collect();
     wait_for_owners(work.path(), &nats, &["node1", "node2", "node3"]).await;
 
@@ -391,6 +407,15 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
         .await
         .unwrap();
     export_logs(nodes[1].otlp_http(), &payments, &trace_ids).await;
+    let lines: String = trace_ids
+        .iter()
+        .map(|trace_id| {
+            format!(
+                "{{\"level\":\"warn\",\"service\":\"gateway\",\"message\":\"tailed: retrying {trace_id}\",\"trace_id\":\"{trace_id}\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(logs_dir.join("gateway.log"), lines).unwrap();
 
     for node in &nodes {
         assert_whole(node.http(), &trace_ids).await;
@@ -402,14 +427,16 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
             loop {
                 let (status, joined) =
                     get_json(node.http(), &format!("/api/join/trace/{trace_id}")).await;
+                let has = |message: String| {
+                    joined["logs"]
+                        .as_array()
+                        .is_some_and(|logs| logs.iter().any(|log| log["message"] == message))
+                };
                 let found = status == 200
-                    && joined["logs"].as_array().is_some_and(|logs| {
-                        logs.iter().any(|log| {
-                            log["message"] == format!("card declined in trace {trace_id}")
-                        })
-                    });
+                    && has(format!("card declined in trace {trace_id}"))
+                    && has(format!("tailed: retrying {trace_id}"));
                 if found {
-                    assert_eq!(joined["logs"].as_array().unwrap().len(), 1, "{joined}");
+                    assert_eq!(joined["logs"].as_array().unwrap().len(), 2, "{joined}");
                     break;
                 }
                 assert!(
@@ -420,6 +447,44 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+
+    // Each trace and its logs, OTLP's and the tailed file's, are whole on one node.
+    let client = reqwest::Client::new();
+    for trace_id in &trace_ids {
+        let mut holders = Vec::new();
+        for node in &nodes {
+            let spans = client
+                .get(format!(
+                    "http://{}/internal/cluster/v1/traces/{trace_id}",
+                    node.http()
+                ))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let logs: Vec<Value> = client
+                .post(format!("http://{}/internal/cluster/v1/logs", node.http()))
+                .json(&serde_json::json!({"trace_id": trace_id, "limit": 100}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !spans.is_empty() || !logs.is_empty() {
+                assert_eq!(
+                    logs.len(),
+                    2,
+                    "{} holds part of {trace_id}: {logs:?}",
+                    node.id
+                );
+                holders.push(node.id.clone());
+            }
+        }
+        assert_eq!(holders.len(), 1, "{trace_id} is on {holders:?}");
     }
 
     // Searches from any node find every trace, whichever node holds it: Tempo's (as
@@ -456,6 +521,23 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
             "Zipkin search on {}",
             node.id
         );
+    }
+
+    // TraceQL metrics count every node's spans.
+    for node in &nodes {
+        let (status, counted) = get_json(
+            node.http(),
+            "/api/metrics/query?q=%7Bresource.service.name%3D%22payments%22%7D%20%7C%20count_over_time()&since=1h",
+        )
+        .await;
+        assert_eq!(status, 200, "{counted}");
+        let total: f64 = counted["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|series| series["value"].as_f64().unwrap())
+            .sum();
+        assert_eq!(total, 6.0, "count_over_time on {}: {counted}", node.id);
     }
 
     // ... which each node alone does not: every trace is whole on exactly one node.

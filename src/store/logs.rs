@@ -85,6 +85,7 @@ impl LogFields {
 
 /// What `/api/logs` asks for; every part optional. Serialised for the cluster's peers.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LogQuery {
     pub trace_id: Option<TraceId>,
     /// The trace id was given as only 64 bits (Datadog decimal): match on those.
