@@ -374,6 +374,15 @@ async fn metric(http: SocketAddr, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `traceID`s of a list of traces (Tempo's search, Jaeger's).
+fn traces_in(list: &Value) -> BTreeSet<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|trace| trace["traceID"].as_str().unwrap())
+        .collect()
+}
+
 /// Acked spans a node has indexed.
 async fn spans_indexed(http: SocketAddr) -> u64 {
     metric(http, "tracelink_spans_indexed_total").await
@@ -497,22 +506,20 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
         )
         .await;
         assert_eq!(status, 200, "{found}");
-        let ids: BTreeSet<&str> = found["traces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|trace| trace["traceID"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, wanted, "Tempo search on {}", node.id);
+        assert_eq!(
+            traces_in(&found["traces"]),
+            wanted,
+            "Tempo search on {}",
+            node.id
+        );
         let (_, jaeger) =
             get_json(node.http(), "/jaeger/api/traces?service=gateway&limit=20").await;
-        let ids: BTreeSet<&str> = jaeger["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|trace| trace["traceID"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, wanted, "Jaeger search on {}", node.id);
+        assert_eq!(
+            traces_in(&jaeger["data"]),
+            wanted,
+            "Jaeger search on {}",
+            node.id
+        );
         let (_, zipkin) =
             get_json(node.http(), "/api/v2/traces?serviceName=payments&limit=20").await;
         assert_eq!(

@@ -131,12 +131,16 @@ async fn balance(
     held: &mut BTreeMap<u32, Held>,
     round: Instant,
 ) {
-    let mine = |partition: u32| {
-        wanted[partition as usize].is_some_and(|index| live[index] == me.node)
-            // Not yet in the registry (it just failed to refresh): keep what it holds.
-            || !live.iter().any(|node| node == me.node)
-    };
-    let to_release: Vec<u32> = held.keys().copied().filter(|p| !mine(*p)).collect();
+    let mine =
+        |partition: u32| wanted[partition as usize].is_some_and(|index| live[index] == me.node);
+    // Not in the registry this round (its entry was not refreshed in time): it keeps what
+    // it holds and takes nothing new, since the others do not count it.
+    let listed = live.iter().any(|node| node == me.node);
+    let to_release: Vec<u32> = held
+        .keys()
+        .copied()
+        .filter(|partition| listed && !mine(*partition))
+        .collect();
     let leaving = to_release
         .into_iter()
         .filter_map(|partition| {
@@ -150,7 +154,7 @@ async fn balance(
     release_all(cluster, leaving).await;
     refresh_held(cluster, me.holder, held, round).await;
     for partition in 0..cluster.config.partitions {
-        if held.contains_key(&partition) || !mine(partition) {
+        if held.contains_key(&partition) || !listed || !mine(partition) {
             continue;
         }
         let Some((revision, handed_over_at)) = acquire(cluster, partition, me.holder).await else {
