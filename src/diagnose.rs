@@ -647,7 +647,10 @@ pub fn gather(
             request.baseline_end_unix_nano,
         ),
     );
-    let use_histograms = whole_minutes(window.0, window.1)
+    // In a cluster each node's histograms hold only the partitions it owns: the traces
+    // of every node measure the operations instead.
+    let use_histograms = storage.peers.get().is_none()
+        && whole_minutes(window.0, window.1)
         && whole_minutes(baseline.0, baseline.1)
         && (minute(baseline.1.saturating_sub(1)) < minute(window.0)
             || minute(window.1.saturating_sub(1)) < minute(baseline.0));
@@ -685,34 +688,18 @@ pub fn gather(
                 }
             }
         }
-        let query = match &request.service {
-            Some(service) => format!(
-                "{{ resource.service.name = \"{}\" }}",
-                service.replace('"', "\\\"")
-            ),
-            None => "{}".to_owned(),
-        };
-        let query = crate::query::traceql::parse(&query)
-            .map_err(|error| StoreError::Payload(error.to_string()))?;
-        let search = crate::query::search::SearchRequest {
-            query,
-            limit: MAX_TRACES,
-            start_unix_nano: Some(start),
-            end_unix_nano: Some(end),
-            min_duration_nanos: None,
-            max_duration_nanos: None,
-        };
-        let mut trace_ids = Vec::new();
-        crate::query::search::scan(storage, &search, |found| {
-            let start_of = found.trace.start();
-            if start_of >= start && start_of < end {
-                trace_ids.push(found.trace_id);
-            }
-            trace_ids.len() < MAX_TRACES
-        })?;
-        let mut traces = Vec::with_capacity(trace_ids.len());
-        for trace_id in trace_ids {
-            if let Some(batches) = storage.find_trace(&trace_id)? {
+        let mut found = traces_between(storage, request.service.as_deref(), start, end)?;
+        if let Some(peers) = storage.peers.get() {
+            found.extend(peers.traces_between(request.service.as_deref(), start, end));
+            // Newest first, each trace once (a trace is whole on one node, but a
+            // partition read again after its owner died is on two).
+            found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1 .0.cmp(&b.1 .0)));
+            found.dedup_by(|a, b| a.1 .0 == b.1 .0);
+            found.truncate(MAX_TRACES);
+        }
+        let mut traces = Vec::with_capacity(found.len());
+        for (_, (trace_id, payloads)) in found {
+            if let Some(batches) = crate::store::merge_payloads(&trace_id, payloads) {
                 let spans = crate::api::join::spans_of(&batches);
                 traces.push(analysis::analyze(&trace_id.to_hex(), &spans, &|_| None));
             }
@@ -743,4 +730,52 @@ pub fn gather(
             request.baseline_end_unix_nano,
         )?,
     })
+}
+
+/// A trace found by [`traces_between`]: its start, its id and its stored span payloads.
+pub type FoundPayloads = (u64, (crate::model::TraceId, Vec<bytes::Bytes>));
+
+/// Up to [`MAX_TRACES`] traces this node holds that start in `[start, end)`, of
+/// `service` when given, newest first, with their stored payloads (what a node answers
+/// for the others in a cluster, and its own share). Blocking.
+pub fn traces_between(
+    storage: &Storage,
+    service: Option<&str>,
+    start: u64,
+    end: u64,
+) -> Result<Vec<FoundPayloads>, StoreError> {
+    let query = match service {
+        Some(service) => format!(
+            "{{ resource.service.name = \"{}\" }}",
+            service.replace('"', "\\\"")
+        ),
+        None => "{}".to_owned(),
+    };
+    let query = crate::query::traceql::parse(&query)
+        .map_err(|error| StoreError::Payload(error.to_string()))?;
+    let search = crate::query::search::SearchRequest {
+        query,
+        limit: MAX_TRACES,
+        start_unix_nano: Some(start),
+        end_unix_nano: Some(end),
+        min_duration_nanos: None,
+        max_duration_nanos: None,
+    };
+    let mut found = Vec::new();
+    crate::query::search::scan(storage, &search, |trace| {
+        let start_of = trace.trace.start();
+        if start_of >= start && start_of < end {
+            found.push((start_of, trace.trace_id));
+        }
+        found.len() < MAX_TRACES
+    })?;
+    found
+        .into_iter()
+        .map(|(start_of, trace_id)| {
+            Ok((
+                start_of,
+                (trace_id, storage.local_trace_payloads(&trace_id)?),
+            ))
+        })
+        .collect()
 }

@@ -547,6 +547,23 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
         assert_eq!(total, 6.0, "count_over_time on {}: {counted}", node.id);
     }
 
+    // Which service is slow, which one failed: from every node, over every node's traces
+    // and error logs.
+    for node in &nodes {
+        let (status, diagnosis) = get_json(node.http(), "/api/diagnose").await;
+        assert_eq!(status, 200, "{diagnosis}");
+        assert_eq!(
+            diagnosis["window"]["traces"], 6,
+            "diagnose on {}: {diagnosis}",
+            node.id
+        );
+        assert_eq!(
+            diagnosis["window"]["error_logs"], 6,
+            "diagnose on {}: {diagnosis}",
+            node.id
+        );
+    }
+
     // ... which each node alone does not: every trace is whole on exactly one node.
     let mut held = 0;
     for node in &nodes {

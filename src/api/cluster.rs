@@ -61,3 +61,33 @@ pub async fn log(
             .map_err(ApiError::Internal)?,
     ))
 }
+
+/// What `/api/diagnose` on another node asks for.
+#[derive(serde::Deserialize)]
+pub struct DiagnoseTraces {
+    service: Option<String>,
+    start: u64,
+    end: u64,
+}
+
+/// The traces here that start in the range, with their payloads.
+pub async fn diagnose_traces(
+    State(state): State<AppState>,
+    Json(asked): Json<DiagnoseTraces>,
+) -> Result<Response, ApiError> {
+    let storage = state.storage.clone();
+    let found = blocking(move || {
+        crate::diagnose::traces_between(&storage, asked.service.as_deref(), asked.start, asked.end)
+    })
+    .await
+    .map_err(ApiError::Internal)?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        crate::cluster::peers::encode_traces(&found),
+    )
+        .into_response())
+}

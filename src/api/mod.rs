@@ -135,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route(crate::cluster::peers::LOGS_ROUTE, post(cluster::logs))
         .route(crate::cluster::peers::LOG_ROUTE, get(cluster::log))
+        .route(
+            crate::cluster::peers::DIAGNOSE_ROUTE,
+            post(cluster::diagnose_traces),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))
         .route("/api/metrics/latency", get(metrics::latency))

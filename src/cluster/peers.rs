@@ -20,6 +20,8 @@ pub const TRACE_ROUTE: &str = "/internal/cluster/v1/traces/{trace_id}";
 pub const LOGS_ROUTE: &str = "/internal/cluster/v1/logs";
 pub const LOG_ROUTE: &str = "/internal/cluster/v1/logs/{id}";
 
+pub const DIAGNOSE_ROUTE: &str = "/internal/cluster/v1/diagnose/traces";
+
 /// Set on a query a node passes on to its peers: answer from what you hold alone.
 pub const SCOPE_HEADER: &str = "tracelink-scope";
 
@@ -123,6 +125,27 @@ impl Peers {
         gathered.answers.into_iter().flatten().next()
     }
 
+    /// Every other node's traces starting in `[start, end)` (of `service`), each with
+    /// its start and stored payloads, for `/api/diagnose`. Blocking.
+    pub fn traces_between(
+        &self,
+        service: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> Vec<crate::diagnose::FoundPayloads> {
+        let body = serde_json::json!({"service": service, "start": start, "end": end}).to_string();
+        let gathered = self.ask(
+            move |client, base| {
+                client
+                    .post(format!("{base}{DIAGNOSE_ROUTE}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            },
+            |body| decode_traces(&body).ok_or_else(|| "undecodable traces".to_owned()),
+        );
+        gathered.answers.into_iter().flatten().collect()
+    }
+
     /// Send a request to every other node at once and parse each answer. Runs on a
     /// thread of its own, so it may be called from anywhere (a blocking thread, or an
     /// async one).
@@ -217,4 +240,61 @@ fn url_escape(segment: &str) -> impl Iterator<Item = String> + '_ {
             format!("%{byte:02X}")
         }
     })
+}
+
+/// Traces for a peer: each its start (u64 LE), id (16 bytes), the length of its payloads
+/// (u32 LE) and the payloads, each prefixed by its length.
+pub fn encode_traces(traces: &[crate::diagnose::FoundPayloads]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (start, (trace_id, payloads)) in traces {
+        let mut block = Vec::new();
+        for payload in payloads {
+            crate::store::traces::append_payload(&mut block, payload);
+        }
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&trace_id.0);
+        out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+/// What [`encode_traces`] made, or `None` when it is cut short.
+pub fn decode_traces(mut bytes: &[u8]) -> Option<Vec<crate::diagnose::FoundPayloads>> {
+    let mut traces = Vec::new();
+    while !bytes.is_empty() {
+        let start = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let trace_id = TraceId(bytes.get(8..24)?.try_into().ok()?);
+        let length = u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?) as usize;
+        let block = bytes.get(28..28 + length)?;
+        traces.push((
+            start,
+            (trace_id, crate::store::traces::split_payload(block)),
+        ));
+        bytes = &bytes[28 + length..];
+    }
+    Some(traces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_for_a_peer_decode_as_they_were() {
+        let traces = vec![
+            (
+                7u64,
+                (
+                    TraceId([1; 16]),
+                    vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")],
+                ),
+            ),
+            (3u64, (TraceId([2; 16]), Vec::new())),
+        ];
+        let encoded = encode_traces(&traces);
+        assert_eq!(decode_traces(&encoded), Some(traces));
+        assert_eq!(decode_traces(&encoded[..encoded.len() - 1]), None);
+        assert_eq!(url_escape("w1-0/x").collect::<String>(), "w1-0%2Fx");
+    }
 }

@@ -221,7 +221,10 @@ impl Storage {
 
 /// Spans' payloads as OTLP groups them by resource and scope, each span once, spans
 /// ordered by start time. `None` when there are none.
-fn merge_payloads(trace_id: &TraceId, payloads: Vec<Bytes>) -> Option<Vec<ResourceSpans>> {
+pub(crate) fn merge_payloads(
+    trace_id: &TraceId,
+    payloads: Vec<Bytes>,
+) -> Option<Vec<ResourceSpans>> {
     if payloads.is_empty() {
         return None;
     }
