@@ -530,6 +530,23 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
         );
     }
 
+    // The page's search lists every node's traces.
+    for node in &nodes {
+        let html = reqwest::get(format!("http://{}/search?service=payments", node.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for trace_id in &trace_ids {
+            assert!(
+                html.contains(trace_id.as_str()),
+                "the page on {} lacks {trace_id}",
+                node.id
+            );
+        }
+    }
+
     // TraceQL metrics count every node's spans.
     for node in &nodes {
         let (status, counted) = get_json(

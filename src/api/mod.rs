@@ -139,6 +139,10 @@ pub fn router(state: AppState) -> Router {
             crate::cluster::peers::DIAGNOSE_ROUTE,
             post(cluster::diagnose_traces),
         )
+        .route(
+            crate::cluster::peers::PAGE_SEARCH_ROUTE,
+            post(crate::page::peer_search),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))
         .route("/api/metrics/latency", get(metrics::latency))

@@ -21,6 +21,7 @@ pub const LOGS_ROUTE: &str = "/internal/cluster/v1/logs";
 pub const LOG_ROUTE: &str = "/internal/cluster/v1/logs/{id}";
 
 pub const DIAGNOSE_ROUTE: &str = "/internal/cluster/v1/diagnose/traces";
+pub const PAGE_SEARCH_ROUTE: &str = "/internal/cluster/v1/page/search";
 
 /// Set on a query a node passes on to its peers: answer from what you hold alone.
 pub const SCOPE_HEADER: &str = "tracelink-scope";
@@ -142,6 +143,27 @@ impl Peers {
                     .body(body.clone())
             },
             |body| decode_traces(&body).ok_or_else(|| "undecodable traces".to_owned()),
+        );
+        gathered.answers.into_iter().flatten().collect()
+    }
+
+    /// Every other node's rows for the page's search. Blocking.
+    pub fn page_rows(&self, asked: &crate::page::PageSearch) -> Vec<crate::page::TraceRow> {
+        let Ok(body) = serde_json::to_vec(asked) else {
+            return Vec::new();
+        };
+        let body = Bytes::from(body);
+        let gathered = self.ask(
+            move |client, base| {
+                client
+                    .post(format!("{base}{PAGE_SEARCH_ROUTE}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            },
+            |body| {
+                serde_json::from_slice::<Vec<crate::page::TraceRow>>(&body)
+                    .map_err(|e| e.to_string())
+            },
         );
         gathered.answers.into_iter().flatten().collect()
     }

@@ -7,6 +7,7 @@
 //! or a log id.
 
 mod render;
+pub use render::TraceRow;
 
 use std::collections::HashMap;
 
@@ -88,6 +89,45 @@ pub fn form_query(params: &HashMap<String, String>) -> String {
     format!("{{ {} }}", conditions.join(" && "))
 }
 
+/// The page's search as a node asks its cluster peers for it: TraceQL over a range.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PageSearch {
+    pub q: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The rows of the traces this node holds that match.
+fn search_rows(
+    storage: &crate::store::Storage,
+    request: &crate::query::search::SearchRequest,
+) -> Result<Vec<render::TraceRow>, crate::store::StoreError> {
+    let result = crate::query::search::search(storage, request)?;
+    Ok(result.traces.iter().map(render::TraceRow::of).collect())
+}
+
+/// `POST /internal/cluster/v1/page/search`: the rows this node alone holds.
+pub async fn peer_search(
+    State(state): State<AppState>,
+    axum::Json(asked): axum::Json<PageSearch>,
+) -> Result<axum::Json<Vec<render::TraceRow>>, crate::api::ApiError> {
+    let query = crate::query::traceql::parse(&asked.q)
+        .map_err(|error| crate::api::ApiError::BadRequest(error.to_string()))?;
+    let request = crate::query::search::SearchRequest {
+        query,
+        limit: 20,
+        start_unix_nano: Some(asked.start),
+        end_unix_nano: Some(asked.end),
+        min_duration_nanos: None,
+        max_duration_nanos: None,
+    };
+    let storage = state.storage.clone();
+    let rows = crate::api::blocking(move || search_rows(&storage, &request))
+        .await
+        .map_err(crate::api::ApiError::Internal)?;
+    Ok(axum::Json(rows))
+}
+
 pub async fn search(State(state): State<AppState>, Query(params): Params) -> Response {
     let query_text = form_query(&params);
     let query = match crate::query::traceql::parse(&query_text) {
@@ -113,13 +153,21 @@ pub async fn search(State(state): State<AppState>, Query(params): Params) -> Res
         max_duration_nanos: None,
     };
     let storage = state.storage.clone();
+    let asked = PageSearch {
+        q: query_text.clone(),
+        start: request.start_unix_nano.unwrap_or(0),
+        end,
+    };
     let found = crate::api::blocking(move || {
-        let result = crate::query::search::search(&storage, &request)?;
-        Ok(result
-            .traces
-            .iter()
-            .map(render::TraceRow::of)
-            .collect::<Vec<_>>())
+        let mut rows = search_rows(&storage, &request)?;
+        // In a cluster, every node's traces: newest first, each once, the first 20.
+        if let Some(peers) = storage.peers.get() {
+            rows.extend(peers.page_rows(&asked));
+            rows.sort_by(|a, b| b.start.cmp(&a.start).then(a.trace_id.cmp(&b.trace_id)));
+            rows.dedup_by(|a, b| a.trace_id == b.trace_id);
+            rows.truncate(request.limit);
+        }
+        Ok(rows)
     })
     .await;
     match found {

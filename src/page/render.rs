@@ -70,7 +70,8 @@ fn hue(service: &str) -> u32 {
     }) % 360
 }
 
-/// One search result.
+/// One search result (also what a cluster's peers answer the page's search with).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct TraceRow {
     pub trace_id: String,
     pub root_service: String,
