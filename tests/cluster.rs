@@ -547,6 +547,41 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
         }
     }
 
+    // The service graph's edges add up over the nodes (Jaeger's dependencies).
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, links) = get_json(
+                node.http(),
+                &format!(
+                    "/jaeger/api/dependencies?endTs={}&lookback=7200000",
+                    now_ms + 60_000
+                ),
+            )
+            .await;
+            let calls: u64 = links["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|link| link["parent"] == "gateway" && link["child"] == "payments")
+                .map(|link| link["callCount"].as_u64().unwrap())
+                .sum();
+            if calls == 6 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dependencies on {}: {calls} calls: {links}",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // TraceQL metrics count every node's spans.
     for node in &nodes {
         let (status, counted) = get_json(

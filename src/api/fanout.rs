@@ -1,5 +1,6 @@
 //! In a cluster, the search and listing routes (Tempo search and tags, Jaeger's and
-//! Zipkin's services, operations and trace searches, Loki's labels) answer for every
+//! Zipkin's services, operations, trace searches and dependency links, Loki's labels,
+//! TraceQL metrics) answer for every
 //! node: the request goes to each live peer as well (marked to be answered from what
 //! that peer holds alone), and the JSON answers merge by their shape: lists become their
 //! union, traces are folded by id and cut to the request's `limit`, newest first where
@@ -35,6 +36,7 @@ fn fanned(path: &str) -> bool {
                 | "spans"
                 | "remoteServices"
                 | "traces"
+                | "dependencies"
                 | "autocompleteKeys"
                 | "autocompleteValues"
         ) {
@@ -49,6 +51,7 @@ fn fanned(path: &str) -> bool {
             | "/jaeger/api/services"
             | "/jaeger/api/operations"
             | "/jaeger/api/traces"
+            | "/jaeger/api/dependencies"
             | "/jaeger/api/v3/services"
             | "/jaeger/api/v3/operations"
             | "/loki/api/v1/labels"
@@ -369,6 +372,30 @@ fn start_of(item: &Value) -> u128 {
 /// first, cut to `limit`; anything else once each, strings sorted.
 fn merge_list(lists: impl Iterator<Item = Vec<Value>>, limit: Option<usize>) -> Vec<Value> {
     let all: Vec<Value> = lists.flatten().collect();
+    // Dependency links (Jaeger's and Zipkin's): one per parent and child, counts added.
+    if all
+        .first()
+        .is_some_and(|item| item.get("parent").is_some() && item.get("child").is_some())
+    {
+        let mut links: Vec<Value> = Vec::new();
+        for item in all {
+            let same = |link: &&mut Value| {
+                link["parent"] == item["parent"] && link["child"] == item["child"]
+            };
+            match links.iter_mut().find(|link| same(link)) {
+                Some(link) => {
+                    for count in ["callCount", "errorCount"] {
+                        if let (Some(a), Some(b)) = (link.get(count), item.get(count)) {
+                            let sum = number(Some(a)) + number(Some(b));
+                            link[count] = Value::from(sum);
+                        }
+                    }
+                }
+                None => links.push(item),
+            }
+        }
+        return links;
+    }
     if all.iter().any(|item| trace_id_of(item).is_some()) {
         let mut by_id: std::collections::HashMap<String, Value> = Default::default();
         let mut others = Vec::new();
@@ -484,6 +511,19 @@ mod tests {
         assert_eq!(summed["metrics"]["inspectedTraces"], 3);
         let highest = merge_metrics(series(2.0, "1000"), vec![series(3.0, "1000")], f64::max);
         assert_eq!(highest["series"][0]["samples"][0]["value"], 3.0);
+        // Dependency links: counts of the same edge add up.
+        let links = merge(
+            json!({"data": [{"parent": "a", "child": "b", "callCount": 2}]}),
+            vec![
+                json!({"data": [{"parent": "a", "child": "b", "callCount": 3}, {"parent": "b", "child": "c", "callCount": 1}]}),
+            ],
+            None,
+        );
+        assert_eq!(
+            links["data"],
+            json!([{"parent": "a", "child": "b", "callCount": 5}, {"parent": "b", "child": "c", "callCount": 1}])
+        );
+        assert!(fanned("/jaeger/api/dependencies") && fanned("/api/v2/dependencies"));
         assert!(fanned("/zipkin/api/v2/services") && fanned("/api/search/tag/service.name/values"));
         assert!(!fanned("/api/traces/abc") && !fanned("/api/v2/spans/x"));
     }
