@@ -93,7 +93,17 @@ impl Peers {
 
     /// Every other node's log records matching `query`. Blocking.
     pub fn logs(&self, query: &LogQuery) -> Gathered<LogRecord> {
-        let Ok(body) = serde_json::to_vec(query) else {
+        self.post_for_list(LOGS_ROUTE, query)
+    }
+
+    /// `POST` `asked` as JSON to `route` on every other node; each answers a JSON list.
+    /// Blocking.
+    fn post_for_list<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        route: &str,
+        asked: &impl serde::Serialize,
+    ) -> Gathered<T> {
+        let Ok(body) = serde_json::to_vec(asked) else {
             return Gathered {
                 answers: Vec::new(),
                 missing: Vec::new(),
@@ -103,11 +113,11 @@ impl Peers {
         let gathered = self.ask(
             move |client, base| {
                 client
-                    .post(format!("{base}{LOGS_ROUTE}"))
+                    .post(format!("{base}{route}"))
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
             },
-            |body| serde_json::from_slice::<Vec<LogRecord>>(&body).map_err(|e| e.to_string()),
+            |body| serde_json::from_slice::<Vec<T>>(&body).map_err(|e| e.to_string()),
         );
         Gathered {
             answers: gathered.answers.into_iter().flatten().collect(),
@@ -149,23 +159,7 @@ impl Peers {
 
     /// Every other node's rows for the page's search. Blocking.
     pub fn page_rows(&self, asked: &crate::page::PageSearch) -> Vec<crate::page::TraceRow> {
-        let Ok(body) = serde_json::to_vec(asked) else {
-            return Vec::new();
-        };
-        let body = Bytes::from(body);
-        let gathered = self.ask(
-            move |client, base| {
-                client
-                    .post(format!("{base}{PAGE_SEARCH_ROUTE}"))
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-            },
-            |body| {
-                serde_json::from_slice::<Vec<crate::page::TraceRow>>(&body)
-                    .map_err(|e| e.to_string())
-            },
-        );
-        gathered.answers.into_iter().flatten().collect()
+        self.post_for_list(PAGE_SEARCH_ROUTE, asked).answers
     }
 
     /// Send a request to every other node at once and parse each answer. Runs on a
