@@ -742,7 +742,7 @@ impl RawConfig {
             }
             Ok(value)
         }
-        let config = Config {
+        let mut config = Config {
             http_addr: addr("server.http_addr", &self.server.http_addr)?,
             otlp_http_addr: addr("server.otlp_http_addr", &self.server.otlp_http_addr)?,
             otlp_grpc_addr: addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr)?,
@@ -868,9 +868,9 @@ impl RawConfig {
                 self.auth.ingest_tokens.resolve("auth.ingest_tokens")?,
                 self.auth.query_tokens.resolve("auth.query_tokens")?,
             ),
+            // Checked below, against the address it defaults to.
             cluster: None,
         };
-        let mut config = config;
         config.cluster = validate_cluster(&self.cluster, config.http_addr)?;
         if !self.auth.allow_unauthenticated {
             use crate::auth::Scope;

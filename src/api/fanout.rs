@@ -11,12 +11,12 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::tempo::PARTIAL_HEADER;
+use super::tempo::mark_partial;
 use super::AppState;
 use crate::cluster::peers::SCOPE_HEADER;
 
@@ -225,11 +225,7 @@ pub async fn fan_out(State(state): State<AppState>, request: Request, next: Next
     response
         .headers_mut()
         .remove(axum::http::header::CONTENT_LENGTH);
-    if !remote.missing.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&remote.missing.join(",")) {
-            response.headers_mut().insert(PARTIAL_HEADER, value);
-        }
-    }
+    mark_partial(&mut response, &remote.missing);
     response
 }
 

@@ -71,6 +71,16 @@ pub(crate) fn partial_message(missing: &[String]) -> String {
 /// The header that names the nodes a partial answer lacks.
 pub const PARTIAL_HEADER: &str = "tracelink-partial";
 
+/// Name in [`PARTIAL_HEADER`] the nodes that did not answer, if any.
+pub(crate) fn mark_partial(response: &mut Response, missing: &[String]) {
+    if missing.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&missing.join(",")) {
+        response.headers_mut().insert(PARTIAL_HEADER, value);
+    }
+}
+
 fn protobuf_response(body: Vec<u8>) -> Response {
     (
         StatusCode::OK,
@@ -101,11 +111,7 @@ pub async fn trace_v1(
         Json(serde_json::json!({ "batches": batches })).into_response()
     };
     // v1 has no status field: a partial answer says so in a header.
-    if let Ok(value) = HeaderValue::from_str(&missing.join(",")) {
-        if !missing.is_empty() {
-            response.headers_mut().insert(PARTIAL_HEADER, value);
-        }
-    }
+    mark_partial(&mut response, &missing);
     Ok(response)
 }
 

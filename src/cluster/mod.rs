@@ -180,11 +180,10 @@ impl Cluster {
             .await
             .map_err(ClusterError::nats)?;
         let outbox = std::sync::Arc::new(publish::Outbox::default());
-        let limit = client.server_info().max_payload.max(64 * 1024) - publish::HEADROOM;
         tokio::spawn(publish::run_outbox(
             outbox.clone(),
             jetstream.clone(),
-            limit,
+            publish::message_limit(&client),
         ));
         Ok(Cluster {
             outbox,

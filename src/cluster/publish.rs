@@ -11,7 +11,7 @@ use crate::model::{LogRecord, Span};
 use crate::pipeline::Batch;
 
 /// Room left in a message for its headers and subject.
-pub(super) const HEADROOM: usize = 4096;
+const HEADROOM: usize = 4096;
 
 /// How long a request waits for JetStream's acks before it is refused (503).
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -21,7 +21,7 @@ impl Cluster {
     /// JetStream has acked all of them. An error means the client must retry: some of the
     /// records may be stored (a retry stores them again; queries fold the duplicate).
     pub async fn publish(&self, batch: &Batch) -> Result<(), ClusterError> {
-        let limit = self.message_limit();
+        let limit = message_limit(&self.client);
         let messages = match batch {
             Batch::Spans(spans) => span_messages(spans, self.config.partitions, limit)?,
             Batch::Logs(records) => log_messages(records, self.config.partitions, limit)?,
@@ -41,11 +41,11 @@ impl Cluster {
             )),
         }
     }
+}
 
-    /// The largest payload a message may carry.
-    pub(super) fn message_limit(&self) -> usize {
-        self.client.server_info().max_payload.max(64 * 1024) - HEADROOM
-    }
+/// The largest payload a message to the connected server may carry.
+pub(super) fn message_limit(client: &async_nats::Client) -> usize {
+    client.server_info().max_payload.max(64 * 1024) - HEADROOM
 }
 
 /// Requests waiting to be published, with their partitions' messages: published together,
