@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::analysis::{self, kind_code, kind_name, AnalyzedTrace};
-use crate::metrics::latency::{LatencyHistograms, OperationKey};
+use crate::cluster::latency::LatencyAsk;
+use crate::metrics::latency::Minutes;
 use crate::metrics::names::normalise_span_name;
 use crate::model::{Level, LogRecord};
 use crate::store::{LogQuery, Storage, StoreError};
@@ -633,7 +634,7 @@ pub struct Request {
 /// error logs of each side. Blocking.
 pub fn gather(
     storage: &Storage,
-    latency: &std::sync::Mutex<LatencyHistograms>,
+    metrics: &crate::metrics::Metrics,
     request: &Request,
 ) -> Result<Inputs, StoreError> {
     let minute = |nanos: u64| nanos / 60_000_000_000;
@@ -647,47 +648,44 @@ pub fn gather(
             request.baseline_end_unix_nano,
         ),
     );
-    // In a cluster each node's histograms hold only the partitions it owns: the traces
-    // of every node measure the operations instead.
-    let use_histograms = storage.peers.get().is_none()
-        && whole_minutes(window.0, window.1)
+    let use_histograms = whole_minutes(window.0, window.1)
         && whole_minutes(baseline.0, baseline.1)
         && (minute(baseline.1.saturating_sub(1)) < minute(window.0)
             || minute(window.1.saturating_sub(1)) < minute(baseline.0));
-    let side = |start: u64, end: u64| -> Result<Side, StoreError> {
-        let mut operations = HashMap::new();
-        if use_histograms {
-            let histograms = crate::lock(latency);
-            for key in histograms.all_keys() {
-                if request
-                    .service
-                    .as_ref()
-                    .is_some_and(|service| *service != key.service)
-                {
-                    continue;
-                }
-                if let Some(stats) =
-                    histograms.stats_between(&key, minute(start), minute(end.saturating_sub(1)))
-                {
-                    if stats.count > 0 {
-                        let OperationKey {
-                            service,
-                            span_name,
-                            span_kind,
-                        } = key;
-                        operations.insert(
-                            (service, span_name, span_kind),
-                            OpStats {
-                                count: stats.count,
-                                errors: stats.errors,
-                                p50_ms: stats.p50_ms,
-                                p99_ms: stats.p99_ms,
-                            },
-                        );
-                    }
+    // Each operation's calls on each side, of every node (in a cluster each node's
+    // histograms hold only the partitions it owns): index 0 the window, 1 the baseline.
+    let mut measured: Vec<HashMap<Op, OpStats>> = vec![HashMap::new(), HashMap::new()];
+    if use_histograms {
+        let ask = LatencyAsk {
+            service: request.service.clone(),
+            minutes: [window, baseline]
+                .iter()
+                .map(|(start, end)| Minutes::Between(minute(*start), minute(end.saturating_sub(1))))
+                .collect(),
+            ..LatencyAsk::default()
+        };
+        let merged =
+            crate::cluster::latency::gather(storage, &metrics.latency, &metrics.dependencies, &ask);
+        for (key, windows) in merged.operations {
+            for (side, window) in measured.iter_mut().zip(windows) {
+                let stats = window.stats();
+                if stats.count > 0 {
+                    side.insert(
+                        (key.service.clone(), key.span_name.clone(), key.span_kind),
+                        OpStats {
+                            count: stats.count,
+                            errors: stats.errors,
+                            p50_ms: stats.p50_ms,
+                            p99_ms: stats.p99_ms,
+                        },
+                    );
                 }
             }
         }
+    }
+    let mut measured = measured.into_iter();
+    let mut side = |start: u64, end: u64| -> Result<Side, StoreError> {
+        let operations = measured.next().unwrap_or_default();
         let mut found = traces_between(storage, request.service.as_deref(), start, end)?;
         if let Some(peers) = storage.peers.get() {
             found.extend(peers.traces_between(request.service.as_deref(), start, end));

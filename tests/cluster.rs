@@ -18,7 +18,7 @@ use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::logs::{InMemoryLogExporter, LogBatch, LogExporter as _, SdkLoggerProvider};
 use opentelemetry_sdk::trace::SpanExporter as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PARTITIONS: u32 = 8;
 
@@ -597,6 +597,68 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
             .map(|series| series["value"].as_f64().unwrap())
             .sum();
         assert_eq!(total, 6.0, "count_over_time on {}: {counted}", node.id);
+        // Averages and quantiles too are exact over every node's spans: Charge took 100,
+        // 200, … 600 ms, two on each node or so.
+        for (function, expected) in [
+            ("avg_over_time(duration)", 0.35),
+            ("quantile_over_time(duration,0.5)", 0.35),
+            ("quantile_over_time(duration,0.9)", 0.55),
+            ("max_over_time(duration)", 0.6),
+        ] {
+            let (status, answered) = get_json(
+                node.http(),
+                &format!(
+                    "/api/metrics/query?q=%7Bresource.service.name%3D%22payments%22%7D%20%7C%20{}&since=1h",
+                    function.replace('(', "%28").replace(')', "%29").replace(',', "%2C")
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{answered}");
+            let series = answered["series"].as_array().unwrap();
+            assert_eq!(series.len(), 1, "{function} on {}: {answered}", node.id);
+            let value = series[0]["value"].as_f64().unwrap();
+            assert!(
+                (value - expected).abs() < 1e-9 && answered.get("status").is_none(),
+                "{function} on {}: {answered}",
+                node.id
+            );
+        }
+    }
+
+    // Latency quantiles and the services view merge every node's hdrhistograms: each
+    // node observed only the spans of its own partitions.
+    for node in &nodes {
+        let (status, latency) = get_json(
+            node.http(),
+            "/api/metrics/latency?service=payments&window=1h",
+        )
+        .await;
+        assert_eq!(status, 200, "latency on {}: {latency}", node.id);
+        let charge = &latency["operations"][0];
+        assert_eq!(
+            (
+                &charge["span_name"],
+                &charge["count"],
+                &charge["error_rate"]
+            ),
+            (&json!("Charge"), &json!(6), &json!(0.5)),
+            "latency on {}: {latency}",
+            node.id
+        );
+        // Charge took 100, 200, … 600 ms: the slowest of all nodes' calls is known.
+        let max = charge["max_ms"].as_f64().unwrap();
+        assert!((595.0..=606.0).contains(&max), "{latency}");
+        let page = reqwest::get(format!("http://{}/services?window=60m", node.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("payments</span></a></td><td>6</td>") && page.contains(">6 calls"),
+            "services page of {}: {page}",
+            node.id
+        );
     }
 
     // Which service is slow, which one failed: from every node, over every node's traces

@@ -62,6 +62,27 @@ pub async fn log(
     ))
 }
 
+/// This node's latency windows (and dependency links) for another node.
+pub async fn latency(
+    State(state): State<AppState>,
+    Json(ask): Json<crate::cluster::latency::LatencyAsk>,
+) -> Result<Json<crate::cluster::latency::LatencyAnswer>, ApiError> {
+    let storage = state.storage.clone();
+    let metrics = state.pipeline.metrics.clone();
+    Ok(Json(
+        blocking(move || {
+            Ok(crate::cluster::latency::answer(
+                &storage,
+                &metrics.latency,
+                &metrics.dependencies,
+                &ask,
+            ))
+        })
+        .await
+        .map_err(ApiError::Internal)?,
+    ))
+}
+
 /// What `/api/diagnose` on another node asks for.
 #[derive(serde::Deserialize)]
 pub struct DiagnoseTraces {

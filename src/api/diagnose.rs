@@ -66,7 +66,7 @@ pub async fn run(state: &AppState, request: Request) -> Result<Diagnosis, ApiErr
     let storage = state.storage.clone();
     let pipeline = state.pipeline.clone();
     super::blocking(move || {
-        let inputs = diagnose::gather(&storage, &pipeline.metrics.latency, &request)?;
+        let inputs = diagnose::gather(&storage, &pipeline.metrics, &request)?;
         Ok(diagnose::diagnose(&inputs))
     })
     .await

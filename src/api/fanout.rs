@@ -1,13 +1,12 @@
 //! In a cluster, the search and listing routes (Tempo search and tags, Jaeger's and
-//! Zipkin's services, operations, trace searches and dependency links, Loki's labels,
-//! TraceQL metrics) answer for every
-//! node: the request goes to each live peer as well (marked to be answered from what
-//! that peer holds alone), and the JSON answers merge by their shape: lists become their
-//! union, traces are folded by id and cut to the request's `limit`, newest first where
-//! the answer orders them. TraceQL metrics merge series by series: counts and sums add
-//! up, minima and maxima are taken again (averages and quantiles cannot be made from
-//! per-node results, and say so). A peer that did not answer in time is named in the
-//! `tracelink-partial` header instead of failing the request.
+//! Zipkin's services, operations, trace searches and dependency links, Loki's labels)
+//! answer for every node: the request goes to each live peer as well (marked to be
+//! answered from what that peer holds alone), and the JSON answers merge by their shape:
+//! lists become their union, traces are folded by id and cut to the request's `limit`,
+//! newest first where the answer orders them. A peer that did not answer in time is named
+//! in the `tracelink-partial` header instead of failing the request. (TraceQL metrics
+//! merge what each node accumulated before series are made: see
+//! [`crate::query::metrics::Accumulated`].)
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -61,94 +60,6 @@ fn fanned(path: &str) -> bool {
         || (path.starts_with("/loki/api/v1/label/") && path.ends_with("/values"))
 }
 
-/// Two nodes' values of one sample made into one.
-type Combine = fn(f64, f64) -> f64;
-
-/// How the samples of one series from several nodes combine, by the TraceQL metrics
-/// function: counts and sums add up, minima and maxima are taken again. An average or a
-/// quantile cannot be made from per-node results: `None`.
-fn metrics_combine(uri: &axum::http::Uri) -> Option<Option<Combine>> {
-    use crate::query::traceql::MetricsFunction as F;
-    let params =
-        axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
-            .ok()?;
-    let query = crate::query::traceql::parse(params.get("q")?).ok()?;
-    let combine: Option<Combine> = match &query.metrics()?.function {
-        F::Rate | F::CountOverTime | F::SumOverTime(_) | F::HistogramOverTime(_) => {
-            Some(|a, b| a + b)
-        }
-        F::MinOverTime(_) => Some(f64::min),
-        F::MaxOverTime(_) => Some(f64::max),
-        F::AvgOverTime(_) | F::QuantileOverTime(..) => None,
-    };
-    Some(combine)
-}
-
-/// TraceQL metrics answers (`series` of `samples`, or of one `value` for an instant
-/// query) merged series by series (by `promLabels`), sample by sample (by timestamp).
-fn merge_metrics(mine: Value, others: Vec<Value>, combine: Combine) -> Value {
-    let mut mine = mine;
-    let Some(Value::Array(series)) = mine.get_mut("series") else {
-        return mine;
-    };
-    let key = |series: &Value| {
-        series
-            .get("promLabels")
-            .map(Value::to_string)
-            .unwrap_or_default()
-    };
-    let value = |value: &Value| value.as_f64().unwrap_or(0.0);
-    for other in &others {
-        let Some(Value::Array(their_series)) = other.get("series") else {
-            continue;
-        };
-        for theirs in their_series {
-            let Some(ours) = series.iter_mut().find(|ours| key(ours) == key(theirs)) else {
-                series.push(theirs.clone());
-                continue;
-            };
-            if let (Some(a), Some(b)) = (ours.get("value").cloned(), theirs.get("value")) {
-                ours["value"] = Value::from(combine(value(&a), value(b)));
-            }
-            if let (Some(Value::Array(samples)), Some(Value::Array(their_samples))) =
-                (ours.get_mut("samples"), theirs.get("samples"))
-            {
-                for sample in their_samples {
-                    let at = sample.get("timestampMs");
-                    match samples
-                        .iter_mut()
-                        .find(|ours| ours.get("timestampMs") == at)
-                    {
-                        Some(ours) => {
-                            let merged = combine(value(&ours["value"]), value(&sample["value"]));
-                            ours["value"] = Value::from(merged);
-                        }
-                        None => samples.push(sample.clone()),
-                    }
-                }
-                samples.sort_by_key(|sample| {
-                    sample["timestampMs"]
-                        .as_str()
-                        .and_then(|at| at.parse::<u64>().ok())
-                        .unwrap_or(0)
-                });
-            }
-            if let (Some(Value::Array(exemplars)), Some(Value::Array(theirs))) =
-                (ours.get_mut("exemplars"), theirs.get("exemplars"))
-            {
-                exemplars.extend(theirs.iter().cloned());
-            }
-        }
-    }
-    if let Some(Value::Object(metrics)) = mine.get_mut("metrics") {
-        sum_metrics(
-            metrics,
-            others.iter().filter_map(|other| other.get("metrics")),
-        );
-    }
-    mine
-}
-
 /// Tempo's search statistics, summed (64-bit counts stay strings, as Tempo writes them).
 fn sum_metrics<'a>(metrics: &mut Map<String, Value>, theirs: impl Iterator<Item = &'a Value>) {
     for their in theirs {
@@ -173,17 +84,12 @@ pub async fn fan_out(State(state): State<AppState>, request: Request, next: Next
     let Some(peers) = state.storage.peers.get().cloned() else {
         return next.run(request).await;
     };
-    let path = request.uri().path();
-    let metrics_route = matches!(path, "/api/metrics/query_range" | "/api/metrics/query");
     if request.method() != Method::GET
         || request.headers().contains_key(SCOPE_HEADER)
-        || !(fanned(path) || metrics_route)
+        || !fanned(request.uri().path())
     {
         return next.run(request).await;
     }
-    let metrics = metrics_route
-        .then(|| metrics_combine(request.uri()))
-        .flatten();
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -205,22 +111,7 @@ pub async fn fan_out(State(state): State<AppState>, request: Request, next: Next
     let Ok(mine) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
-    let merged = match metrics {
-        Some(Some(combine)) => merge_metrics(mine, remote.answers, combine),
-        // An average or a quantile is not made from per-node results: this node's
-        // answer, saying so.
-        Some(None) => {
-            let mut mine = mine;
-            if !remote.answers.is_empty() {
-                mine["status"] = Value::from("PARTIAL");
-                mine["message"] = Value::from(
-                    "avg_over_time and quantile_over_time are answered from the spans of the node asked only; in a cluster, ask for sum_over_time and count_over_time, or histogram_over_time",
-                );
-            }
-            mine
-        }
-        None => merge(mine, remote.answers, limit),
-    };
+    let merged = merge(mine, remote.answers, limit);
     let mut response = Response::from_parts(parts, Body::from(merged.to_string()));
     response
         .headers_mut()
@@ -490,23 +381,6 @@ mod tests {
         );
         assert_eq!(zipkin.as_array().unwrap().len(), 2);
         assert_eq!(zipkin[0][0]["traceId"], "y");
-        // TraceQL metrics: series by labels, samples by time.
-        let series = |value: f64, at: &str| {
-            json!({"series": [{"promLabels": "{}", "samples": [{"timestampMs": at, "value": value}], "exemplars": []}],
-                   "metrics": {"inspectedTraces": 1}})
-        };
-        let summed = merge_metrics(
-            series(2.0, "1000"),
-            vec![series(3.0, "1000"), series(4.0, "2000")],
-            |a, b| a + b,
-        );
-        assert_eq!(
-            summed["series"][0]["samples"],
-            json!([{"timestampMs": "1000", "value": 5.0}, {"timestampMs": "2000", "value": 4.0}])
-        );
-        assert_eq!(summed["metrics"]["inspectedTraces"], 3);
-        let highest = merge_metrics(series(2.0, "1000"), vec![series(3.0, "1000")], f64::max);
-        assert_eq!(highest["series"][0]["samples"][0]["value"], 3.0);
         // Dependency links: counts of the same edge add up.
         let links = merge(
             json!({"data": [{"parent": "a", "child": "b", "callCount": 2}]}),

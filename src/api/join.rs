@@ -18,8 +18,9 @@ use super::logs::parse_query_trace_id;
 use super::metrics::sample_json;
 use super::{ApiError, AppState};
 use crate::analysis::{self, Normal, SpanInput};
+use crate::cluster::latency::LatencyAsk;
 use crate::ingest::otlp_logs::any_value_json;
-use crate::metrics::latency::{OperationKey, WindowStats};
+use crate::metrics::latency::{Minutes, OperationKey, WindowStats};
 use crate::metrics::names::normalise_span_name;
 use crate::model::{service_name, to_hex, LogRecord, Span, TraceId};
 use crate::store::{LogQuery, Storage};
@@ -219,39 +220,40 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
         .unwrap_or(now);
     let mut stats: HashMap<OperationKey, WindowStats> = HashMap::new();
     let mut normals: HashMap<OperationKey, Normal> = HashMap::new();
-    {
-        let latency = state
-            .pipeline
-            .metrics
-            .latency
-            .lock()
-            .map_err(|_| ApiError::Internal("latency histograms poisoned".into()))?;
-        for span in &spans {
-            if let std::collections::hash_map::Entry::Vacant(entry) =
-                stats.entry(operation_key(span))
-            {
-                let key = entry.key().clone();
-                if let Some(mut window) = latency.stats(&key, Some(WINDOW_MINUTES), now) {
-                    window.forget_samples(|trace_id| state.storage.head.is_dropped(trace_id));
-                    entry.insert(window);
-                }
-                if let Some(history) = latency.stats_between(
-                    &key,
-                    trace_minute.saturating_sub(WINDOW_MINUTES),
-                    trace_minute.saturating_sub(1),
-                ) {
-                    let (median_ms, mad_ms) = history.median_and_mad_ms();
-                    normals.insert(
-                        key,
-                        Normal {
-                            count: history.count,
-                            median_ms,
-                            mad_ms,
-                        },
-                    );
-                }
-            }
-        }
+    // Each operation's recent calls and its calls in the hour before, of every node.
+    let mut operations: Vec<OperationKey> = spans.iter().map(operation_key).collect();
+    operations.sort();
+    operations.dedup();
+    let ask = LatencyAsk {
+        operations,
+        minutes: vec![
+            Minutes::last(Some(WINDOW_MINUTES), now),
+            Minutes::Between(
+                trace_minute.saturating_sub(WINDOW_MINUTES),
+                trace_minute.saturating_sub(1),
+            ),
+        ],
+        ..LatencyAsk::default()
+    };
+    let metrics = &state.pipeline.metrics;
+    let merged =
+        crate::cluster::latency::gather(storage, &metrics.latency, &metrics.dependencies, &ask);
+    for (key, windows) in merged.operations {
+        let mut windows = windows.into_iter();
+        let (Some(window), Some(history)) = (windows.next(), windows.next()) else {
+            continue;
+        };
+        let history = history.stats();
+        let (median_ms, mad_ms) = history.median_and_mad_ms();
+        normals.insert(
+            key.clone(),
+            Normal {
+                count: history.count,
+                median_ms,
+                mad_ms,
+            },
+        );
+        stats.insert(key, window.stats());
     }
     let rank = |span: &SpanInput| normals.get(&operation_key(span)).copied();
     let mut trace = analysis::analyze(&trace_id.to_hex(), &spans, &rank);

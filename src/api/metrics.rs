@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::metrics::latency::{TraceSample, WindowStats};
+use crate::cluster::latency::LatencyAsk;
+use crate::metrics::latency::{Minutes, TraceSample, WindowStats};
 use crate::metrics::SpanKindLabel;
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -101,7 +102,7 @@ pub fn stats_json(stats: &WindowStats, window_minutes: Option<u64>) -> Value {
 pub async fn latency(
     State(state): State<AppState>,
     Query(params): Query<LatencyParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let service = params
         .service
         .filter(|service| !service.is_empty())
@@ -109,18 +110,29 @@ pub async fn latency(
     let window_text = params.window.unwrap_or_else(|| "5m".into());
     let window = parse_window(&window_text)?;
     let now = crate::metrics::latency::current_minute();
-    let histograms = state
-        .pipeline
-        .metrics
-        .latency
-        .lock()
-        .map_err(|_| ApiError::Internal("latency histograms poisoned".into()))?;
-    let keys = histograms.keys(&service, params.span_name.as_deref());
-    let operations: Vec<Value> = keys
-        .iter()
-        .filter_map(|key| {
-            let mut stats = histograms.stats(key, window, now)?;
-            stats.forget_samples(|trace_id| state.storage.head.is_dropped(trace_id));
+    let ask = LatencyAsk {
+        service: Some(service.clone()),
+        span_name: params.span_name.clone(),
+        minutes: vec![Minutes::last(window, now)],
+        ..LatencyAsk::default()
+    };
+    let storage = state.storage.clone();
+    let metrics = state.pipeline.metrics.clone();
+    let merged = super::blocking(move || {
+        Ok(crate::cluster::latency::gather(
+            &storage,
+            &metrics.latency,
+            &metrics.dependencies,
+            &ask,
+        ))
+    })
+    .await
+    .map_err(ApiError::Internal)?;
+    let operations: Vec<Value> = merged
+        .operations
+        .into_iter()
+        .filter_map(|(key, windows)| {
+            let stats = windows.into_iter().next()?.stats();
             let mut value = stats_json(&stats, window);
             value["span_name"] = json!(key.span_name);
             value["span_kind"] = json!(format!("{:?}", SpanKindLabel::from_otlp(key.span_kind)));
@@ -136,7 +148,9 @@ pub async fn latency(
                 .unwrap_or_default()
         )));
     }
-    Ok(Json(
-        json!({"service": service, "window": window_text, "operations": operations}),
-    ))
+    let mut response =
+        Json(json!({"service": service, "window": window_text, "operations": operations}))
+            .into_response();
+    super::tempo::mark_partial(&mut response, &merged.missing);
+    Ok(response)
 }

@@ -140,6 +140,14 @@ pub fn router(state: AppState) -> Router {
             post(cluster::diagnose_traces),
         )
         .route(
+            crate::cluster::peers::METRICS_ROUTE,
+            post(tempo_metrics::peer_accumulate),
+        )
+        .route(
+            crate::cluster::latency::LATENCY_ROUTE,
+            post(cluster::latency),
+        )
+        .route(
             crate::cluster::peers::PAGE_SEARCH_ROUTE,
             post(crate::page::peer_search),
         )

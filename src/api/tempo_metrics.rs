@@ -43,15 +43,48 @@ pub async fn query_instant(
 }
 
 async fn answer(state: AppState, params: HashMap<String, String>, instant: bool) -> Response {
-    let request = match request_from(&params, instant) {
+    let (request, text) = match request_from(&params, instant) {
         Ok(request) => request,
         Err(message) => return bad_request(message),
     };
     let storage = state.storage.clone();
-    let result = super::blocking(move || metrics::query(&storage, &request)).await;
+    let result = super::blocking(move || {
+        let mut accumulated = metrics::accumulate(&storage, &request)?;
+        // In a cluster every node accumulates what it holds of the same request (times
+        // resolved here, so that the intervals line up), and series are made of it all.
+        let mut missing = Vec::new();
+        if let Some(peers) = storage.peers.get() {
+            let asked = PeerAsk {
+                q: text,
+                start_unix_nano: request.start_unix_nano,
+                end_unix_nano: request.end_unix_nano,
+                step_nanos: request.step_nanos,
+            };
+            let gathered =
+                peers.post::<metrics::Accumulated>(crate::cluster::peers::METRICS_ROUTE, &asked);
+            for theirs in gathered.answers {
+                accumulated.merge(theirs);
+            }
+            missing = gathered.missing;
+        }
+        Ok((metrics::finish(&request, accumulated), missing))
+    })
+    .await;
     match result {
-        Ok(result) if instant => Json(instant_json(&result)).into_response(),
-        Ok(result) => Json(range_json(&result)).into_response(),
+        Ok((result, missing)) => {
+            let mut body = if instant {
+                instant_json(&result)
+            } else {
+                range_json(&result)
+            };
+            if !missing.is_empty() {
+                body["status"] = json!("PARTIAL");
+                body["message"] = json!(super::tempo::partial_message(&missing));
+            }
+            let mut response = Json(body).into_response();
+            super::tempo::mark_partial(&mut response, &missing);
+            response
+        }
         Err(error) => {
             tracing::error!(%error, "TraceQL metrics query failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -59,7 +92,43 @@ async fn answer(state: AppState, params: HashMap<String, String>, instant: bool)
     }
 }
 
-fn request_from(params: &HashMap<String, String>, instant: bool) -> Result<MetricsRequest, String> {
+/// A metrics request as the node asked passes it on to the others.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PeerAsk {
+    q: String,
+    start_unix_nano: u64,
+    end_unix_nano: u64,
+    step_nanos: Option<u64>,
+}
+
+/// What this node accumulates of another node's metrics request.
+pub async fn peer_accumulate(
+    State(state): State<AppState>,
+    Json(asked): Json<PeerAsk>,
+) -> Result<Json<metrics::Accumulated>, super::ApiError> {
+    let query = traceql::parse(&asked.q)
+        .map_err(|error| super::ApiError::BadRequest(format!("invalid TraceQL query: {error}")))?;
+    let request = MetricsRequest {
+        query,
+        start_unix_nano: asked.start_unix_nano,
+        end_unix_nano: asked.end_unix_nano.max(asked.start_unix_nano + 1),
+        step_nanos: asked.step_nanos,
+        exemplars: 0,
+        max_series: MAX_SERIES,
+    };
+    let storage = state.storage.clone();
+    Ok(Json(
+        super::blocking(move || metrics::accumulate(&storage, &request))
+            .await
+            .map_err(super::ApiError::Internal)?,
+    ))
+}
+
+/// The request, and its query's text.
+fn request_from(
+    params: &HashMap<String, String>,
+    instant: bool,
+) -> Result<(MetricsRequest, String), String> {
     let param = |name: &str| {
         params
             .get(name)
@@ -123,14 +192,17 @@ fn request_from(params: &HashMap<String, String>, instant: bool) -> Result<Metri
             .map_err(|_| format!("invalid exemplars: {text:?} is not a count"))?
             .min(MAX_EXEMPLARS),
     };
-    Ok(MetricsRequest {
-        query,
-        start_unix_nano: start,
-        end_unix_nano: end,
-        step_nanos,
-        exemplars,
-        max_series: MAX_SERIES,
-    })
+    Ok((
+        MetricsRequest {
+            query,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            step_nanos,
+            exemplars,
+            max_series: MAX_SERIES,
+        },
+        text.to_owned(),
+    ))
 }
 
 /// A Go duration (`15s`) or seconds (`15`, `0.5`), positive.

@@ -16,6 +16,7 @@
 //! - **Queries on any node** ([`peers`]) ask every live node for what it holds, merge, and
 //!   say which node did not answer.
 
+pub mod latency;
 pub mod owner;
 pub mod peers;
 pub mod publish;

@@ -22,6 +22,7 @@ pub const LOG_ROUTE: &str = "/internal/cluster/v1/logs/{id}";
 
 pub const DIAGNOSE_ROUTE: &str = "/internal/cluster/v1/diagnose/traces";
 pub const PAGE_SEARCH_ROUTE: &str = "/internal/cluster/v1/page/search";
+pub const METRICS_ROUTE: &str = "/internal/cluster/v1/metrics";
 
 /// Set on a query a node passes on to its peers: answer from what you hold alone.
 pub const SCOPE_HEADER: &str = "tracelink-scope";
@@ -103,6 +104,20 @@ impl Peers {
         route: &str,
         asked: &impl serde::Serialize,
     ) -> Gathered<T> {
+        let gathered = self.post::<Vec<T>>(route, asked);
+        Gathered {
+            answers: gathered.answers.into_iter().flatten().collect(),
+            missing: gathered.missing,
+        }
+    }
+
+    /// `POST` `asked` as JSON to `route` on every other node; each answers JSON.
+    /// Blocking.
+    pub fn post<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        route: &str,
+        asked: &impl serde::Serialize,
+    ) -> Gathered<T> {
         let Ok(body) = serde_json::to_vec(asked) else {
             return Gathered {
                 answers: Vec::new(),
@@ -110,19 +125,15 @@ impl Peers {
             };
         };
         let body = Bytes::from(body);
-        let gathered = self.ask(
+        self.ask(
             move |client, base| {
                 client
                     .post(format!("{base}{route}"))
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
             },
-            |body| serde_json::from_slice::<Vec<T>>(&body).map_err(|e| e.to_string()),
-        );
-        Gathered {
-            answers: gathered.answers.into_iter().flatten().collect(),
-            missing: gathered.missing,
-        }
+            |body| serde_json::from_slice::<T>(&body).map_err(|e| e.to_string()),
+        )
     }
 
     /// The log record with this id, from whichever other node holds it. Blocking.

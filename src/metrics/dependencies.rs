@@ -12,7 +12,7 @@ const KEPT_MINUTES: u64 = 7 * 24 * 60;
 const MAX_LINKS_PER_MINUTE: usize = 10_000;
 
 /// One caller → callee link over a window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Link {
     pub parent: String,
     pub child: String,

@@ -270,18 +270,34 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
         _ => 15,
     };
     let now = crate::metrics::latency::current_minute();
-    // Every operation's stats once; the services' rows are merged from them.
-    let all: Vec<_> = {
-        let latency = crate::lock(&state.pipeline.metrics.latency);
-        latency
-            .all_keys()
-            .into_iter()
-            .filter_map(|key| {
-                let stats = latency.stats(&key, Some(minutes), now)?;
-                Some((key, stats))
-            })
-            .collect()
+    let end_ms = now * 60_000 + 60_000;
+    // Every operation's stats once, of every node; the services' rows are merged from
+    // them.
+    let ask = crate::cluster::latency::LatencyAsk {
+        minutes: vec![crate::metrics::latency::Minutes::last(Some(minutes), now)],
+        links: Some((end_ms, minutes * 60_000)),
+        ..Default::default()
     };
+    let storage = state.storage.clone();
+    let metrics = state.pipeline.metrics.clone();
+    let merged = match crate::api::blocking(move || {
+        Ok(crate::cluster::latency::gather(
+            &storage,
+            &metrics.latency,
+            &metrics.dependencies,
+            &ask,
+        ))
+    })
+    .await
+    {
+        Ok(merged) => merged,
+        Err(error) => return failure("Services", error),
+    };
+    let all: Vec<_> = merged
+        .operations
+        .into_iter()
+        .filter_map(|(key, windows)| Some((key, windows.into_iter().next()?.stats())))
+        .collect();
     let mut names: Vec<String> = all
         .iter()
         .filter(|(_, stats)| stats.count > 0)
@@ -307,13 +323,13 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
             &b.0.span_name,
         ))
     });
-    let end_ms = now * 60_000 + 60_000;
-    let links = crate::lock(&state.pipeline.metrics.dependencies).links(end_ms, minutes * 60_000);
-    page(
+    let mut response = page(
         "Services",
-        &render::services_page(minutes, &services, &rows, &links),
+        &render::services_page(minutes, &services, &rows, &merged.links),
     )
-    .into_response()
+    .into_response();
+    crate::api::tempo::mark_partial(&mut response, &merged.missing);
+    response
 }
 
 pub async fn logs(State(state): State<AppState>, Query(params): Params) -> Response {

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{SpanId, TraceId};
 use crate::store::{Storage, StoreError};
 
@@ -37,7 +39,7 @@ pub enum LabelValue {
     Nil,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exemplar {
     pub trace_id: TraceId,
     pub span_id: SpanId,
@@ -71,17 +73,65 @@ pub fn default_step_nanos(start_unix_nano: u64, end_unix_nano: u64) -> u64 {
     seconds.div_ceil(240).max(1) * 1_000_000_000
 }
 
-/// What one series accumulates per interval.
-#[derive(Default)]
+/// What one series accumulates per interval: enough for every function, and no more
+/// (each value only for a quantile).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct Interval {
     count: u64,
+    /// Values read (the spans that have the function's operand).
+    read: u64,
+    sum: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// Every value read, for `quantile_over_time` only.
     values: Vec<f64>,
     /// The slowest span, the interval's exemplar candidate.
     exemplar: Option<Exemplar>,
 }
 
+impl Interval {
+    fn add(&mut self, value: f64, keep: bool) {
+        self.read += 1;
+        self.sum += value;
+        self.min = Some(self.min.map_or(value, |min| min.min(value)));
+        self.max = Some(self.max.map_or(value, |max| max.max(value)));
+        if keep {
+            self.values.push(value);
+        }
+    }
+
+    fn offer(&mut self, exemplar: Exemplar) {
+        if self
+            .exemplar
+            .as_ref()
+            .is_none_or(|best| exemplar.value > best.value)
+        {
+            self.exemplar = Some(exemplar);
+        }
+    }
+
+    /// Add what another node accumulated over the same interval.
+    fn merge(&mut self, other: Interval) {
+        self.count += other.count;
+        self.read += other.read;
+        self.sum += other.sum;
+        self.min = match (self.min, other.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, other.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.values.extend(other.values);
+        if let Some(exemplar) = other.exemplar {
+            self.offer(exemplar);
+        }
+    }
+}
+
 /// The label values of one group (`by()`), made hashable.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 enum GroupKey {
     String(String),
     Int(i64),
@@ -102,16 +152,56 @@ impl GroupKey {
     }
 }
 
+/// A series' group: its `by()` values and, for `histogram_over_time`, its bucket.
+type Group = (Vec<GroupKey>, Option<u64>);
+
+/// What one node accumulates for a metrics query, before series are made of it: in a
+/// cluster every node accumulates the spans it holds, and the node asked merges them, so
+/// that every function (quantiles and averages too) is exact over the whole cluster.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Accumulated {
+    /// Each group's intervals (a list: JSON keys are strings).
+    groups: Vec<(Group, Vec<Interval>)>,
+    inspected_traces: u64,
+    inspected_spans: u64,
+}
+
+impl Accumulated {
+    /// Add another node's accumulation of the same request (a group whose intervals do
+    /// not line up, from a request not the same, is left out).
+    pub fn merge(&mut self, other: Accumulated) {
+        self.inspected_traces += other.inspected_traces;
+        self.inspected_spans += other.inspected_spans;
+        let mut groups: BTreeMap<Group, Vec<Interval>> =
+            std::mem::take(&mut self.groups).into_iter().collect();
+        for (group, theirs) in other.groups {
+            match groups.get_mut(&group) {
+                Some(ours) if ours.len() == theirs.len() => {
+                    for (ours, theirs) in ours.iter_mut().zip(theirs) {
+                        ours.merge(theirs);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    groups.insert(group, theirs);
+                }
+            }
+        }
+        self.groups = groups.into_iter().collect();
+    }
+}
+
 /// Run a metrics query. Blocking (tantivy reads).
 pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResult, StoreError> {
+    Ok(finish(request, accumulate(storage, request)?))
+}
+
+/// Accumulate the spans this node holds that the query matches. Blocking.
+pub fn accumulate(storage: &Storage, request: &MetricsRequest) -> Result<Accumulated, StoreError> {
     let Some(stage) = request.query.metrics() else {
-        return Ok(MetricsResult {
-            series: Vec::new(),
-            truncated: false,
-            inspected_traces: 0,
-            inspected_spans: 0,
-        });
+        return Ok(Accumulated::default());
     };
+    let keep_values = matches!(stage.function, MetricsFunction::QuantileOverTime(..));
     let (origin, step, intervals) = intervals(request);
     let search = SearchRequest {
         query: request.query.clone(),
@@ -121,8 +211,7 @@ pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResul
         min_duration_nanos: None,
         max_duration_nanos: None,
     };
-    // (group, histogram bucket) → intervals.
-    let mut groups: BTreeMap<(Vec<GroupKey>, Option<u64>), Vec<Interval>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, Vec<Interval>> = BTreeMap::new();
     let (inspected_traces, inspected_spans) = scan(storage, &search, |found| {
         let lookup = Lookup::new(&found.trace);
         for &index in &found.matched.spans {
@@ -133,10 +222,11 @@ pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResul
             }
             let value = match stage.function.operand() {
                 None => None,
+                // A span without the value the function reads counts nowhere; nor does
+                // a value that is not a finite number.
                 Some(operand) => match number(lookup.value(index, operand), operand) {
-                    Some(value) => Some(value),
-                    // A span without the value the function reads counts nowhere.
-                    None => continue,
+                    Some(value) if value.is_finite() => Some(value),
+                    _ => continue,
                 },
             };
             let bucket = match (&stage.function, value) {
@@ -153,36 +243,42 @@ pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResul
             let slot = ((start.saturating_sub(origin)) / step).min(intervals as u64 - 1) as usize;
             let series = groups
                 .entry((key, bucket))
-                .or_insert_with(|| (0..intervals).map(|_| Interval::default()).collect());
+                .or_insert_with(|| vec![Interval::default(); intervals]);
             let interval = &mut series[slot];
             interval.count += 1;
             if let Some(value) = value {
-                interval.values.push(value);
+                interval.add(value, keep_values);
             }
             let duration = span.duration_nanos as f64 / 1e9;
-            let candidate = value.unwrap_or(duration);
-            if interval
-                .exemplar
-                .as_ref()
-                .is_none_or(|best| candidate > best.value)
-            {
-                interval.exemplar = Some(Exemplar {
-                    trace_id: found.trace_id,
-                    span_id: SpanId(span.span_id),
-                    at_unix_nano: start,
-                    value: candidate,
-                });
-            }
+            interval.offer(Exemplar {
+                trace_id: found.trace_id,
+                span_id: SpanId(span.span_id),
+                at_unix_nano: start,
+                value: value.unwrap_or(duration),
+            });
         }
         true
     })?;
+    Ok(Accumulated {
+        groups: groups.into_iter().collect(),
+        inspected_traces,
+        inspected_spans,
+    })
+}
+
+/// Make the series of what was accumulated.
+pub fn finish(request: &MetricsRequest, accumulated: Accumulated) -> MetricsResult {
     let mut result = MetricsResult {
         series: Vec::new(),
         truncated: false,
-        inspected_traces,
-        inspected_spans,
+        inspected_traces: accumulated.inspected_traces,
+        inspected_spans: accumulated.inspected_spans,
     };
-    for ((key, bucket), mut accumulated) in groups {
+    let Some(stage) = request.query.metrics() else {
+        return result;
+    };
+    let (origin, step, _) = intervals(request);
+    for ((key, bucket), mut accumulated) in accumulated.groups {
         let mut labels: Vec<(String, LabelValue)> = if stage.by.is_empty() {
             vec![(
                 "__name__".to_owned(),
@@ -218,7 +314,7 @@ pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResul
             result.series.push(series);
         }
     }
-    Ok(result)
+    result
 }
 
 /// The first interval's start, the step, and how many intervals cover the range.
@@ -274,32 +370,23 @@ fn series_of(
         )],
         MetricsFunction::MinOverTime(_) => vec![(
             labels.to_vec(),
-            per_interval(
-                &|interval| interval.values.iter().copied().reduce(f64::min),
-                intervals,
-            ),
+            per_interval(&|interval| interval.min, intervals),
         )],
         MetricsFunction::MaxOverTime(_) => vec![(
             labels.to_vec(),
-            per_interval(
-                &|interval| interval.values.iter().copied().reduce(f64::max),
-                intervals,
-            ),
+            per_interval(&|interval| interval.max, intervals),
         )],
         MetricsFunction::SumOverTime(_) => vec![(
             labels.to_vec(),
             per_interval(
-                &|interval| (!interval.values.is_empty()).then(|| interval.values.iter().sum()),
+                &|interval| (interval.read > 0).then_some(interval.sum),
                 intervals,
             ),
         )],
         MetricsFunction::AvgOverTime(_) => vec![(
             labels.to_vec(),
             per_interval(
-                &|interval| {
-                    (!interval.values.is_empty())
-                        .then(|| interval.values.iter().sum::<f64>() / interval.values.len() as f64)
-                },
+                &|interval| (interval.read > 0).then(|| interval.sum / interval.read as f64),
                 intervals,
             ),
         )],

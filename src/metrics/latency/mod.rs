@@ -26,7 +26,9 @@ const MINUTES_KEPT: u64 = 60;
 /// Trace samples kept per minute for "one exemplar per latency band".
 const SAMPLES_PER_MINUTE: usize = 6;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct OperationKey {
     pub service: String,
     pub span_name: String,
@@ -68,7 +70,7 @@ pub fn current_minute() -> u64 {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TraceSample {
     pub trace_id: TraceId,
     pub duration_us: u64,
@@ -195,14 +197,6 @@ impl WindowStats {
         self
     }
 
-    /// Forget the sampled traces that are not stored (dropped by tail sampling), so that
-    /// every trace named opens.
-    pub fn forget_samples(&mut self, not_stored: impl Fn(&TraceId) -> bool) {
-        self.slowest = self.slowest.filter(|sample| !not_stored(&sample.trace_id));
-        self.band_samples
-            .retain(|sample| !not_stored(&sample.trace_id));
-    }
-
     /// Share of the window's spans at or below `duration_us` (0–100).
     /// The percentile rank (0–100) of a duration among the window's calls, counting calls
     /// of the same duration as half below it (the mid-rank): a call as long as all the
@@ -244,6 +238,155 @@ impl WindowStats {
             }
         }
         (median / 1000.0, 0.0)
+    }
+}
+
+/// Which minutes a [`Window`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Minutes {
+    /// `from..=to`, in minutes since the epoch (those of the last hour are kept; older
+    /// ones count as empty).
+    Between(u64, u64),
+    /// Since start.
+    All,
+}
+
+impl Minutes {
+    /// The last `minutes` up to `now_minute` (`None`: since start), as
+    /// [`LatencyHistograms::stats`] takes them.
+    pub fn last(minutes: Option<u64>, now_minute: u64) -> Minutes {
+        match minutes {
+            Some(minutes) => Minutes::Between((now_minute + 1).saturating_sub(minutes), now_minute),
+            None => Minutes::All,
+        }
+    }
+}
+
+/// One operation's calls over some minutes, as one node holds them: windows of several
+/// nodes merge into the cluster's before quantiles are read off.
+#[derive(Debug, Clone)]
+pub struct Window {
+    histogram: Histogram<u64>,
+    errors: u64,
+    /// Sampled traces of the minutes (for one exemplar per latency band).
+    samples: Vec<TraceSample>,
+    slowest: Option<TraceSample>,
+}
+
+impl Window {
+    fn empty() -> Window {
+        Window {
+            histogram: new_histogram(),
+            errors: 0,
+            samples: Vec::new(),
+            slowest: None,
+        }
+    }
+
+    /// Add another node's calls of the same operation and minutes.
+    pub fn merge(&mut self, other: Window) {
+        let _ = self.histogram.add(&other.histogram);
+        self.errors += other.errors;
+        self.samples.extend(other.samples);
+        self.slowest = slower(self.slowest, other.slowest);
+    }
+
+    /// Count, exact quantiles, and the slowest trace and one per latency band (≤p50,
+    /// p50–p90, p90–p99, >p99) among the samples.
+    pub fn stats(self) -> WindowStats {
+        let histogram = &self.histogram;
+        let (p50, p90, p99) = (
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.9),
+            histogram.value_at_quantile(0.99),
+        );
+        let bands: [(u64, u64); 4] = [
+            (0, p50),
+            (p50 + 1, p90),
+            (p90 + 1, p99),
+            (p99 + 1, u64::MAX),
+        ];
+        let band_samples = bands
+            .iter()
+            .filter_map(|(low, high)| {
+                self.samples
+                    .iter()
+                    .find(|sample| sample.duration_us >= *low && sample.duration_us <= *high)
+                    .copied()
+            })
+            .collect();
+        WindowStats {
+            count: 0,
+            errors: self.errors,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p95_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+            slowest: self.slowest,
+            band_samples,
+            histogram: self.histogram,
+        }
+        .recomputed()
+    }
+
+    /// Forget the sampled traces that are not stored (dropped by tail sampling), so that
+    /// every trace named opens.
+    pub fn forget_samples(&mut self, not_stored: impl Fn(&TraceId) -> bool) {
+        self.slowest = self.slowest.filter(|sample| !not_stored(&sample.trace_id));
+        self.samples.retain(|sample| !not_stored(&sample.trace_id));
+    }
+
+    /// For another node: the histogram V2+DEFLATE-serialised.
+    pub fn to_wire(&self) -> WireWindow {
+        WireWindow {
+            histogram: compress(&self.histogram),
+            errors: self.errors,
+            samples: self.samples.clone(),
+            slowest: self.slowest,
+        }
+    }
+
+    /// What [`Window::to_wire`] made; `None` if the histogram does not decode.
+    pub fn from_wire(wire: WireWindow) -> Option<Window> {
+        let mut reader = wire.histogram.as_slice();
+        let histogram = Deserializer::new()
+            .deserialize::<u64, _>(&mut reader)
+            .ok()?;
+        Some(Window {
+            histogram,
+            errors: wire.errors,
+            samples: wire.samples,
+            slowest: wire.slowest,
+        })
+    }
+}
+
+/// A [`Window`] as nodes send it to each other.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct WireWindow {
+    #[serde(with = "base64_bytes")]
+    histogram: Vec<u8>,
+    errors: u64,
+    samples: Vec<TraceSample>,
+    slowest: Option<TraceSample>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -357,77 +500,36 @@ impl Operation {
 
     /// Stats over the minutes `in_window` says (or since start, with `everything`).
     fn stats_where(&self, in_window: impl Fn(u64) -> bool, everything: bool) -> WindowStats {
-        let mut merged: Histogram<u64> =
-            Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-                .expect("static histogram bounds are valid");
-        let mut errors = 0;
-        let mut samples = Vec::new();
-        let mut slowest: Option<TraceSample> = None;
+        self.window_where(in_window, everything).stats()
+    }
+
+    /// The minutes `in_window` says merged (or everything since start, with
+    /// `everything`), before quantiles are read off.
+    fn window_where(&self, in_window: impl Fn(u64) -> bool, everything: bool) -> Window {
+        let mut window = Window::empty();
         for closed in &self.closed {
             if in_window(closed.minute) {
-                let _ = merged.add(decompress(&closed.compressed));
-                errors += closed.errors;
-                samples.extend(closed.samples.iter().copied());
-                slowest = slower(slowest, closed.slowest);
+                let _ = window.histogram.add(decompress(&closed.compressed));
+                window.errors += closed.errors;
+                window.samples.extend(closed.samples.iter().copied());
+                window.slowest = slower(window.slowest, closed.slowest);
             }
         }
         if let Some(current) = &self.current {
             if in_window(current.minute) {
-                add_minute(&mut merged, &current.histogram);
-                errors += current.errors;
-                samples.extend(current.samples.iter().copied());
-                slowest = slower(slowest, current.slowest);
+                add_minute(&mut window.histogram, &current.histogram);
+                window.errors += current.errors;
+                window.samples.extend(current.samples.iter().copied());
+                window.slowest = slower(window.slowest, current.slowest);
             }
         }
         if everything {
-            merged = Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-                .expect("static histogram bounds are valid");
-            let _ = merged.add(&self.cumulative);
-            errors = self.cumulative_errors;
-            slowest = slower(slowest, self.slowest_ever);
+            window.histogram = new_histogram();
+            let _ = window.histogram.add(&self.cumulative);
+            window.errors = self.cumulative_errors;
+            window.slowest = slower(window.slowest, self.slowest_ever);
         }
-        let quantile_ms = |quantile: f64| {
-            if merged.is_empty() {
-                0.0
-            } else {
-                merged.value_at_quantile(quantile) as f64 / 1000.0
-            }
-        };
-        let p50 = merged.value_at_quantile(0.5);
-        let p90 = merged.value_at_quantile(0.9);
-        let p99 = merged.value_at_quantile(0.99);
-        let bands: [(u64, u64); 4] = [
-            (0, p50),
-            (p50 + 1, p90),
-            (p90 + 1, p99),
-            (p99 + 1, u64::MAX),
-        ];
-        let band_samples = bands
-            .iter()
-            .filter_map(|(low, high)| {
-                samples
-                    .iter()
-                    .find(|sample| sample.duration_us >= *low && sample.duration_us <= *high)
-                    .copied()
-            })
-            .collect();
-        WindowStats {
-            count: merged.len(),
-            errors,
-            p50_ms: quantile_ms(0.5),
-            p90_ms: quantile_ms(0.9),
-            p95_ms: quantile_ms(0.95),
-            p99_ms: quantile_ms(0.99),
-            p999_ms: quantile_ms(0.999),
-            max_ms: if merged.is_empty() {
-                0.0
-            } else {
-                merged.max() as f64 / 1000.0
-            },
-            slowest,
-            band_samples,
-            histogram: merged,
-        }
+        window
     }
 
     /// Approximate heap bytes held (for the memory figure of the benchmark).
@@ -573,32 +675,27 @@ impl LatencyHistograms {
             .map(|operation| operation.stats(minutes, now_minute))
     }
 
-    /// Stats of an operation over the minutes `from_minute..=to_minute` (those of the
-    /// last hour are kept; older ones count as empty).
-    pub fn stats_between(
+    /// The windows of every operation `selected`, one per entry of `minutes`.
+    pub fn windows(
         &self,
-        key: &OperationKey,
-        from_minute: u64,
-        to_minute: u64,
-    ) -> Option<WindowStats> {
-        self.operations.get(key).map(|operation| {
-            operation.stats_where(|minute| minute >= from_minute && minute <= to_minute, false)
-        })
-    }
-
-    /// Every operation observed.
-    pub fn all_keys(&self) -> Vec<OperationKey> {
-        self.operations.keys().cloned().collect()
-    }
-
-    /// Operations matching a service (and span name, if given).
-    pub fn keys(&self, service: &str, span_name: Option<&str>) -> Vec<OperationKey> {
+        selected: impl Fn(&OperationKey) -> bool,
+        minutes: &[Minutes],
+    ) -> Vec<(OperationKey, Vec<Window>)> {
         self.operations
-            .keys()
-            .filter(|key| {
-                key.service == service && span_name.is_none_or(|name| key.span_name == name)
+            .iter()
+            .filter(|(key, _)| selected(key))
+            .map(|(key, operation)| {
+                let windows = minutes
+                    .iter()
+                    .map(|minutes| match *minutes {
+                        Minutes::Between(from, to) => {
+                            operation.window_where(|minute| minute >= from && minute <= to, false)
+                        }
+                        Minutes::All => operation.window_where(|_| true, true),
+                    })
+                    .collect();
+                (key.clone(), windows)
             })
-            .cloned()
             .collect()
     }
 
