@@ -61,6 +61,10 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 pub enum RecordKind {
     Spans = 1,
     Logs = 2,
+    /// In a cluster, after the records of a stream message: the partition and stream
+    /// sequence they came from, so that a message written before a crash is recognised
+    /// when the stream delivers it again.
+    Stream = 3,
 }
 
 impl RecordKind {
@@ -68,6 +72,7 @@ impl RecordKind {
         match byte {
             1 => Some(RecordKind::Spans),
             2 => Some(RecordKind::Logs),
+            3 => Some(RecordKind::Stream),
             _ => None,
         }
     }

@@ -12,9 +12,12 @@
 //! the TTL, before anyone else may have taken it.
 //!
 //! A partition's messages are written to the local WAL (fsynced, then into the head, as
-//! any ingest) and acked to JetStream after that; the WAL replays them after a crash, and
-//! a node taking a partition over reads everything the stream retains with a durable
-//! consumer of its own.
+//! any ingest), each followed by a record of its stream sequence, and acked to JetStream
+//! once a tantivy commit holds them (their traces left the head and were indexed, or
+//! dropped by sampling). A message delivered again after a crash (written, not yet
+//! committed, so not acked) is recognised by the sequences the WAL replayed, and not
+//! written twice. A node taking a partition over reads everything the stream retains
+//! with a durable consumer of its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,11 +32,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{assignment, consumer_name, lease_key, lease_value, Cluster, Kind};
 use crate::lock;
-use crate::pipeline::{Batch, Pipeline, SubmitError};
+use crate::pipeline::{Batch, Pipeline, StreamMark, SubmitError};
 use crate::wal::RecordKind;
 
 /// Messages fetched from a partition at once.
 const FETCH_MESSAGES: usize = 256;
+
+/// Messages delivered and not yet acked (written, waiting for a commit) per partition:
+/// past it the stream holds back the partition until commits catch up.
+const MAX_ACK_PENDING: i64 = 20_000;
 
 /// The longest a fetch may take (it asks for at most 500 ms of waiting).
 const FETCH_WAIT: Duration = Duration::from_secs(3);
@@ -347,7 +354,19 @@ async fn consume(
                 start_sequence: sequence + 1,
             }
         }
-        None => DeliverPolicy::All,
+        // This node's own consumer, if it had one (it is back with its data directory):
+        // made again from past what it acked, so that what it had delivered and not
+        // acked (written, not yet committed, when it stopped) comes again at once rather
+        // than after `ack_wait`; the WAL's stream marks recognise what it holds.
+        None => match written_through(&cluster, &name).await {
+            Some(acked) => {
+                let _ = cluster.stream.delete_consumer(&name).await;
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: acked + 1,
+                }
+            }
+            None => DeliverPolicy::All,
+        },
     };
     let consumer = loop {
         let made = cluster
@@ -360,8 +379,9 @@ async fn consume(
                     deliver_policy,
                     // One ack per fetch: acking a message acks every one before it.
                     ack_policy: AckPolicy::All,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 4 * FETCH_MESSAGES as i64,
+                    // A message waits for its trace to leave the head and be committed.
+                    ack_wait: pipeline.longest_hold() * 2 + Duration::from_secs(30),
+                    max_ack_pending: MAX_ACK_PENDING,
                     // A consumer unused for the replay window could only resume at
                     // messages the stream no longer has.
                     inactive_threshold: cluster.config.replay_window,
@@ -381,6 +401,10 @@ async fn consume(
         }
     };
     let started_after = after.unwrap_or(0);
+    // What the WAL held of the partition at start: delivered again, it is not rewritten.
+    let replayed = pipeline.stream_mark(partition);
+    let (to_ack, acks) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_when_committed(partition, acks, pipeline.durable()));
     while !stop.is_cancelled() {
         // Bounded: a pull whose NATS server dies gets no answer, and the client waits.
         let fetched = tokio::time::timeout(
@@ -401,13 +425,13 @@ async fn consume(
                 };
                 tracing::warn!(partition, %error, "cluster: fetch failed; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return Some(started_after),
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
                 continue;
             }
         };
-        let messages: Vec<_> = batch
+        let mut messages: Vec<_> = batch
             .filter_map(|message| async { message.ok() })
             .take_until(tokio::time::sleep(FETCH_WAIT))
             .collect()
@@ -430,36 +454,101 @@ async fn consume(
             tokio::select! {
                 _ = stop.cancelled() => {
                     give_back(&messages).await;
-                    return Some(started_after);
+                    break;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
+        }
+        if stop.is_cancelled() {
+            break;
         }
         let written = messages.iter().map(|message| {
             let pipeline = &pipeline;
             let stop = &stop;
             async move {
+                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
                 let kind = match Kind::of_subject(message.subject.as_str()) {
                     Some(Kind::Spans) => RecordKind::Spans,
                     Some(Kind::Logs) => RecordKind::Logs,
-                    None => return true,
+                    None => return Some(0),
                 };
-                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-                write(pipeline, kind, &message.payload, sequence, stop).await
+                match replayed {
+                    Some((through, position)) if sequence <= through => return Some(position),
+                    _ => {}
+                }
+                let mark = StreamMark {
+                    partition,
+                    sequence,
+                };
+                write(pipeline, kind, &message.payload, mark, stop).await
             }
         });
         let written = futures_util::future::join_all(written).await;
-        // Messages come in stream order: ack the last of those written from the first on
-        // (which acks them all), give back the rest.
-        let through = written.iter().take_while(|written| **written).count();
-        if through > 0 {
-            if let Err(error) = messages[through - 1].double_ack().await {
+        // Messages come in stream order: the last of those written from the first on is
+        // acked (which acks them all) once a commit holds all of them; the rest go back.
+        let through = written
+            .iter()
+            .take_while(|written| written.is_some())
+            .count();
+        let rest = messages.split_off(through);
+        if let Some(mut last) = messages.pop() {
+            let position = written.iter().flatten().max().copied().unwrap_or(0);
+            // Only its reply subject is needed to ack it.
+            last.message.payload = Bytes::new();
+            last.message.headers = None;
+            let _ = to_ack.send((last, position));
+        }
+        give_back(&rest).await;
+    }
+    // Stopping (the partition is handed over, or this node stops): what was written is
+    // this node's to commit (its WAL replays it after a crash), so it is acked now, and
+    // the next owner continues after it.
+    drop(to_ack);
+    let _ = acker.await;
+    Some(started_after)
+}
+
+/// Ack each partition's written messages once a commit holds them: `written` brings the
+/// last message of each fetch and the WAL position past its records, `durable` where
+/// commits are. When `written` closes, everything written is acked.
+async fn ack_when_committed(
+    partition: u32,
+    mut written: tokio::sync::mpsc::UnboundedReceiver<(async_nats::jetstream::Message, u64)>,
+    mut durable: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut waiting: std::collections::VecDeque<(async_nats::jetstream::Message, u64)> =
+        std::collections::VecDeque::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        let committed = *durable.borrow_and_update();
+        let mut due = None;
+        while let Some((_, position)) = waiting.front() {
+            if open && *position > committed {
+                break;
+            }
+            due = waiting.pop_front().map(|(message, _)| message);
+        }
+        if let Some(message) = due {
+            if let Err(error) = message.double_ack().await {
                 tracing::debug!(partition, %error, "cluster: ack not confirmed; the messages may come again");
             }
         }
-        give_back(&messages[through..]).await;
+        if !open {
+            break;
+        }
+        tokio::select! {
+            received = written.recv() => match received {
+                Some(entry) => waiting.push_back(entry),
+                None => open = false,
+            },
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    // The pipeline is gone: nothing more will be committed.
+                    open = false;
+                }
+            }
+        }
     }
-    Some(started_after)
 }
 
 /// Messages taken and not written (the consumer stops): back to the stream at once, so
@@ -472,37 +561,38 @@ async fn give_back(messages: &[async_nats::jetstream::Message]) {
 }
 
 /// Write one message's records through the local pipeline, waiting while it has no
-/// room. Log records without an id get one from the message's stream `sequence`, the
-/// same on whichever node writes them. `false`: stopped first, the message stays unacked.
+/// room. Log records without an id get one from the message's stream sequence, the
+/// same on whichever node writes them. The WAL position past them; `None`: stopped
+/// first, the message stays unacked.
 async fn write(
     pipeline: &Pipeline,
     kind: RecordKind,
     payload: &[u8],
-    sequence: u64,
+    mark: StreamMark,
     stop: &CancellationToken,
-) -> bool {
+) -> Option<u64> {
     loop {
         let (mut batch, _) = Batch::decode(kind, payload);
         if let Batch::Logs(records) = &mut batch {
             for (index, record) in records.iter_mut().enumerate() {
                 if record.id.is_empty() {
-                    record.id = crate::model::LogRecord::stream_id(sequence, index);
+                    record.id = crate::model::LogRecord::stream_id(mark.sequence, index);
                 }
             }
         }
-        match pipeline.write(batch).await {
-            Ok(()) => return true,
+        match pipeline.write(batch, Some(mark)).await {
+            Ok(position) => return Some(position),
             Err(SubmitError::BatchTooLarge { records, capacity }) => {
                 tracing::error!(
                     records,
                     capacity,
                     "cluster: a message holds more records than the ingest queue; skipped"
                 );
-                return true;
+                return Some(0);
             }
             Err(_) => {
                 tokio::select! {
-                    _ = stop.cancelled() => return false,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }

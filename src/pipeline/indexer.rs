@@ -102,6 +102,10 @@ pub(super) struct Shared {
     pub stats: Arc<PipelineStats>,
     pub metrics: Arc<Metrics>,
     pub sampler: Arc<Sampler>,
+    /// Told the WAL position below which everything is committed after each commit.
+    pub durable: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Written out after each commit when they changed.
+    pub stream_marks: super::StreamMarks,
 }
 
 pub(super) struct Indexer {
@@ -133,6 +137,8 @@ pub(super) struct Indexer {
     last_snapshot: Instant,
     last_dependencies: Instant,
     scratch: Vec<u8>,
+    /// The stream marks as last written out.
+    written_marks: std::collections::HashMap<u32, (u64, u64)>,
     shared: Shared,
 }
 
@@ -176,6 +182,7 @@ impl Indexer {
             last_snapshot: Instant::now(),
             last_dependencies: Instant::now(),
             scratch: Vec::new(),
+            written_marks: std::collections::HashMap::new(),
             shared,
         })
     }
@@ -514,6 +521,10 @@ impl Indexer {
         if !committed_any {
             return !failed;
         }
+        self.write_stream_marks();
+        self.shared
+            .durable
+            .send_replace(self.committed_spans.min(self.committed_logs));
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
@@ -557,6 +568,27 @@ impl Indexer {
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "latency snapshot not written")
             }
+        }
+    }
+
+    /// Keep the stream marks of what this commit holds (every mark noted so far: the
+    /// WAL writer notes a message's mark before the indexer can commit it), so that a
+    /// message committed and not yet acked when the node stops is recognised when the
+    /// stream delivers it again, after the WAL has gone past it. Only when they changed.
+    fn write_stream_marks(&mut self) {
+        let marks = lock(&self.shared.stream_marks).clone();
+        if marks.is_empty() || marks == self.written_marks {
+            return;
+        }
+        let path = super::stream_marks_path(&self.data_dir);
+        match serde_json::to_vec(&marks) {
+            Ok(bytes) => match write_atomically(&path, &bytes) {
+                Ok(()) => self.written_marks = marks,
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "stream marks not written")
+                }
+            },
+            Err(error) => tracing::warn!(%error, "stream marks do not serialise"),
         }
     }
 

@@ -24,7 +24,7 @@ mod indexer;
 pub mod sample;
 mod wal_writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
@@ -190,6 +190,8 @@ impl Batch {
                 });
                 (Batch::Logs(records), Vec::new())
             }
+            // A stream mark holds no records.
+            RecordKind::Stream => (Batch::Spans(Vec::new()), Vec::new()),
         }
     }
 }
@@ -261,7 +263,34 @@ enum IndexJob {
 
 struct WalJob {
     batch: Batch,
-    ack: oneshot::Sender<Result<(), SubmitError>>,
+    /// The stream message the batch is from (a partition this node owns in a cluster).
+    mark: Option<StreamMark>,
+    /// The WAL position past the batch's records (and its mark), once fsynced.
+    ack: oneshot::Sender<Result<u64, SubmitError>>,
+}
+
+/// Where a batch came from in the cluster's stream: its partition and sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    pub partition: u32,
+    pub sequence: u64,
+}
+
+impl StreamMark {
+    /// A [`RecordKind::Stream`] record's payload: partition (u32 LE), sequence (u64 LE).
+    fn encode(&self) -> [u8; 12] {
+        let mut bytes = [0; 12];
+        bytes[..4].copy_from_slice(&self.partition.to_le_bytes());
+        bytes[4..].copy_from_slice(&self.sequence.to_le_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<StreamMark> {
+        Some(StreamMark {
+            partition: u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?),
+            sequence: u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?),
+        })
+    }
 }
 
 /// The tailer's way into the indexer; `send` blocks while the indexer is behind.
@@ -339,6 +368,31 @@ pub struct Pipeline {
     /// Set when `[cluster]` is configured: ingest goes to the cluster's stream once joined.
     cluster_mode: bool,
     pub cluster: ClusterSlot,
+    /// The WAL position below which everything is in a tantivy commit (or was dropped by
+    /// sampling): what a cluster's partition consumers ack by.
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Per partition, the last stream message written: (sequence, WAL position past it).
+    stream_marks: StreamMarks,
+}
+
+/// Per partition of a cluster's stream, the last message written here: its sequence, and
+/// the WAL position past it. Kept in the WAL (a [`RecordKind::Stream`] record after each
+/// message) and, for what commits hold, in `cluster/stream-marks.json`, written after
+/// each commit.
+pub(crate) type StreamMarks = Arc<Mutex<HashMap<u32, (u64, u64)>>>;
+
+/// Where the stream marks of committed messages are kept.
+pub fn stream_marks_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("cluster").join("stream-marks.json")
+}
+
+/// Remember `mark` if it is the partition's latest.
+fn note_mark(marks: &StreamMarks, mark: StreamMark, position: u64) {
+    let mut marks = lock(marks);
+    let known = marks.entry(mark.partition).or_default();
+    if mark.sequence > known.0 {
+        *known = (mark.sequence, position);
+    }
 }
 
 /// Where the latency histograms are snapshotted, under the data dir.
@@ -393,11 +447,25 @@ impl Pipeline {
         let stats = Arc::new(PipelineStats::default());
         let queue = Arc::new(IngestQueue::new(config.ingest_queue_spans));
         let sampler = Arc::new(sample::Sampler::new(config.sampling.clone()));
+        let durable = Arc::new(tokio::sync::watch::Sender::new(
+            committed_spans.min(logs_commit.wal_position),
+        ));
+        let stream_marks: StreamMarks = Arc::default();
+        restore_snapshot(
+            &stream_marks_path(&config.data_dir),
+            "stream marks",
+            |bytes| {
+                serde_json::from_slice::<HashMap<u32, (u64, u64)>>(bytes).map_err(|e| e.to_string())
+            },
+            |restored| *lock(&stream_marks) = restored,
+        );
         let shared = indexer::Shared {
             queue: queue.clone(),
             stats: stats.clone(),
             metrics: metrics.clone(),
             sampler: sampler.clone(),
+            durable: durable.clone(),
+            stream_marks: stream_marks.clone(),
         };
         // The indexer is made on its own thread, after that thread has lowered its
         // priority, so that tantivy's indexing, compressing and merging threads (which
@@ -450,6 +518,8 @@ impl Pipeline {
             sampler,
             cluster_mode: config.cluster.is_some(),
             cluster: Arc::default(),
+            durable,
+            stream_marks,
             disk: Arc::new(disk::DiskGuard::new(
                 config.data_dir.clone(),
                 config.min_free_bytes,
@@ -482,6 +552,11 @@ impl Pipeline {
             from,
             self.config.wal_segment_bytes,
             |record| match Batch::decode(record.kind, &record.payload) {
+                _ if record.kind == RecordKind::Stream => {
+                    if let Some(mark) = StreamMark::decode(&record.payload) {
+                        note_mark(&self.stream_marks, mark, record.end_position);
+                    }
+                }
                 (Batch::Spans(spans), offsets) => {
                     if record.end_position > observed {
                         self.metrics.replay_latency(&spans, record.end_position);
@@ -539,6 +614,7 @@ impl Pipeline {
             self.stats.clone(),
             self.metrics.clone(),
             self.disk.clone(),
+            self.stream_marks.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("tracelink-wal".into())
@@ -652,14 +728,37 @@ impl Pipeline {
                 Err(error) => Err(SubmitError::Cluster(error.to_string())),
             };
         }
-        self.write(batch).await
+        self.write(batch, None).await.map(drop)
+    }
+
+    /// The longest a record written waits for a tantivy commit to hold it (its trace's
+    /// longest stay in the head, then a commit), under normal load.
+    pub fn longest_hold(&self) -> std::time::Duration {
+        self.config.trace_max_age + self.config.trace_idle + self.config.commit_interval
+    }
+
+    /// Where everything below is in a tantivy commit (or dropped by sampling), as it
+    /// advances.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// The last message of a partition the WAL held at start: (its stream sequence, the
+    /// WAL position past it).
+    pub fn stream_mark(&self, partition: u32) -> Option<(u64, u64)> {
+        lock(&self.stream_marks).get(&partition).copied()
     }
 
     /// Write a batch through the local WAL into the head (ingest on one node, or a
-    /// partition this node owns in a cluster).
-    pub(crate) async fn write(&self, batch: Batch) -> Result<(), SubmitError> {
+    /// message of a partition this node owns in a cluster, `mark`ed with where it came
+    /// from). The WAL position past it once fsynced (0 for an empty batch).
+    pub(crate) async fn write(
+        &self,
+        batch: Batch,
+        mark: Option<StreamMark>,
+    ) -> Result<u64, SubmitError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if !self.is_ready() {
             return Err(SubmitError::NotReady);
@@ -688,7 +787,7 @@ impl Pipeline {
             match sender.as_ref() {
                 None => Err(SubmitError::ShuttingDown),
                 Some(sender) => sender
-                    .send(WalJob { batch, ack })
+                    .send(WalJob { batch, mark, ack })
                     .map_err(|_| SubmitError::WalFailed),
             }
         };
@@ -697,9 +796,9 @@ impl Pipeline {
             return Err(error);
         }
         match acked.await {
-            Ok(Ok(())) => {
+            Ok(Ok(position)) => {
                 accepted.fetch_add(count as u64, Ordering::Relaxed);
-                Ok(())
+                Ok(position)
             }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(SubmitError::WalFailed),

@@ -23,9 +23,11 @@ pub(super) struct WalWriter {
     stats: Arc<PipelineStats>,
     metrics: Arc<Metrics>,
     disk: Arc<DiskGuard>,
+    stream_marks: super::StreamMarks,
 }
 
 impl WalWriter {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         wal: Wal,
         storage: Arc<Storage>,
@@ -34,8 +36,10 @@ impl WalWriter {
         stats: Arc<PipelineStats>,
         metrics: Arc<Metrics>,
         disk: Arc<DiskGuard>,
+        stream_marks: super::StreamMarks,
     ) -> WalWriter {
         WalWriter {
+            stream_marks,
             wal,
             storage,
             index_sender,
@@ -96,8 +100,20 @@ impl WalWriter {
                     .iter()
                     .map(|offset| payload_start + offset)
                     .collect();
-                match self.wal.append(job.batch.kind(), &buffer) {
-                    Ok(end) => positions.push((start, end, payload_at)),
+                let appended = self
+                    .wal
+                    .append(job.batch.kind(), &buffer)
+                    .and_then(|end| match job.mark {
+                        // The mark after the records: a crash that tears it off leaves
+                        // the message to be written again, never skipped.
+                        Some(mark) => self
+                            .wal
+                            .append(crate::wal::RecordKind::Stream, &mark.encode())
+                            .map(|past_mark| (end, past_mark)),
+                        None => Ok((end, end)),
+                    });
+                match appended {
+                    Ok((end, past)) => positions.push((start, end, past, payload_at)),
                     Err(error) => {
                         failed = Some(error);
                         break;
@@ -154,7 +170,7 @@ impl WalWriter {
             // is in the metrics and its trace is readable by id.
             let now = Instant::now();
             let mut logs = Vec::new();
-            for (job, (start, end, payload_at)) in group.into_iter().zip(positions) {
+            for (job, (start, end, past, payload_at)) in group.into_iter().zip(positions) {
                 match job.batch {
                     Batch::Spans(spans) => {
                         let exemplars = self.metrics.record_spans(&spans, end);
@@ -175,7 +191,10 @@ impl WalWriter {
                     }
                     Batch::Logs(records) => logs.push((end, records)),
                 }
-                let _ = job.ack.send(Ok(()));
+                if let Some(mark) = job.mark {
+                    super::note_mark(&self.stream_marks, mark, past);
+                }
+                let _ = job.ack.send(Ok(past));
             }
             for (end, records) in logs {
                 let job = IndexJob::Logs {
