@@ -664,8 +664,7 @@ pub fn gather(
                 .collect(),
             ..LatencyAsk::default()
         };
-        let merged =
-            crate::cluster::latency::gather(storage, &metrics.latency, &metrics.dependencies, &ask);
+        let merged = crate::cluster::latency::gather(storage, metrics, ask);
         for (key, windows) in merged.operations {
             for (side, window) in measured.iter_mut().zip(windows) {
                 let stats = window.stats();

@@ -70,16 +70,9 @@ pub async fn latency(
     let storage = state.storage.clone();
     let metrics = state.pipeline.metrics.clone();
     Ok(Json(
-        blocking(move || {
-            Ok(crate::cluster::latency::answer(
-                &storage,
-                &metrics.latency,
-                &metrics.dependencies,
-                &ask,
-            ))
-        })
-        .await
-        .map_err(ApiError::Internal)?,
+        blocking(move || Ok(crate::cluster::latency::answer(&storage, &metrics, &ask)))
+            .await
+            .map_err(ApiError::Internal)?,
     ))
 }
 

@@ -236,8 +236,7 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
         ..LatencyAsk::default()
     };
     let metrics = &state.pipeline.metrics;
-    let merged =
-        crate::cluster::latency::gather(storage, &metrics.latency, &metrics.dependencies, &ask);
+    let merged = crate::cluster::latency::gather(storage, metrics, ask);
     for (key, windows) in merged.operations {
         let mut windows = windows.into_iter();
         let (Some(window), Some(history)) = (windows.next(), windows.next()) else {

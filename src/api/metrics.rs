@@ -116,16 +116,11 @@ pub async fn latency(
         minutes: vec![Minutes::last(window, now)],
         ..LatencyAsk::default()
     };
-    let storage = state.storage.clone();
-    let metrics = state.pipeline.metrics.clone();
-    let merged = super::blocking(move || {
-        Ok(crate::cluster::latency::gather(
-            &storage,
-            &metrics.latency,
-            &metrics.dependencies,
-            &ask,
-        ))
-    })
+    let merged = crate::cluster::latency::gather_blocking(
+        state.storage.clone(),
+        state.pipeline.metrics.clone(),
+        ask,
+    )
     .await
     .map_err(ApiError::Internal)?;
     let operations: Vec<Value> = merged

@@ -5,12 +5,13 @@
 //! `POST /internal/cluster/v1/latency`; without a cluster, this node's windows alone.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::dependencies::{Dependencies, Link};
-use crate::metrics::latency::{LatencyHistograms, Minutes, OperationKey, Window, WireWindow};
+use crate::metrics::dependencies::Link;
+use crate::metrics::latency::{Minutes, OperationKey, Window, WireWindow};
+use crate::metrics::Metrics;
 use crate::store::Storage;
 
 pub const LATENCY_ROUTE: &str = "/internal/cluster/v1/latency";
@@ -61,13 +62,13 @@ pub struct Merged {
 }
 
 /// This node's windows, each sampled trace in them stored (or held) here.
-pub fn local(
+fn local(
     storage: &Storage,
-    latency: &Mutex<LatencyHistograms>,
-    dependencies: &Mutex<Dependencies>,
+    metrics: &Metrics,
     ask: &LatencyAsk,
 ) -> (Vec<(OperationKey, Vec<Window>)>, Vec<Link>) {
-    let mut operations = crate::lock(latency).windows(|key| ask.selects(key), &ask.minutes);
+    let mut operations =
+        crate::lock(&metrics.latency).windows(|key| ask.selects(key), &ask.minutes);
     for (_, windows) in &mut operations {
         for window in windows {
             window.forget_samples(|trace_id| storage.head.is_dropped(trace_id));
@@ -75,19 +76,14 @@ pub fn local(
     }
     let links = ask
         .links
-        .map(|(end_ms, lookback_ms)| crate::lock(dependencies).links(end_ms, lookback_ms))
+        .map(|(end_ms, lookback_ms)| crate::lock(&metrics.dependencies).links(end_ms, lookback_ms))
         .unwrap_or_default();
     (operations, links)
 }
 
 /// What this node answers a peer.
-pub fn answer(
-    storage: &Storage,
-    latency: &Mutex<LatencyHistograms>,
-    dependencies: &Mutex<Dependencies>,
-    ask: &LatencyAsk,
-) -> LatencyAnswer {
-    let (operations, links) = local(storage, latency, dependencies, ask);
+pub fn answer(storage: &Storage, metrics: &Metrics, ask: &LatencyAsk) -> LatencyAnswer {
+    let (operations, links) = local(storage, metrics, ask);
     LatencyAnswer {
         operations: operations
             .into_iter()
@@ -98,13 +94,9 @@ pub fn answer(
 }
 
 /// This node's windows and, in a cluster, every other node's, merged. Blocking.
-pub fn gather(
-    storage: &Storage,
-    latency: &Mutex<LatencyHistograms>,
-    dependencies: &Mutex<Dependencies>,
-    ask: &LatencyAsk,
-) -> Merged {
-    let (operations, links) = local(storage, latency, dependencies, ask);
+pub fn gather(storage: &Storage, metrics: &Metrics, ask: LatencyAsk) -> Merged {
+    let ask = &ask;
+    let (operations, links) = local(storage, metrics, ask);
     let mut merged = Merged {
         operations: operations.into_iter().collect(),
         links,
@@ -122,6 +114,17 @@ pub fn gather(
         .links
         .sort_by(|a, b| (&a.parent, &a.child).cmp(&(&b.parent, &b.child)));
     merged
+}
+
+/// [`gather`] on a blocking thread, for a request handler.
+pub async fn gather_blocking(
+    storage: Arc<Storage>,
+    metrics: Arc<Metrics>,
+    ask: LatencyAsk,
+) -> Result<Merged, String> {
+    tokio::task::spawn_blocking(move || gather(&storage, &metrics, ask))
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// Add a peer's answer into what is merged so far; a window that does not decode, or an
@@ -168,7 +171,7 @@ fn merge(merged: &mut Merged, answer: LatencyAnswer, windows_asked: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::latency::Observation;
+    use crate::metrics::latency::{LatencyHistograms, Observation};
     use crate::model::TraceId;
 
     fn key(service: &str) -> OperationKey {

@@ -278,16 +278,11 @@ pub async fn services(State(state): State<AppState>, Query(params): Params) -> R
         links: Some((end_ms, minutes * 60_000)),
         ..Default::default()
     };
-    let storage = state.storage.clone();
-    let metrics = state.pipeline.metrics.clone();
-    let merged = match crate::api::blocking(move || {
-        Ok(crate::cluster::latency::gather(
-            &storage,
-            &metrics.latency,
-            &metrics.dependencies,
-            &ask,
-        ))
-    })
+    let merged = match crate::cluster::latency::gather_blocking(
+        state.storage.clone(),
+        state.pipeline.metrics.clone(),
+        ask,
+    )
     .await
     {
         Ok(merged) => merged,
