@@ -15,7 +15,7 @@ use prost::encoding::decode_varint;
 const MAX_TERM_VALUE_BYTES: usize = 256;
 
 /// The attribute scopes a term can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TagScope {
     Resource,
     Span,
@@ -93,9 +93,13 @@ pub fn split_term(term: &[u8]) -> Option<(TagScope, &str, TagType, &str)> {
 
 /// The terms of one fragment, gathered span by span.
 #[derive(Default)]
-pub struct AttributeTerms {
+pub struct AttributeTerms<'a> {
     buffer: String,
     terms: Vec<Range<usize>>,
+    /// The encoded attributes already made terms of, by scope: the spans of a trace
+    /// repeat most of theirs (method, route, peer), and a repeat costs a hash lookup
+    /// instead of a term formatted, sorted and dropped as a duplicate.
+    seen: crate::FastSet<(TagScope, &'a [u8])>,
 }
 
 /// One field of a protobuf message, as the walk sees it.
@@ -179,10 +183,10 @@ pub fn span_string_attribute(payload: &[u8], keys: &[&str]) -> Option<String> {
     best.map(|(_, text)| text.to_owned())
 }
 
-impl AttributeTerms {
+impl<'a> AttributeTerms<'a> {
     /// Add the attributes of a stored span payload (a one-span `ResourceSpans`); its
     /// resource's too when `with_resource`.
-    pub fn add_payload(&mut self, payload: &[u8], with_resource: bool) {
+    pub fn add_payload(&mut self, payload: &'a [u8], with_resource: bool) {
         // ResourceSpans: 1 resource (Resource: 1 attributes), 2 scope_spans
         // (ScopeSpans: 2 spans (Span: 9 attributes)).
         walk(payload, |number, field| match (number, field) {
@@ -209,7 +213,10 @@ impl AttributeTerms {
     }
 
     /// `KeyValue`: 1 key, 2 value (`AnyValue`: 1 string, 2 bool, 3 int, 4 double).
-    fn add_key_value(&mut self, scope: TagScope, key_value: &[u8]) {
+    fn add_key_value(&mut self, scope: TagScope, key_value: &'a [u8]) {
+        if !self.seen.insert((scope, key_value)) {
+            return;
+        }
         let mut key: Option<&str> = None;
         let mut value: Option<&[u8]> = None;
         walk(key_value, |number, field| match (number, field) {
