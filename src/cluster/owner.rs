@@ -377,7 +377,7 @@ async fn consume(
                     durable_name: Some(name.clone()),
                     filter_subject: format!("tracelink.{partition}.>"),
                     deliver_policy,
-                    // One ack per fetch: acking a message acks every one before it.
+                    // Acking a message acks every one before it.
                     ack_policy: AckPolicy::All,
                     // A message waits for its trace to leave the head and be committed.
                     ack_wait: pipeline.longest_hold() * 2 + Duration::from_secs(30),
