@@ -429,9 +429,11 @@ async fn service_graph_and_the_shipped_dashboard_use_metrics_tracelink_exports()
             .await
             .unwrap();
         // Latency observations that carry exemplars wait for their trace's sampling
-        // decision (the trace leaves the head after `trace_idle_ms`).
+        // decision, and the service graph for the trace whole (it leaves the head after
+        // `trace_idle_ms`).
         let settled = text.contains("tracelink_log_records_total{")
-            && text.contains("traces_spanmetrics_latency_bucket{");
+            && text.contains("traces_spanmetrics_latency_bucket{")
+            && text.contains("traces_service_graph_request_total{");
         if settled || Instant::now() > deadline {
             break text;
         }

@@ -162,7 +162,6 @@ pub struct Metrics {
     latency_family: LatencyFamily,
     calls: Family<SpanLabels, CounterWithExemplar<TraceExemplar>>,
     log_records: Family<LogLabels, CounterWithExemplar<LogExemplar>>,
-    graph: Mutex<graph::ServiceGraph>,
     /// The same edges per minute, for Jaeger's and Zipkin's dependency views.
     pub dependencies: Mutex<dependencies::Dependencies>,
     graph_requests: Family<EdgeLabels, Counter>,
@@ -273,7 +272,6 @@ impl Metrics {
             latency_family,
             calls,
             log_records,
-            graph: Mutex::new(graph::ServiceGraph::default()),
             dependencies: Mutex::new(dependencies::Dependencies::default()),
             graph_requests,
             graph_failed,
@@ -299,7 +297,8 @@ impl Metrics {
     }
 
     /// Observe every span of an acked batch, whose WAL record ends at `wal_end`. The
-    /// latency histograms, the calls counters and the service graph see every span now.
+    /// latency histograms and the calls counters see every span now (the service graph
+    /// sees it when its trace leaves the head).
     /// The span of each bucket and label set that will carry the exemplar is returned as a
     /// [`PendingExemplar`], settled by [`Metrics::settle`] once its trace's sampling
     /// decision is known, so that every exemplar names a kept trace: its counter exemplar
@@ -315,8 +314,6 @@ impl Metrics {
         let now = SystemTime::now();
         let now_minute = latency::current_minute();
         let mut latency = lock(&self.latency);
-        let mut graph = lock(&self.graph);
-        let instant = std::time::Instant::now();
         // Per batch: each distinct (service, name, kind, status) is normalised, admitted
         // and turned into labels once; each of its buckets gets one exemplar (the first
         // span to land there), which keeps exemplar strings off the per-span path.
@@ -332,9 +329,6 @@ impl Metrics {
         }
         let mut groups: crate::FastMap<(&str, &str, i32, i32), Group> = crate::FastMap::default();
         for span in spans {
-            if let Some(edge) = graph.observe(span, instant) {
-                self.record_edge(edge);
-            }
             let group = groups
                 .entry((
                     &*span.service,
