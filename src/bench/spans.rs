@@ -458,31 +458,46 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             sent
         })
     };
-    let client = reqwest::Client::new();
     let traces = ingested / SPANS_PER_TRACE;
-    let mut latencies = Vec::new();
-    let mut state = run_tag | 1;
-    let query_deadline = Instant::now() + Duration::from_secs(options.query_seconds);
-    while Instant::now() < query_deadline {
-        // xorshift: a different stored trace each time.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let trace = state % traces;
-        let id = crate::model::to_hex(&bench_trace_id(run_tag, trace));
-        let asked = Instant::now();
-        let response = client
-            .get(format!("http://{http}/api/v2/traces/{id}"))
-            .header("accept", "application/protobuf")
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        latencies.push(asked.elapsed());
-        if status != 200 || body.is_empty() {
-            anyhow::bail!("trace {id} came back with {status}");
-        }
-    }
+    let query_seconds = options.query_seconds;
+    // The query client has a thread and a runtime of its own: on the load generator's
+    // runtime, an answer waits while a worker builds the next background batch, and the
+    // latency measured would be the client's.
+    let queries = std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let client = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            let mut state = run_tag | 1;
+            let query_deadline = Instant::now() + Duration::from_secs(query_seconds);
+            while Instant::now() < query_deadline {
+                // xorshift: a different stored trace each time.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let trace = state % traces;
+                let id = crate::model::to_hex(&bench_trace_id(run_tag, trace));
+                let asked = Instant::now();
+                let response = client
+                    .get(format!("http://{http}/api/v2/traces/{id}"))
+                    .header("accept", "application/protobuf")
+                    .send()
+                    .await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                latencies.push(asked.elapsed());
+                if status != 200 || body.is_empty() {
+                    anyhow::bail!("trace {id} came back with {status}");
+                }
+            }
+            Ok(latencies)
+        })
+    });
+    let mut latencies = tokio::task::spawn_blocking(move || queries.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the query thread panicked"))??;
     stop.store(true, Ordering::Relaxed);
     let background_spans = background.await?;
     let stored = ingested + background_spans;
