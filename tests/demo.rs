@@ -128,7 +128,17 @@ async fn the_demo_shop_fills_every_api_and_its_incident_is_diagnosed() {
     .await;
     let top = &diagnosis["suspects"][0];
     assert_eq!(top["service"], "payments", "{diagnosis:#}");
-    assert_eq!(top["kind"], "errors", "{diagnosis:#}");
+    // Its failed calls or its error logs, whichever stand out more: a third of the cards
+    // are declined at random, and a window with few checkouts (a loaded machine) may
+    // hold few failed calls beside the "card declined" logs they all write.
+    assert!(
+        top["kind"] == "errors" || top["kind"] == "logs",
+        "{diagnosis:#}"
+    );
+    assert!(
+        top["evidence"]["error_logs_window"].as_u64() > Some(0),
+        "{diagnosis:#}"
+    );
     assert_eq!(top["origin"], true, "{diagnosis:#}");
 
     // It stops by itself when its time is up.
