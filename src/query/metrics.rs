@@ -160,7 +160,9 @@ type Group = (Vec<GroupKey>, Option<u64>);
 /// that every function (quantiles and averages too) is exact over the whole cluster.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Accumulated {
-    /// Each group's intervals (a list: JSON keys are strings).
+    /// Each group's intervals (a list: JSON keys are strings); sent to another node
+    /// with only the intervals that counted a span.
+    #[serde(with = "sparse_intervals")]
     groups: Vec<(Group, Vec<Interval>)>,
     inspected_traces: u64,
     inspected_spans: u64,
@@ -190,6 +192,59 @@ impl Accumulated {
         self.groups = groups.into_iter().collect();
     }
 }
+
+/// A group's intervals as nodes send them: how many, and those that counted a span, each
+/// with its index (a query of many steps over sparse data would be mostly empty ones).
+mod sparse_intervals {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Group, Interval, MAX_INTERVALS};
+
+    type Sparse<G, I> = Vec<(G, usize, Vec<(usize, I)>)>;
+
+    pub fn serialize<S: Serializer>(
+        groups: &[(Group, Vec<Interval>)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let sparse: Sparse<&Group, &Interval> = groups
+            .iter()
+            .map(|(group, intervals)| {
+                let counted = intervals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, interval)| interval.count > 0)
+                    .collect();
+                (group, intervals.len(), counted)
+            })
+            .collect();
+        sparse.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(Group, Vec<Interval>)>, D::Error> {
+        let sparse: Sparse<Group, Interval> = Deserialize::deserialize(deserializer)?;
+        sparse
+            .into_iter()
+            .map(|(group, len, counted)| {
+                if len > MAX_INTERVALS {
+                    return Err(serde::de::Error::custom("too many intervals"));
+                }
+                let mut intervals = vec![Interval::default(); len];
+                for (index, interval) in counted {
+                    *intervals
+                        .get_mut(index)
+                        .ok_or_else(|| serde::de::Error::custom("interval out of range"))? =
+                        interval;
+                }
+                Ok((group, intervals))
+            })
+            .collect()
+    }
+}
+
+/// The most intervals a query is cut into.
+const MAX_INTERVALS: usize = 100_000;
 
 /// Run a metrics query. Blocking (tantivy reads).
 pub fn query(storage: &Storage, request: &MetricsRequest) -> Result<MetricsResult, StoreError> {
@@ -330,7 +385,7 @@ fn intervals(request: &MetricsRequest) -> (u64, u64, usize) {
             // Intervals are aligned to the step, as Tempo's (and Prometheus's) are.
             let origin = request.start_unix_nano - request.start_unix_nano % step;
             let count = (request.end_unix_nano - origin).div_ceil(step).max(1);
-            (origin, step, count.min(100_000) as usize)
+            (origin, step, count.min(MAX_INTERVALS as u64) as usize)
         }
     }
 }
@@ -515,6 +570,53 @@ fn group_key(value: Option<Value>, operand: &Operand) -> GroupKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accumulations_travel_with_only_their_counted_intervals_and_merge() {
+        let interval = |count: u64, value: f64| {
+            let mut interval = Interval {
+                count,
+                ..Interval::default()
+            };
+            interval.add(value, true);
+            interval
+        };
+        let mut intervals = vec![Interval::default(); 240];
+        intervals[3] = interval(2, 0.5);
+        intervals[200] = interval(1, 4.0);
+        let theirs = Accumulated {
+            groups: vec![(
+                (vec![GroupKey::String("a".into())], None),
+                intervals.clone(),
+            )],
+            inspected_traces: 3,
+            inspected_spans: 3,
+        };
+        let wire = serde_json::to_string(&theirs).unwrap();
+        assert!(wire.len() < 1_000, "{wire}");
+        let back: Accumulated = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.groups, theirs.groups);
+        let mut ours = Accumulated {
+            groups: vec![((vec![GroupKey::String("a".into())], None), {
+                let mut mine = vec![Interval::default(); 240];
+                mine[3] = interval(1, 0.25);
+                mine
+            })],
+            inspected_traces: 1,
+            inspected_spans: 1,
+        };
+        ours.merge(back);
+        let merged = &ours.groups[0].1;
+        assert_eq!(merged[3].count, 3);
+        assert_eq!((merged[3].min, merged[3].max), (Some(0.25), Some(0.5)));
+        assert_eq!(merged[200].values, vec![4.0]);
+        assert_eq!(ours.inspected_spans, 4);
+        // An index past the intervals it says it has is refused.
+        assert!(serde_json::from_str::<Accumulated>(
+            r#"{"groups": [[[[], null], 2, [[5, {"count": 1, "read": 0, "sum": 0.0, "min": null, "max": null, "values": [], "exemplar": null}]]]], "inspected_traces": 0, "inspected_spans": 0}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn quantiles_interpolate_between_neighbours() {
