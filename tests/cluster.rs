@@ -638,12 +638,21 @@ async fn traces_on_one_node_and_logs_on_another_are_whole_on_every_node_even_wit
     // Latency quantiles and the services view merge every node's hdrhistograms: each
     // node observed only the spans of its own partitions.
     for node in &nodes {
-        let (status, latency) = get_json(
-            node.http(),
-            "/api/metrics/latency?service=payments&window=1h",
-        )
-        .await;
-        assert_eq!(status, 200, "latency on {}: {latency}", node.id);
+        // A span's latency observation that will carry an exemplar waits for its
+        // trace's sampling decision: wait for all six.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let latency = loop {
+            let (status, latency) = get_json(
+                node.http(),
+                "/api/metrics/latency?service=payments&window=1h",
+            )
+            .await;
+            assert_eq!(status, 200, "latency on {}: {latency}", node.id);
+            if latency["operations"][0]["count"] == 6 || Instant::now() > deadline {
+                break latency;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let charge = &latency["operations"][0];
         assert_eq!(
             (
