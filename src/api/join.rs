@@ -221,11 +221,8 @@ pub(crate) fn join_trace(state: &AppState, trace_id: &TraceId) -> Result<Option<
     let mut stats: HashMap<OperationKey, WindowStats> = HashMap::new();
     let mut normals: HashMap<OperationKey, Normal> = HashMap::new();
     // Each operation's recent calls and its calls in the hour before, of every node.
-    let mut operations: Vec<OperationKey> = spans.iter().map(operation_key).collect();
-    operations.sort();
-    operations.dedup();
     let ask = LatencyAsk {
-        operations,
+        operations: spans.iter().map(operation_key).collect(),
         minutes: vec![
             Minutes::last(Some(WINDOW_MINUTES), now),
             Minutes::Between(

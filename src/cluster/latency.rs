@@ -4,7 +4,7 @@
 //! exactly) before quantiles are read off. One request per peer, on
 //! `POST /internal/cluster/v1/latency`; without a cluster, this node's windows alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ pub struct LatencyAsk {
     pub service: Option<String>,
     pub span_name: Option<String>,
     /// Only these operations (empty: every one of `service` and `span_name`).
-    pub operations: Vec<OperationKey>,
+    pub operations: BTreeSet<OperationKey>,
     /// One window of each operation per entry.
     pub minutes: Vec<Minutes>,
     /// Also the dependency links ending at this Unix time (ms) over a lookback (ms).

@@ -743,8 +743,8 @@ impl Pipeline {
         self.durable.subscribe()
     }
 
-    /// The last message of a partition the WAL held at start: (its stream sequence, the
-    /// WAL position past it).
+    /// The last message of a partition written here (held by the WAL, or by a commit
+    /// when the WAL has gone past it): its stream sequence, and the WAL position past it.
     pub fn stream_mark(&self, partition: u32) -> Option<(u64, u64)> {
         lock(&self.stream_marks).get(&partition).copied()
     }

@@ -350,10 +350,7 @@ impl Window {
 
     /// What [`Window::to_wire`] made; `None` if the histogram does not decode.
     pub fn from_wire(wire: WireWindow) -> Option<Window> {
-        let mut reader = wire.histogram.as_slice();
-        let histogram = Deserializer::new()
-            .deserialize::<u64, _>(&mut reader)
-            .ok()?;
+        let histogram = snapshot::decompress_strict(&wire.histogram).ok()?;
         Some(Window {
             histogram,
             errors: wire.errors,
@@ -373,20 +370,17 @@ pub struct WireWindow {
     slowest: Option<TraceSample>,
 }
 
+/// Bytes as base64 text, as the snapshot writes histograms.
 mod base64_bytes {
-    use base64::Engine as _;
-
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+        serializer.serialize_str(&super::snapshot::b64(bytes))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u8>, D::Error> {
         let text = <String as serde::Deserialize>::deserialize(deserializer)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(serde::de::Error::custom)
+        super::snapshot::unb64(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -489,18 +483,17 @@ impl Operation {
 
     /// Stats over the last `minutes` minutes up to `now_minute` (`None`: since start).
     fn stats(&self, minutes: Option<u64>, now_minute: u64) -> WindowStats {
-        self.stats_where(
-            |minute| match minutes {
-                None => true,
-                Some(window) => minute + window > now_minute && minute <= now_minute,
-            },
-            minutes.is_none(),
-        )
+        self.window(Minutes::last(minutes, now_minute)).stats()
     }
 
-    /// Stats over the minutes `in_window` says (or since start, with `everything`).
-    fn stats_where(&self, in_window: impl Fn(u64) -> bool, everything: bool) -> WindowStats {
-        self.window_where(in_window, everything).stats()
+    /// The calls of `minutes`, before quantiles are read off.
+    fn window(&self, minutes: Minutes) -> Window {
+        match minutes {
+            Minutes::Between(from, to) => {
+                self.window_where(|minute| minute >= from && minute <= to, false)
+            }
+            Minutes::All => self.window_where(|_| true, true),
+        }
     }
 
     /// The minutes `in_window` says merged (or everything since start, with
@@ -687,12 +680,7 @@ impl LatencyHistograms {
             .map(|(key, operation)| {
                 let windows = minutes
                     .iter()
-                    .map(|minutes| match *minutes {
-                        Minutes::Between(from, to) => {
-                            operation.window_where(|minute| minute >= from && minute <= to, false)
-                        }
-                        Minutes::All => operation.window_where(|_| true, true),
-                    })
+                    .map(|minutes| operation.window(*minutes))
                     .collect();
                 (key.clone(), windows)
             })

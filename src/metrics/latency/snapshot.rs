@@ -51,19 +51,19 @@ fn sample_in((trace_id, duration_us): &(String, u64)) -> Option<TraceSample> {
     })
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(super) fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn unb64(text: &str) -> Result<Vec<u8>, String> {
+pub(super) fn unb64(text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|error| error.to_string())
 }
 
-fn decompress_strict(bytes: &[u8]) -> Result<Histogram<u64>, String> {
+pub(super) fn decompress_strict(bytes: &[u8]) -> Result<Histogram<u64>, String> {
     let mut reader = bytes;
     Deserializer::new()
         .deserialize::<u64, _>(&mut reader)
