@@ -225,19 +225,27 @@ impl Server {
             api::router(state.clone()),
             token.clone(),
         ));
-        servers.spawn(serve_http(
-            "otlp http",
-            self.otlp_http,
-            self.config.tls.clone(),
-            api::otlp_router(state.clone()),
-            token.clone(),
-        ));
+        // Ingest is received on threads of its own: the query API's threads then never
+        // hold a query behind an export's frames.
+        let ingest = ingest_runtime();
+        let otlp_http = Rebind::new(self.otlp_http);
+        let otlp_router = api::otlp_router(state.clone());
+        let otlp_tls = self.config.tls.clone();
+        let otlp_token = token.clone();
+        servers.spawn_on(
+            async move {
+                match otlp_http.listener() {
+                    Ok(listener) => {
+                        serve_http("otlp http", listener, otlp_tls, otlp_router, otlp_token).await
+                    }
+                    Err(error) => tracing::error!(%error, "otlp http server cannot listen"),
+                }
+            },
+            &ingest,
+        );
         {
             let token = token.clone();
-            // Small answers (an export's ack) go out at once, not after the peer's
-            // delayed ACK (~40 ms with Nagle's algorithm on).
-            let incoming = tonic::transport::server::TcpIncoming::from(self.otlp_grpc)
-                .with_nodelay(Some(true));
+            let otlp_grpc = Rebind::new(self.otlp_grpc);
             let guard = auth::grpc_guard(state.config.tokens.clone());
             let traces = tonic::service::interceptor::InterceptedService::new(
                 grpc::trace_service(state.clone()),
@@ -248,7 +256,18 @@ impl Server {
                 guard,
             );
             let tls = self.config.tls.clone();
-            servers.spawn(async move {
+            servers.spawn_on(async move {
+                let listener = match otlp_grpc.listener() {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "otlp grpc server cannot listen");
+                        return;
+                    }
+                };
+                // Small answers (an export's ack) go out at once, not after the peer's
+                // delayed ACK (~40 ms with Nagle's algorithm on).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(tls) = tls {
                     builder = match builder.tls_config(tls.grpc()) {
@@ -270,7 +289,7 @@ impl Server {
                 if let Err(error) = served {
                     tracing::error!(%error, "otlp grpc server failed");
                 }
-            });
+            }, &ingest);
         }
         let replay_pipeline = self.pipeline.clone();
         let logs_config = self.config.logs.clone();
@@ -337,6 +356,57 @@ impl Server {
             );
         } else {
             tracing::info!("stopped");
+        }
+    }
+}
+
+/// The runtime that receives ingest requests (OTLP over HTTP and gRPC), and the current
+/// one when it cannot be made.
+///
+/// A tokio worker runs its tasks one after the other: when the query API shared its two
+/// workers with ingest, a query by trace id waited behind an export's frames and its
+/// answer's, and its p99 grew with the ingest rate. With runtimes of their own, a query
+/// only waits for a core.
+fn ingest_runtime() -> tokio::runtime::Handle {
+    static INGEST: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    INGEST
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("tracelink-ingest")
+                .enable_all()
+                .build()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no ingest threads; ingest is received on the query threads")
+                })
+                .ok()
+        })
+        .as_ref()
+        .map(|runtime| runtime.handle().clone())
+        .unwrap_or_else(tokio::runtime::Handle::current)
+}
+
+/// A listener bound on one runtime, to be served on another: a tokio socket is registered
+/// with the runtime that made it, so it travels as the standard library's and is
+/// registered again where it is served.
+enum Rebind {
+    Listener(std::net::TcpListener),
+    Failed(std::io::Error),
+}
+
+impl Rebind {
+    fn new(listener: TcpListener) -> Rebind {
+        match listener.into_std() {
+            Ok(listener) => Rebind::Listener(listener),
+            Err(error) => Rebind::Failed(error),
+        }
+    }
+
+    /// The listener, on the runtime this is called in.
+    fn listener(self) -> std::io::Result<TcpListener> {
+        match self {
+            Rebind::Listener(listener) => TcpListener::from_std(listener),
+            Rebind::Failed(error) => Err(error),
         }
     }
 }
