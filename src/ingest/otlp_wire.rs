@@ -644,5 +644,8 @@ impl<'a> Fields<'a> {
     }
 }
 
+mod merge;
+pub use merge::{merge_stored, trace_by_id_response};
+
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,16 @@ impl Storage {
         &self,
         trace_id: &TraceId,
     ) -> Result<(Option<Vec<ResourceSpans>>, Vec<String>), StoreError> {
+        let (payloads, missing) = self.trace_payloads_reporting(trace_id)?;
+        Ok((merge_payloads(trace_id, payloads), missing))
+    }
+
+    /// The stored span payloads of a trace on every node of a cluster (duplicates
+    /// included; see [`merge_payloads`]), and the nodes that did not answer.
+    pub fn trace_payloads_reporting(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<(Vec<Bytes>, Vec<String>), StoreError> {
         let mut payloads = self.local_trace_payloads(trace_id)?;
         let mut missing = Vec::new();
         if let Some(peers) = self.peers.get() {
@@ -173,7 +183,7 @@ impl Storage {
             payloads.extend(gathered.answers);
             missing = gathered.missing;
         }
-        Ok((merge_payloads(trace_id, payloads), missing))
+        Ok((payloads, missing))
     }
 
     /// The trace as this node alone holds it (searches, which run on every node).
