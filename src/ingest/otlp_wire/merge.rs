@@ -236,9 +236,7 @@ fn put_bytes(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::common::v1::{
-        any_value, AnyValue, InstrumentationScope, KeyValue,
-    };
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
     use prost::Message;
@@ -248,13 +246,7 @@ mod tests {
 
     fn resource(service: &str) -> Resource {
         Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(service.into())),
-                }),
-                ..Default::default()
-            }],
+            attributes: vec![super::super::tests::string_value("service.name", service)],
             ..Default::default()
         }
     }

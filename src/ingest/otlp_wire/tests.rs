@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-fn string_value(key: &str, value: &str) -> KeyValue {
+pub(super) fn string_value(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue {
