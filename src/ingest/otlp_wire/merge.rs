@@ -102,14 +102,8 @@ pub fn trace_by_id_response(traces_data: &[u8], status: i32, message: &str) -> V
 }
 
 /// One payload read: its resource, its scopes and their spans.
-struct Payload<'a> {
-    resource: Option<&'a [u8]>,
-    schema_url: &'a [u8],
-    scopes: Vec<ScopeGroup<'a>>,
-}
-
-fn read_payload(payload: &[u8]) -> Wire<Payload<'_>> {
-    let mut read = Payload {
+fn read_payload(payload: &[u8]) -> Wire<ResourceGroup<'_>> {
+    let mut read = ResourceGroup {
         resource: None,
         schema_url: &[],
         scopes: Vec::new(),
@@ -169,7 +163,7 @@ fn start_and_id(span: &[u8]) -> Wire<(u64, &[u8])> {
 
 fn add<'a>(
     groups: &mut Vec<ResourceGroup<'a>>,
-    payload: Payload<'a>,
+    payload: ResourceGroup<'a>,
     seen: &mut HashSet<&'a [u8]>,
 ) {
     for mut scope in payload.scopes {
