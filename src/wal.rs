@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -184,8 +184,20 @@ impl Wal {
         header[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
         header[8] = kind as u8;
         let path = &self.segment_path;
-        self.writer.write_all(&header).map_err(io_error(path))?;
-        self.writer.write_all(payload).map_err(io_error(path))?;
+        if payload.len() >= DIRECT_WRITE_BYTES {
+            // A big record (a request's spans) goes to the kernel from where it lies, after
+            // what the buffer holds: copying it through the buffer first was an eighth of
+            // this thread's time at full rate.
+            self.writer.flush().map_err(io_error(path))?;
+            write_all_vectored(
+                self.writer.get_mut(),
+                &mut [IoSlice::new(&header), IoSlice::new(payload)],
+            )
+            .map_err(io_error(path))?;
+        } else {
+            self.writer.write_all(&header).map_err(io_error(path))?;
+            self.writer.write_all(payload).map_err(io_error(path))?;
+        }
         self.position += HEADER_BYTES + u64::from(len);
         self.unsynced = true;
         Ok(self.position)
@@ -380,6 +392,22 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 /// The appending side's buffer: records go to the kernel when it fills or at each sync.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
+/// Records at least this long are written past the buffer.
+const DIRECT_WRITE_BYTES: usize = 64 << 10;
+
+/// Write every byte of `slices`, in as few calls as the kernel allows.
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 fn create_segment(dir: &Path, start: u64) -> Result<(PathBuf, BufWriter<File>), WalError> {
     let path = dir.join(format!("{start:020}{SEGMENT_SUFFIX}"));
     let file = OpenOptions::new()
@@ -485,6 +513,33 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].payload, b"two");
         assert_eq!(wal.position(), second);
+    }
+
+    #[test]
+    fn big_records_written_past_the_buffer_keep_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = replay_all(dir.path(), 0);
+        let big: Vec<u8> = (0..DIRECT_WRITE_BYTES * 3)
+            .map(|index| (index % 251) as u8)
+            .collect();
+        let payloads = [
+            b"small before".to_vec(),
+            big.clone(),
+            b"small after".to_vec(),
+            big[..DIRECT_WRITE_BYTES].to_vec(),
+        ];
+        let ends: Vec<u64> = payloads
+            .iter()
+            .map(|payload| wal.append(RecordKind::Spans, payload).unwrap())
+            .collect();
+        wal.sync().unwrap();
+        drop(wal);
+        let (wal, records) = replay_all(dir.path(), 0);
+        let replayed: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(replayed, payloads);
+        let replayed_ends: Vec<u64> = records.iter().map(|r| r.end_position).collect();
+        assert_eq!(replayed_ends, ends);
+        assert_eq!(wal.position(), ends[3]);
     }
 
     #[test]

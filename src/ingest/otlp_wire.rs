@@ -45,13 +45,17 @@ const DEPTH: u32 = 99;
 /// whole, as prost would make it.
 pub fn decode_request(body: &[u8], redactor: &Redactor) -> Wire<DecodedSpans> {
     let mut decoded = DecodedSpans::default();
+    let screen = Screen {
+        redactor,
+        body_clean: redactor.content_clean(body),
+    };
     let mut fields = Fields::new(body, DEPTH);
     while let Some((tag, value)) = fields.next()? {
         if tag == 1 {
             resource_spans(
                 value.message()?,
                 DEPTH.saturating_sub(1),
-                redactor,
+                &screen,
                 &mut decoded,
             )?;
         }
@@ -59,10 +63,17 @@ pub fn decode_request(body: &[u8], redactor: &Redactor) -> Wire<DecodedSpans> {
     Ok(decoded)
 }
 
+/// The redactor, and whether the request's bytes passed its screen as a whole (then no
+/// span in it needs its own pass).
+struct Screen<'a> {
+    redactor: &'a Redactor,
+    body_clean: bool,
+}
+
 fn resource_spans(
     bytes: &[u8],
     depth: u32,
-    redactor: &Redactor,
+    screen: &Screen<'_>,
     decoded: &mut DecodedSpans,
 ) -> Wire<()> {
     let Level {
@@ -71,7 +82,7 @@ fn resource_spans(
         schema_url,
     } = Level::<Resource>::read(bytes, depth)?;
     if let Some(resource) = resource.as_mut() {
-        redactor.resource(resource);
+        screen.redactor.resource(resource);
     }
     for scope in scopes {
         scope_spans(
@@ -79,7 +90,7 @@ fn resource_spans(
             depth.saturating_sub(1),
             resource.as_ref(),
             schema_url,
-            redactor,
+            screen,
             decoded,
         )?;
     }
@@ -91,7 +102,7 @@ fn scope_spans(
     depth: u32,
     resource: Option<&Resource>,
     resource_schema_url: &str,
-    redactor: &Redactor,
+    screen: &Screen<'_>,
     decoded: &mut DecodedSpans,
 ) -> Wire<()> {
     let Level {
@@ -108,7 +119,7 @@ fn scope_spans(
     decoded.spans.reserve(spans.len());
     for encoded in spans {
         let fields = SpanFields::read(encoded, depth.saturating_sub(1))?;
-        match fields.into_span(&envelope, encoded, redactor)? {
+        match fields.into_span(&envelope, encoded, screen)? {
             Ok(span) => decoded.spans.push(span),
             Err(rejected) => decoded.rejected.push(rejected),
         }
@@ -295,17 +306,17 @@ impl<'a> SpanFields<'a> {
         self,
         envelope: &Arc<Envelope>,
         encoded: &[u8],
-        redactor: &Redactor,
+        screen: &Screen<'_>,
     ) -> Wire<Result<Span, crate::model::RejectedSpan>> {
         let ids = match SpanIds::check(self.name, self.trace_id, self.span_id, self.parent_span_id)
         {
             Ok(ids) => ids,
             Err(rejected) => return Ok(Err(rejected)),
         };
-        if ids.parent_all_zero || redactor.screen(encoded) {
+        if ids.parent_all_zero || screen.redactor.screen_within(encoded, screen.body_clean) {
             let mut span = OtlpSpan::decode(encoded)
                 .map_err(|decode_error| WireError(decode_error.to_string()))?;
-            redactor.span(&mut span);
+            screen.redactor.span(&mut span);
             return Ok(Span::from_otlp_in(envelope, span));
         }
         Ok(Ok(Span {

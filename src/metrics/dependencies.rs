@@ -62,15 +62,16 @@ impl Dependencies {
         Ok(dependencies)
     }
 
-    pub fn record(&mut self, minute: u64, parent: &str, child: &str, failed: bool) {
+    /// Count `calls` from `parent` to `child` in `minute`, `errors` of them failed.
+    pub fn record(&mut self, minute: u64, parent: &str, child: &str, calls: u64, errors: u64) {
         let links = self.minutes.entry(minute).or_default();
         let key = (parent.to_owned(), child.to_owned());
         if links.len() >= MAX_LINKS_PER_MINUTE && !links.contains_key(&key) {
             return;
         }
         let counts = links.entry(key).or_default();
-        counts.0 += 1;
-        counts.1 += u64::from(failed);
+        counts.0 += calls;
+        counts.1 += errors;
         let oldest_kept = minute.saturating_sub(KEPT_MINUTES);
         while let Some((&oldest, _)) = self.minutes.first_key_value() {
             if oldest >= oldest_kept {
@@ -111,9 +112,9 @@ mod tests {
     #[test]
     fn a_snapshot_restores_every_minute() {
         let mut dependencies = Dependencies::default();
-        dependencies.record(100, "gateway", "orders", false);
-        dependencies.record(100, "gateway", "orders", true);
-        dependencies.record(103, "orders", "db:postgres", false);
+        dependencies.record(100, "gateway", "orders", 1, 0);
+        dependencies.record(100, "gateway", "orders", 1, 1);
+        dependencies.record(103, "orders", "db:postgres", 1, 0);
         let restored = Dependencies::restore(&dependencies.snapshot()).unwrap();
         assert_eq!(
             restored.links(103 * 60_000, 10 * 60_000),
@@ -126,9 +127,9 @@ mod tests {
     #[test]
     fn links_sum_over_the_window_asked_and_old_minutes_go() {
         let mut dependencies = Dependencies::default();
-        dependencies.record(100, "gateway", "orders", false);
-        dependencies.record(101, "gateway", "orders", true);
-        dependencies.record(105, "orders", "payments", false);
+        dependencies.record(100, "gateway", "orders", 1, 0);
+        dependencies.record(101, "gateway", "orders", 1, 1);
+        dependencies.record(105, "orders", "payments", 1, 0);
         let all = dependencies.links(105 * 60_000, 10 * 60_000);
         assert_eq!(
             all,
@@ -148,7 +149,7 @@ mod tests {
             ]
         );
         assert_eq!(dependencies.links(105 * 60_000, 60_000).len(), 1);
-        dependencies.record(100 + KEPT_MINUTES + 2, "a", "b", false);
+        dependencies.record(100 + KEPT_MINUTES + 2, "a", "b", 1, 0);
         assert_eq!(dependencies.links(101 * 60_000, 60_000 * 5), vec![]);
     }
 }

@@ -15,12 +15,12 @@
 //! `messaging.system`, `server.address`), a virtual node as Tempo draws it.
 
 use crate::model::{Span, SpanId};
-use crate::{FastMap, FastSet};
 
+/// One call, borrowed from the spans it was read from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Edge {
-    pub client: String,
-    pub server: String,
+pub struct Edge<'a> {
+    pub client: &'a str,
+    pub server: &'a str,
     pub failed: bool,
     pub client_seconds: f64,
     pub server_seconds: f64,
@@ -38,21 +38,36 @@ pub const PEER_KEYS: [&str; 5] = [
 /// The calls of one trace (or fragment): a client/producer span and its server/consumer
 /// child in another service, a parent and its child in different services otherwise,
 /// and client/producer spans without a child, to the peer `peer_of` names.
-pub fn trace_edges(spans: &[&Span], peer_of: impl Fn(&Span) -> Option<String>) -> Vec<Edge> {
-    let by_id: FastMap<SpanId, &Span> = spans.iter().map(|span| (span.span_id, *span)).collect();
-    let parents: FastSet<SpanId> = spans
+///
+/// Runs for every trace that leaves the head, so the spans are looked up in sorted
+/// vectors (two allocations a trace) rather than hash tables.
+pub fn trace_edges<'a>(
+    spans: &[&'a Span],
+    peer_of: impl Fn(&'a Span) -> Option<&'a str>,
+) -> Vec<Edge<'a>> {
+    let mut by_id: Vec<(SpanId, &'a Span)> =
+        spans.iter().map(|span| (span.span_id, *span)).collect();
+    by_id.sort_unstable_by_key(|(id, _)| *id);
+    let mut parents: Vec<SpanId> = spans
         .iter()
         .filter_map(|span| span.parent_span_id)
         .collect();
+    parents.sort_unstable();
+    let find = |id: &SpanId| {
+        by_id
+            .binary_search_by_key(id, |(id, _)| *id)
+            .ok()
+            .map(|at| by_id[at].1)
+    };
     let seconds = |span: &Span| span.duration_nanos as f64 / 1e9;
     let mut edges = Vec::new();
-    for span in spans {
-        if let Some(parent) = span.parent_span_id.and_then(|parent| by_id.get(&parent)) {
+    for &span in spans {
+        if let Some(parent) = span.parent_span_id.as_ref().and_then(find) {
             let paired = matches!(parent.kind, 3 | 4) && matches!(span.kind, 2 | 5);
             if parent.service != span.service {
                 edges.push(Edge {
-                    client: parent.service.to_string(),
-                    server: span.service.to_string(),
+                    client: &parent.service,
+                    server: &span.service,
                     // A pair failed when either half did.
                     failed: span.status_code == 2 || (paired && parent.status_code == 2),
                     client_seconds: seconds(parent),
@@ -60,10 +75,10 @@ pub fn trace_edges(spans: &[&Span], peer_of: impl Fn(&Span) -> Option<String>) -
                 });
             }
         }
-        if matches!(span.kind, 3 | 4) && !parents.contains(&span.span_id) {
-            if let Some(peer) = peer_of(span).filter(|peer| **peer != *span.service) {
+        if matches!(span.kind, 3 | 4) && parents.binary_search(&span.span_id).is_err() {
+            if let Some(peer) = peer_of(span).filter(|peer| *peer != &*span.service) {
                 edges.push(Edge {
-                    client: span.service.to_string(),
+                    client: &span.service,
                     server: peer,
                     failed: span.status_code == 2,
                     client_seconds: seconds(span),
@@ -126,11 +141,11 @@ mod tests {
             &inner_served,
         ];
         let edges = trace_edges(&spans, |span| {
-            (span.span_id == SpanId([5; 8])).then(|| "postgresql".to_owned())
+            (span.span_id == SpanId([5; 8])).then_some("postgresql")
         });
         let found: Vec<(&str, &str, bool)> = edges
             .iter()
-            .map(|edge| (edge.client.as_str(), edge.server.as_str(), edge.failed))
+            .map(|edge| (edge.client, edge.server, edge.failed))
             .collect();
         assert_eq!(
             found,
@@ -143,5 +158,72 @@ mod tests {
         );
         let pair = &edges[3];
         assert_eq!((pair.client_seconds, pair.server_seconds), (0.002, 0.002));
+    }
+
+    #[test]
+    fn calls_tallied_over_many_traces_count_each_call() {
+        let metrics = crate::metrics::Metrics::new(vec![0.001, 0.01, 0.1], 100, true);
+        let mut tally = crate::metrics::EdgeTally::default();
+        // Three traces of the same call, the second failed on the server, and one call to
+        // a database the client names.
+        for status in [0, 2, 0] {
+            let client = span("gateway", 1, None, 3, 0);
+            let server = span("orders", 2, Some(1), 2, status);
+            metrics.tally_trace_edges(&mut tally, &[&client, &server]);
+        }
+        let mut query = span("orders", 3, None, 3, 0);
+        query.payload = {
+            use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+            use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+            use prost::Message;
+            let attribute = KeyValue {
+                key: "db.system".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("postgresql".into())),
+                }),
+                ..Default::default()
+            };
+            let resource_spans = ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![opentelemetry_proto::tonic::trace::v1::Span {
+                        attributes: vec![attribute],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            resource_spans.encode_to_vec().into()
+        };
+        metrics.tally_trace_edges(&mut tally, &[&query]);
+        metrics.record_edges(tally);
+
+        let text = metrics.render_prometheus_text();
+        for line in [
+            r#"traces_service_graph_request_total{client="gateway",server="orders"} 3"#,
+            r#"traces_service_graph_request_failed_total{client="gateway",server="orders"} 1"#,
+            r#"traces_service_graph_request_server_seconds_count{client="gateway",server="orders"} 3"#,
+            r#"traces_service_graph_request_client_seconds_count{client="gateway",server="orders"} 3"#,
+            r#"traces_service_graph_request_total{client="orders",server="postgresql"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains(r#"traces_service_graph_request_failed_total{client="orders""#));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let links: Vec<(String, String, u64, u64)> = crate::lock(&metrics.dependencies)
+            .links(now_ms, 120_000)
+            .into_iter()
+            .map(|link| (link.parent, link.child, link.calls, link.errors))
+            .collect();
+        assert_eq!(
+            links,
+            vec![
+                ("gateway".into(), "orders".into(), 3, 1),
+                ("orders".into(), "postgresql".into(), 1, 0),
+            ]
+        );
     }
 }

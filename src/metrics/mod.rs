@@ -98,6 +98,44 @@ pub struct EdgeLabels {
     pub server: String,
 }
 
+/// Calls between services gathered over the traces of one indexer pass, by client then
+/// server.
+#[derive(Default)]
+pub struct EdgeTally {
+    pairs: crate::FastMap<String, crate::FastMap<String, EdgeSums>>,
+}
+
+#[derive(Default)]
+struct EdgeSums {
+    calls: u64,
+    failed: u64,
+    client_seconds: Vec<f64>,
+    server_seconds: Vec<f64>,
+}
+
+impl EdgeTally {
+    fn add(&mut self, edge: &graph::Edge<'_>) {
+        // Keys are made only for a pair's first call.
+        if !self.pairs.contains_key(edge.client) {
+            self.pairs
+                .insert(edge.client.to_owned(), Default::default());
+        }
+        let Some(servers) = self.pairs.get_mut(edge.client) else {
+            return;
+        };
+        if !servers.contains_key(edge.server) {
+            servers.insert(edge.server.to_owned(), EdgeSums::default());
+        }
+        let Some(sums) = servers.get_mut(edge.server) else {
+            return;
+        };
+        sums.calls += 1;
+        sums.failed += u64::from(edge.failed);
+        sums.client_seconds.push(edge.client_seconds);
+        sums.server_seconds.push(edge.server_seconds);
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogLabels {
     pub service: String,
@@ -401,38 +439,54 @@ impl Metrics {
     /// Count late spans (their trace had left the head) by the decision they followed.
     /// Count the calls a whole trace shows that client/server pairing did not (see
     /// [`graph::trace_edges`]); every leaving trace, kept or not, comes here once.
-    pub fn record_trace_edges(&self, spans: &[&Span]) {
+    /// Count the calls of one trace (or fragment) into `tally`; [`Metrics::record_edges`]
+    /// adds them to the metrics.
+    pub fn tally_trace_edges(&self, tally: &mut EdgeTally, spans: &[&Span]) {
         if !self.span_metrics {
             return;
         }
-        let peer_of = |span: &Span| {
+        fn peer_of(span: &Span) -> Option<&str> {
             crate::store::tags::span_string_attribute(&span.payload, &graph::PEER_KEYS)
-        };
+        }
         for edge in graph::trace_edges(spans, peer_of) {
-            self.record_edge(edge);
+            tally.add(&edge);
         }
     }
 
-    fn record_edge(&self, edge: graph::Edge) {
+    /// Add the calls of a tally to the service graph and the dependency links: each
+    /// pair's series are looked up once, however many calls it made.
+    pub fn record_edges(&self, tally: EdgeTally) {
+        if tally.pairs.is_empty() {
+            return;
+        }
         let minute = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_secs() / 60)
             .unwrap_or(0);
-        lock(&self.dependencies).record(minute, &edge.client, &edge.server, edge.failed);
-        let labels = EdgeLabels {
-            client: edge.client,
-            server: edge.server,
-        };
-        self.graph_requests.get_or_create(&labels).inc();
-        if edge.failed {
-            self.graph_failed.get_or_create(&labels).inc();
+        let mut dependencies = lock(&self.dependencies);
+        for (client, servers) in tally.pairs {
+            for (server, sums) in servers {
+                dependencies.record(minute, &client, &server, sums.calls, sums.failed);
+                let labels = EdgeLabels {
+                    client: client.clone(),
+                    server,
+                };
+                self.graph_requests
+                    .get_or_create(&labels)
+                    .inc_by(sums.calls);
+                if sums.failed > 0 {
+                    self.graph_failed.get_or_create(&labels).inc_by(sums.failed);
+                }
+                let server_seconds = self.graph_server_seconds.get_or_create(&labels);
+                for seconds in sums.server_seconds {
+                    server_seconds.observe(seconds);
+                }
+                let client_seconds = self.graph_client_seconds.get_or_create(&labels);
+                for seconds in sums.client_seconds {
+                    client_seconds.observe(seconds);
+                }
+            }
         }
-        self.graph_server_seconds
-            .get_or_create(&labels)
-            .observe(edge.server_seconds);
-        self.graph_client_seconds
-            .get_or_create(&labels)
-            .observe(edge.client_seconds);
     }
 
     pub fn record_late_spans(&self, kept: u64, dropped: u64) {

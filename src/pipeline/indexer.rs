@@ -26,7 +26,7 @@ use crate::config::RetentionConfig;
 use crate::lock;
 use crate::metrics::latency::{current_minute, OperationKey};
 use crate::metrics::names::normalise_span_name;
-use crate::metrics::Metrics;
+use crate::metrics::{EdgeTally, Metrics};
 use crate::model::{LogRecord, Span};
 use crate::store::partitions::{unix_now, DropReason, PartitionIndex};
 use crate::store::{
@@ -417,11 +417,13 @@ impl Indexer {
                 })
         };
         let head = &self.storage.head;
+        let mut edges = EdgeTally::default();
+        let mut sealed = Ok(());
         for mut trace in leaving {
             let wal_last = trace.wal_last();
             let spans = trace.read_spans();
             let views: Vec<&Span> = spans.iter().collect();
-            metrics.record_trace_edges(&views);
+            metrics.tally_trace_edges(&mut edges, &views);
             let earlier = trace.decided.or_else(|| head.decision(&trace.trace_id));
             let decision = match earlier {
                 Some(decision) => decision,
@@ -441,7 +443,10 @@ impl Indexer {
                         .partition
                         .index
                         .document(&spans, wal_last, &mut self.scratch);
-                self.traces.writer.add_document(document)?;
+                if let Err(error) = self.traces.writer.add_document(document) {
+                    sealed = Err(error.into());
+                    break;
+                }
                 self.fragments_pending += 1;
                 self.records_pending += spans.len();
                 self.shared
@@ -459,7 +464,10 @@ impl Indexer {
                 metrics.settle(trace.exemplars, false);
             }
         }
-        Ok(())
+        // The calls of every trace that left, kept or not (and those that did before a
+        // write failed).
+        metrics.record_edges(edges);
+        sealed
     }
 
     /// Commit both indexes as far as they have something new; false when a commit failed.

@@ -263,9 +263,27 @@ impl Redactor {
     /// Whether anything in these bytes (a span's encoding, say) may need redacting.
     /// `false` is certain; `true` means: decode and look.
     pub fn screen(&self, bytes: &[u8]) -> bool {
-        if !self.rules.is_empty() || self.too_long(bytes.len()) {
+        self.screen_within(bytes, false)
+    }
+
+    /// [`Redactor::screen`] of a part of bytes that [`Redactor::content_clean`] already
+    /// passed (`whole_clean`) or not: a pattern found in a part is found in the whole, so
+    /// a clean whole leaves only the part's length to check.
+    pub fn screen_within(&self, part: &[u8], whole_clean: bool) -> bool {
+        if !self.rules.is_empty() || self.too_long(part.len()) {
             return true;
         }
+        !whole_clean && self.content_flagged(part)
+    }
+
+    /// Whether no part of these bytes (a whole request) can need redacting for what it
+    /// says: no rules, and nothing the built-in screen looks for. One pass over a request
+    /// instead of one per span; lengths are still checked per value.
+    pub fn content_clean(&self, bytes: &[u8]) -> bool {
+        self.rules.is_empty() && !self.content_flagged(bytes)
+    }
+
+    fn content_flagged(&self, bytes: &[u8]) -> bool {
         // The literals (one pass over a lower-cased copy, almost never found) before the
         // regex that confirms them; runs of digits by hand.
         let Some((literals, confirm)) = &self.screen else {

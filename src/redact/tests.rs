@@ -237,6 +237,11 @@ proptest! {
         };
         if redactor.value(&key, &value).is_some() {
             prop_assert!(redactor.screen(&span.encode_to_vec()), "{key}={value:?}");
+            // Among clean spans, the request's one pass flags it too.
+            let clean = OtlpSpan { name: "GET /orders".into(), ..Default::default() };
+            let spans = vec![clean.clone(), span, clean];
+            let request = opentelemetry_proto::tonic::trace::v1::ScopeSpans { spans, ..Default::default() };
+            prop_assert!(!redactor.content_clean(&request.encode_to_vec()), "{key}={value:?}");
         }
     }
 }

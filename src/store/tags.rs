@@ -139,7 +139,7 @@ fn walk<'a>(mut bytes: &'a [u8], mut each: impl FnMut(u64, Wire<'a>)) -> Option<
 
 /// The first of `keys` (in their order) that the span of a stored payload has as a
 /// non-empty string attribute, read in place.
-pub fn span_string_attribute(payload: &[u8], keys: &[&str]) -> Option<String> {
+pub fn span_string_attribute<'a>(payload: &'a [u8], keys: &[&str]) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     walk(payload, |number, field| {
         let (2, Wire::Bytes(scope_spans)) = (number, field) else {
@@ -180,7 +180,7 @@ pub fn span_string_attribute(payload: &[u8], keys: &[&str]) -> Option<String> {
             });
         });
     });
-    best.map(|(_, text)| text.to_owned())
+    best.map(|(_, text)| text)
 }
 
 impl<'a> AttributeTerms<'a> {

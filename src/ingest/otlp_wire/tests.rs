@@ -209,6 +209,51 @@ fn values_over_the_limit_are_cut_on_the_wire_path_too() {
     );
 }
 
+/// The request is screened in one pass; a span with a secret among clean ones is still
+/// found and redacted, and the clean ones keep their own bytes.
+#[test]
+fn one_secret_among_many_clean_spans_is_redacted() {
+    let clean: Vec<OtlpSpan> = (1..=20).map(|span| sample_span(8, span, vec![])).collect();
+    let mut leaky = sample_span(8, 21, vec![]);
+    leaky.attributes.push(string_value(
+        "http.request.header.authorization",
+        "Bearer s3cr3t-t0ken",
+    ));
+    let mut spans = clean.clone();
+    spans.insert(10, leaky);
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let redactor = Redactor::new(crate::redact::RedactionConfig {
+        builtin: true,
+        ..Default::default()
+    });
+    let body = request.encode_to_vec();
+    assert!(!redactor.content_clean(&body));
+    let decoded = decode_request(&body, &redactor).unwrap();
+    assert_eq!(decoded.spans.len(), 21);
+    for (index, span) in decoded.spans.iter().enumerate() {
+        let stored = Span::decode_payload(&span.payload).unwrap();
+        let stored = &stored.scope_spans[0].spans[0];
+        if index == 10 {
+            assert!(!format!("{stored:?}").contains("s3cr3t"), "{stored:?}");
+        } else {
+            let own = clean[if index < 10 { index } else { index - 1 }].encode_to_vec();
+            assert!(span.payload.windows(own.len()).any(|window| window == own));
+        }
+    }
+    // Without the secret, the request passes in its one pass.
+    let mut request = request;
+    request.resource_spans[0].scope_spans[0].spans.remove(10);
+    assert!(redactor.content_clean(&request.encode_to_vec()));
+}
+
 #[test]
 fn broken_bodies_are_errors_as_a_whole() {
     let body = request().encode_to_vec();
