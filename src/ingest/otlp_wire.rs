@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use prost::Message;
 
 use super::DecodedSpans;
-use crate::model::{tracestate_randomness, Envelope, Span, SpanIds};
+use crate::model::{tracestate_randomness, Envelope, PayloadArena, Span, SpanIds};
 use crate::redact::Redactor;
 
 /// Why a body is not a valid protobuf of the expected message.
@@ -117,9 +117,15 @@ fn scope_spans(
         schema_url,
     ));
     decoded.spans.reserve(spans.len());
+    let mut arena = PayloadArena::for_bytes(
+        spans
+            .iter()
+            .map(|encoded| envelope.wrapped_len(encoded.len()))
+            .sum(),
+    );
     for encoded in spans {
         let fields = SpanFields::read(encoded, depth.saturating_sub(1))?;
-        match fields.into_span(&envelope, encoded, screen)? {
+        match fields.into_span(&envelope, encoded, screen, &mut arena)? {
             Ok(span) => decoded.spans.push(span),
             Err(rejected) => decoded.rejected.push(rejected),
         }
@@ -307,6 +313,7 @@ impl<'a> SpanFields<'a> {
         envelope: &Arc<Envelope>,
         encoded: &[u8],
         screen: &Screen<'_>,
+        arena: &mut PayloadArena,
     ) -> Wire<Result<Span, crate::model::RejectedSpan>> {
         let ids = match SpanIds::check(self.name, self.trace_id, self.span_id, self.parent_span_id)
         {
@@ -333,7 +340,7 @@ impl<'a> SpanFields<'a> {
                 .saturating_sub(self.start_time_unix_nano),
             has_exception: self.has_exception,
             randomness: tracestate_randomness(self.trace_state),
-            payload: envelope.wrap_encoded(encoded),
+            payload: envelope.wrap_encoded(encoded, arena),
             envelope: envelope.clone(),
         }))
     }

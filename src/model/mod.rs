@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span as OtlpSpan};
@@ -286,34 +286,88 @@ impl Envelope {
     /// The one-span `ResourceSpans` protobuf around a span's own encoding as it came off
     /// the wire (`Span` message bytes, without key or length): what the request held,
     /// not encoded again.
-    pub fn wrap_encoded(&self, span: &[u8]) -> Bytes {
-        self.wrap(span.len(), |out| out.extend_from_slice(span))
+    ///
+    /// Written into `arena`: the payloads of one request's spans share one allocation.
+    pub fn wrap_encoded(&self, span: &[u8], arena: &mut PayloadArena) -> Bytes {
+        let total = self.wrapped_len(span.len());
+        if arena.buffer.capacity() < total {
+            arena.buffer =
+                BytesMut::with_capacity(total.max(arena.expected.min(PayloadArena::CHUNK)));
+        }
+        arena.expected = arena.expected.saturating_sub(total);
+        self.write_wrapped(span.len(), &mut arena.buffer, |out| {
+            out.extend_from_slice(span)
+        });
+        arena.buffer.split().freeze()
+    }
+
+    /// The length of the one-span payload around a span encoding `span_len` bytes long.
+    pub fn wrapped_len(&self, span_len: usize) -> usize {
+        let scope_len = self.scope_len(span_len);
+        self.resource_head.len()
+            + 1
+            + prost::encoding::encoded_len_varint(scope_len as u64)
+            + scope_len
+            + self.resource_tail.len()
+    }
+
+    fn scope_len(&self, span_len: usize) -> usize {
+        self.scope_head.len()
+            + 1
+            + prost::encoding::encoded_len_varint(span_len as u64)
+            + span_len
+            + self.scope_tail.len()
     }
 
     fn wrap(&self, span_len: usize, write_span: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-        let scope_len = self.scope_head.len()
-            + 1
-            + encoded_len_varint(span_len as u64)
-            + span_len
-            + self.scope_tail.len();
-        let total = self.resource_head.len()
-            + 1
-            + encoded_len_varint(scope_len as u64)
-            + scope_len
-            + self.resource_tail.len();
+        let total = self.wrapped_len(span_len);
         let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&self.resource_head);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(scope_len as u64, &mut out);
-        out.extend_from_slice(&self.scope_head);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(span_len as u64, &mut out);
-        write_span(&mut out);
-        out.extend_from_slice(&self.scope_tail);
-        out.extend_from_slice(&self.resource_tail);
+        self.write_wrapped(span_len, &mut out, write_span);
         debug_assert_eq!(out.len(), total);
         Bytes::from(out)
+    }
+
+    fn write_wrapped<B: bytes::BufMut>(
+        &self,
+        span_len: usize,
+        out: &mut B,
+        write_span: impl FnOnce(&mut B),
+    ) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let scope_len = self.scope_len(span_len);
+        out.put_slice(&self.resource_head);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(scope_len as u64, out);
+        out.put_slice(&self.scope_head);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(span_len as u64, out);
+        write_span(out);
+        out.put_slice(&self.scope_tail);
+        out.put_slice(&self.resource_tail);
+    }
+}
+
+/// One buffer for the stored payloads of many spans (those of one request's scope), each
+/// payload a slice of it: one allocation, filled and freed together, instead of one per
+/// span made on a decoding thread and freed on the WAL thread. Sized by the caller for
+/// what it will hold; a payload that does not fit gets a buffer of its own.
+#[derive(Default)]
+pub struct PayloadArena {
+    buffer: BytesMut,
+    /// What is still to be written into it.
+    expected: usize,
+}
+
+impl PayloadArena {
+    /// The largest buffer it allocates for many payloads.
+    const CHUNK: usize = 32 << 10;
+
+    /// An arena for payloads of `expected` bytes in all.
+    pub fn for_bytes(expected: usize) -> PayloadArena {
+        PayloadArena {
+            buffer: BytesMut::new(),
+            expected,
+        }
     }
 }
 
@@ -468,7 +522,51 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+
+    /// Payloads written into a shared buffer are exactly what prost encodes for the span
+    /// in its envelope, whether the buffer was sized for them or is too small.
+    #[test]
+    fn payloads_in_an_arena_are_the_prost_encoding() {
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("orders".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "lib".into(),
+            ..Default::default()
+        };
+        let envelope = Envelope::new(Some(&resource), "https://r", Some(&scope), "https://s");
+        let spans: Vec<OtlpSpan> = (0..40u8)
+            .map(|index| OtlpSpan {
+                trace_id: vec![1; 16],
+                span_id: vec![index + 1; 8],
+                name: "x".repeat(usize::from(index) * 7),
+                ..Default::default()
+            })
+            .collect();
+        let sized = spans
+            .iter()
+            .map(|span| envelope.wrapped_len(span.encoded_len()))
+            .sum();
+        for capacity in [sized, 100, 0] {
+            let mut arena = PayloadArena::for_bytes(capacity);
+            for span in &spans {
+                let payload = envelope.wrap_encoded(&span.encode_to_vec(), &mut arena);
+                assert_eq!(payload, envelope.payload_of(span));
+                let decoded = ResourceSpans::decode(payload).unwrap();
+                assert_eq!(decoded.scope_spans[0].spans[0], *span);
+                assert_eq!(decoded.resource, Some(resource.clone()));
+            }
+        }
+    }
 
     #[test]
     fn trace_ids_parse_in_every_accepted_spelling() {

@@ -687,9 +687,41 @@ const SCREEN_LITERALS: [&str; 43] = [
 ];
 
 /// `digits` digits in a row, single spaces or dashes allowed between them.
+///
+/// Such a run is made of digits, spaces and dashes only, and is at least `digits` bytes
+/// long, so it covers one of every `digits` positions: only the bytes there are looked
+/// at, and the stretch of those characters around one that is one is searched. Looking at
+/// every byte was most of the screen's time.
 fn has_digit_run(bytes: &[u8], digits: usize) -> bool {
+    let digits = digits.max(1);
+    let in_run = |byte: &u8| byte.is_ascii_digit() || *byte == b' ' || *byte == b'-';
+    let mut probe = digits - 1;
+    while let Some(byte) = bytes.get(probe) {
+        if !in_run(byte) {
+            probe += digits;
+            continue;
+        }
+        let start = bytes[..probe]
+            .iter()
+            .rposition(|byte| !in_run(byte))
+            .map_or(0, |at| at + 1);
+        let end = bytes[probe..]
+            .iter()
+            .position(|byte| !in_run(byte))
+            .map_or(bytes.len(), |at| probe + at);
+        if end - start >= digits && digit_run_within(&bytes[start..end], digits) {
+            return true;
+        }
+        // `bytes[end]` is no part of a run: the next run starts after it.
+        probe = end + digits;
+    }
+    false
+}
+
+/// [`has_digit_run`] byte by byte.
+fn digit_run_within(bytes: &[u8], digits: usize) -> bool {
     let mut at = 0;
-    // Jump from digit to digit (most bytes are none), then count the run there.
+    // Jump from digit to digit, then count the run there.
     while let Some(found) = bytes[at..].iter().position(u8::is_ascii_digit) {
         let mut index = at + found;
         let mut run = 0;

@@ -186,6 +186,21 @@ fn digit_runs_count_digits_with_single_separators() {
     assert!(!has_digit_run(b"", 12));
 }
 
+proptest! {
+    /// Looking only at every `digits`-th byte finds exactly the runs a look at every
+    /// byte finds.
+    #[test]
+    fn probing_for_digit_runs_misses_none(
+        bytes in proptest::collection::vec(
+            prop_oneof![4 => b'0'..=b'9', 1 => Just(b' '), 1 => Just(b'-'), 1 => Just(b'a'), 1 => Just(0u8)],
+            0..120,
+        ),
+        digits in 1usize..16,
+    ) {
+        prop_assert_eq!(has_digit_run(&bytes, digits), digit_run_within(&bytes, digits));
+    }
+}
+
 #[test]
 fn luhn_and_prefixes_decide_what_is_a_card() {
     for card in [
