@@ -282,6 +282,11 @@ impl<'a> AttributeTerms<'a> {
         self.terms.push(start..self.buffer.len());
     }
 
+    /// The bytes of every term added (duplicates included).
+    pub fn bytes(&self) -> usize {
+        self.buffer.len() + 16 * self.terms.len()
+    }
+
     /// Every distinct term, sorted.
     pub fn distinct(&mut self) -> impl Iterator<Item = &str> + '_ {
         let buffer = &self.buffer;

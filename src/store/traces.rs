@@ -193,13 +193,10 @@ impl TraceIndex {
         payload: &mut Vec<u8>,
     ) -> TantivyDocument {
         let fields = &self.fields;
-        let mut document = TantivyDocument::new();
         let Some(first) = spans.first() else {
-            return document;
+            return TantivyDocument::new();
         };
         let trace_id = first.trace_id;
-        document.add_bytes(fields.trace_id, trace_id.0.as_slice());
-        document.add_u64(fields.trace_low64, trace_id.low_u64());
         let mut start = u64::MAX;
         let mut end = 0u64;
         let mut services = BTreeSet::new();
@@ -241,6 +238,14 @@ impl TraceIndex {
             }
             append_payload(payload, &span.payload);
         }
+        // Sized for what it will hold: grown by doubling, the document was copied over and
+        // over again on its way to the payload's size (a fresh page each time, often).
+        let texts: usize = services.iter().chain(&names).map(|text| text.len()).sum();
+        let mut document = TantivyDocument::with_capacity(
+            payload.len() + terms.bytes() + texts + 64 * (services.len() + names.len()) + 512,
+        );
+        document.add_bytes(fields.trace_id, trace_id.0.as_slice());
+        document.add_u64(fields.trace_low64, trace_id.low_u64());
         document.add_u64(fields.start_time, start);
         document.add_u64(fields.end_time, end);
         if let Some((_, service, name)) = root {
