@@ -2,7 +2,7 @@
 //! holds them. It holds where each span lies in the write-ahead log and under which
 //! resource and scope, not the span's bytes: those are read back from the log when the
 //! trace leaves (with the fields sampling and the index need) or is asked for, so memory
-//! grows by 16 bytes a held span and ~250 a trace, whatever the spans' size.
+//! grows by 16 bytes a held span and ~450 a trace, whatever the spans' size.
 //!
 //! Filled by the WAL thread right after each fsync and before the ack (read your writes);
 //! emptied by the indexer thread, which takes the traces that are due to leave (no span
