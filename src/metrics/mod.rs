@@ -436,11 +436,9 @@ impl Metrics {
         pending
     }
 
-    /// Count late spans (their trace had left the head) by the decision they followed.
-    /// Count the calls a whole trace shows that client/server pairing did not (see
-    /// [`graph::trace_edges`]); every leaving trace, kept or not, comes here once.
-    /// Count the calls of one trace (or fragment) into `tally`; [`Metrics::record_edges`]
-    /// adds them to the metrics.
+    /// Count the calls of one trace (or fragment) into `tally` (see
+    /// [`graph::trace_edges`]); every leaving trace, kept or not, comes here once, and
+    /// [`Metrics::record_edges`] adds a pass's tally to the metrics.
     pub fn tally_trace_edges(&self, tally: &mut EdgeTally, spans: &[&Span]) {
         if !self.span_metrics {
             return;
@@ -489,6 +487,7 @@ impl Metrics {
         }
     }
 
+    /// Count late spans (their trace had left the head) by the decision they followed.
     pub fn record_late_spans(&self, kept: u64, dropped: u64) {
         for (decision, count) in [("keep", kept), ("drop", dropped)] {
             if count > 0 {

@@ -525,11 +525,9 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
 
-    /// Payloads written into a shared buffer are exactly what prost encodes for the span
-    /// in its envelope, whether the buffer was sized for them or is too small.
-    #[test]
-    fn payloads_in_an_arena_are_the_prost_encoding() {
-        let resource = Resource {
+    /// A resource naming the service `orders`.
+    fn orders_resource() -> Resource {
+        Resource {
             attributes: vec![KeyValue {
                 key: "service.name".into(),
                 value: Some(AnyValue {
@@ -538,7 +536,14 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    /// Payloads written into a shared buffer are exactly what prost encodes for the span
+    /// in its envelope, whether the buffer was sized for them or is too small.
+    #[test]
+    fn payloads_in_an_arena_are_the_prost_encoding() {
+        let resource = orders_resource();
         let scope = InstrumentationScope {
             name: "lib".into(),
             ..Default::default()
@@ -618,17 +623,7 @@ mod tests {
 
     #[test]
     fn the_envelope_encodes_exactly_as_prost_encodes_the_whole() {
-        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-        let resource = Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue("orders".into())),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let resource = orders_resource();
         let scope = InstrumentationScope {
             name: "lib".into(),
             version: "1.2".into(),
