@@ -1,6 +1,6 @@
 //! The threads ingest bodies are decompressed and decoded on: tokio blocking threads of
-//! their own runtime, as many as there are cores, at a lower priority (nice [`DECODE_NICE`]) than the threads that
-//! answer queries. Under full-rate ingest the two cores are busy with decoding; a query
+//! their own runtime, as many as there are cores, at a lower priority (nice
+//! [`DECODE_NICE`]) than the threads that answer queries. Under full-rate ingest the two cores are busy with decoding; a query
 //! by trace id then waits for a core behind it, which made its p99 several times its
 //! median. At nice 2 a decoding thread weighs ~60% of a query's, so the scheduler runs a
 //! query first while ingest keeps most of the CPU. A thread cannot take back a priority

@@ -287,7 +287,7 @@ impl Envelope {
     /// the wire (`Span` message bytes, without key or length): what the request held,
     /// not encoded again.
     ///
-    /// Written into `arena`: the payloads of one request's spans share one allocation.
+    /// Written into `arena`: the payloads of one request's spans share a few buffers.
     pub fn wrap_encoded(&self, span: &[u8], arena: &mut PayloadArena) -> Bytes {
         let total = self.wrapped_len(span.len());
         if arena.buffer.capacity() < total {
@@ -347,10 +347,12 @@ impl Envelope {
     }
 }
 
-/// One buffer for the stored payloads of many spans (those of one request's scope), each
-/// payload a slice of it: one allocation, filled and freed together, instead of one per
-/// span made on a decoding thread and freed on the WAL thread. Sized by the caller for
-/// what it will hold; a payload that does not fit gets a buffer of its own.
+/// Buffers for the stored payloads of many spans (those of one request's scope), each
+/// payload a slice of one: an allocation per 32 KiB of payloads, filled and freed
+/// together, instead of one per span made on a decoding thread and freed on the WAL
+/// thread. Told by the caller how much it will hold, so the last buffer is no larger than
+/// needed; a payload larger than a buffer gets one of its own size. (One buffer for a
+/// whole request raised the memory peak at full rate: 422-428 MiB against 381-384.)
 #[derive(Default)]
 pub struct PayloadArena {
     buffer: BytesMut,
