@@ -521,25 +521,26 @@ impl Span {
     }
 }
 
+/// A resource naming the service `orders`, for tests.
+#[cfg(test)]
+pub(crate) fn orders_resource() -> Resource {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+    Resource {
+        attributes: vec![KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("orders".into())),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
-
-    /// A resource naming the service `orders`.
-    fn orders_resource() -> Resource {
-        Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue("orders".into())),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
 
     /// Payloads written into a shared buffer are exactly what prost encodes for the span
     /// in its envelope, whether the buffer was sized for them or is too small.

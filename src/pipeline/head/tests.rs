@@ -159,20 +159,8 @@ fn max_age_and_size_make_a_trace_leave_even_while_it_grows() {
 
 #[test]
 fn held_spans_come_back_byte_for_byte_with_their_resource_and_scope() {
-    use opentelemetry_proto::tonic::common::v1::{
-        any_value, AnyValue, InstrumentationScope, KeyValue,
-    };
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    let resource = Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue("orders".into())),
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    let resource = crate::model::orders_resource();
     let scope = InstrumentationScope {
         name: "lib".into(),
         ..Default::default()
