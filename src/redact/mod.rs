@@ -289,12 +289,26 @@ impl Redactor {
         let Some((literals, confirm)) = &self.screen else {
             return false;
         };
+        // A whole request is screened now, up to `max_request_bytes`: the copy is made a
+        // window at a time, so the thread's buffer stays one window long. Windows overlap
+        // by one byte less than the longest literal, so a literal across a boundary lies
+        // whole in the next window.
         let literal = LOWERED.with(|lowered| {
             let mut lowered = lowered.borrow_mut();
-            lowered.clear();
-            lowered.extend_from_slice(bytes);
-            lowered.make_ascii_lowercase();
-            literals.is_match(lowered.as_slice())
+            let mut start = 0;
+            loop {
+                let end = (start + SCREEN_WINDOW).min(bytes.len());
+                lowered.clear();
+                lowered.extend_from_slice(&bytes[start..end]);
+                lowered.make_ascii_lowercase();
+                if literals.is_match(lowered.as_slice()) {
+                    return true;
+                }
+                if end == bytes.len() {
+                    return false;
+                }
+                start = end - (LONGEST_SCREEN_LITERAL - 1);
+            }
         });
         (literal && confirm.is_match(bytes)) || has_digit_run(bytes, 12)
     }
@@ -640,6 +654,22 @@ thread_local! {
 }
 
 /// Literals one of which every [`SCREEN`] match but the digit run contains, lower-cased.
+/// How much of the bytes the screen lower-cases at a time.
+const SCREEN_WINDOW: usize = 64 << 10;
+
+/// The length of the longest of [`SCREEN_LITERALS`].
+const LONGEST_SCREEN_LITERAL: usize = {
+    let mut longest = 0;
+    let mut index = 0;
+    while index < SCREEN_LITERALS.len() {
+        if SCREEN_LITERALS[index].len() > longest {
+            longest = SCREEN_LITERALS[index].len();
+        }
+        index += 1;
+    }
+    longest
+};
+
 const SCREEN_LITERALS: [&str; 43] = [
     "-----begin",
     ".ey",

@@ -186,6 +186,26 @@ fn digit_runs_count_digits_with_single_separators() {
     assert!(!has_digit_run(b"", 12));
 }
 
+/// The screen lower-cases a window at a time; a literal across a window's end is still
+/// found, wherever it straddles it.
+#[test]
+fn literals_across_the_screens_windows_are_found() {
+    let redactor = builtin();
+    let literal = b"ElasticSearch.Body";
+    assert!(literal.len() >= LONGEST_SCREEN_LITERAL);
+    for window in [
+        SCREEN_WINDOW,
+        2 * SCREEN_WINDOW - (LONGEST_SCREEN_LITERAL - 1),
+    ] {
+        for cut in 1..literal.len() {
+            let mut bytes = vec![b'.'; 3 * SCREEN_WINDOW];
+            bytes[window - cut..window - cut + literal.len()].copy_from_slice(literal);
+            assert!(!redactor.content_clean(&bytes), "cut at {cut} of {window}");
+        }
+    }
+    assert!(redactor.content_clean(&vec![b'.'; 3 * SCREEN_WINDOW]));
+}
+
 proptest! {
     /// Looking only at every `digits`-th byte finds exactly the runs a look at every
     /// byte finds.
